@@ -1,0 +1,460 @@
+/*
+ * heavylock - run heavy commands one at a time under a crash-safe lock.
+ *
+ * Modelled on util-linux flock(1): getopt_long with a leading '+' so the
+ * wrapped command's arguments pass untouched, usage to stdout, bad usage
+ * exits 64 with "Try 'heavylock --help'", the conflict/timeout exit code is
+ * the user's (-E, default 1), and the child's status is passed through
+ * (128+signal when it died of a signal).
+ */
+#define _GNU_SOURCE
+#include "heavylock.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* sysexits.h values, as flock(1) uses them */
+#define EX_USAGE 64
+#define EX_NOINPUT 66
+#define EX_UNAVAILABLE 69
+#define EX_OSERR 71
+#define EX_CANTCREAT 73
+
+static const char *prog = "heavylock";
+
+static void warnx(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "%s: ", prog);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+static int usage_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "%s: ", prog);
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\nTry '%s --help' for more information.\n", prog);
+  va_end(ap);
+  return EX_USAGE;
+}
+
+static void usage(void) {
+  printf("Usage:\n"
+         " heavylock run [options] -- <command> [<argument>...]\n"
+         " heavylock status [--lock <path>] [--json]\n"
+         " heavylock path [--root <dir>]\n"
+         " heavylock gguf <model.gguf>\n"
+         "\n"
+         "Run heavy commands (model loads) one at a time across processes, under an\n"
+         "exclusive flock(2) on a lock file that flock(1) and Python's filelock share.\n"
+         "\n"
+         "The lock file is --lock, else $HEAVYLOCK_PATH, else .llm_load.lock next to\n"
+         "$LOCAL_MODEL_PATH, else models/.llm_load.lock under --root (default: .).\n"
+         "\n"
+         "Options for run:\n"
+         " -n, --nonblock             fail rather than wait\n"
+         " -w, --timeout <secs>       wait for a limited amount of time\n"
+         " -E, --conflict-exit-code <number>  exit code after conflict or timeout (default 1)\n"
+         " -l, --label <text>         label for the holder record (shown by status)\n"
+         " -o, --close                do not pass the lock to the command\n"
+         " -v, --verbose              say who holds the lock while waiting, and how long it took\n"
+         " -q, --quiet                do not say anything while waiting\n"
+         "\n"
+         "Options for all commands:\n"
+         " -L, --lock <path>          the lock file\n"
+         " -r, --root <dir>           project root for the default lock path\n"
+         " -j, --json                 status as JSON\n"
+         " -h, --help                 display this help\n"
+         " -V, --version              display version\n"
+         "\n"
+         "Exit status of run: the command's, or 128+N if it died of signal N;\n"
+         "the -E code on conflict or timeout; 64 bad usage; 66 cannot open the lock file;\n"
+         "69 cannot run the command; 73 read-only file system or disk full.\n"
+         "Exit status of status: 0 free, 1 held.\n");
+}
+
+static int open_error_code(int rc) {
+  return (rc == -EROFS || rc == -ENOSPC) ? EX_CANTCREAT : EX_NOINPUT;
+}
+
+/* Where the lock is: --lock, else the policy.  Returns 0 or an exit code. */
+static int lock_path(const char *opt, const char *root, char *out, size_t len) {
+  if (opt) {
+    snprintf(out, len, "%s", opt);
+    return 0;
+  }
+  hl_path_t p;
+  int rc = hl_path_resolve(root, &p);
+  if (rc == HL_EENV) {
+    warnx("%s", p.why);
+    return EX_USAGE;
+  }
+  if (rc < 0) {
+    warnx("cannot resolve the lock path: %s", hl_strerror(rc));
+    return EX_NOINPUT;
+  }
+  snprintf(out, len, "%s", p.path);
+  return 0;
+}
+
+/* "held by pid 4242 (label) for 12 s" into buf */
+static void describe_holder(const char *path, char *buf, size_t len) {
+  hl_status_t st;
+  if (hl_status(path, &st) < 0 || !st.held) {
+    snprintf(buf, len, "held by another process");
+    return;
+  }
+  char cmd[160] = "";
+  if (st.has_record && st.record.label[0])
+    snprintf(cmd, sizeof(cmd), "%.150s", st.record.label);
+  else if (st.holder_pid && hl_proc_cmdline(st.holder_pid, cmd, sizeof(cmd)) < 0)
+    cmd[0] = '\0';
+  int n = snprintf(buf, len, "held by pid %ld", st.holder_pid);
+  if (n > 0 && (size_t)n < len && cmd[0])
+    n += snprintf(buf + n, len - (size_t)n, " (%s)", cmd);
+  if (n > 0 && (size_t)n < len && st.held_for >= 0)
+    snprintf(buf + n, len - (size_t)n, " for %.0f s", st.held_for);
+}
+
+static double now_mono(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Acquire with notices: a waiter never hangs silently unless told to. */
+static int acquire_noisy(hl_lock_t *lk, double timeout, int verbose, int quiet) {
+  const char *path = hl_lock_path(lk);
+  double start = now_mono();
+  int rc = hl_lock_acquire(lk, 0);
+  if (rc != HL_EBUSY || timeout == 0)
+    return rc;
+  char who[512];
+  /* First notice after 1 s (at once with --verbose), then every 10 s. */
+  double next_notice = verbose ? 0 : 1.0;
+  for (;;) {
+    double waited = now_mono() - start;
+    if (!quiet && waited >= next_notice) {
+      describe_holder(path, who, sizeof(who));
+      warnx("waiting for %s, %s (waited %.0f s)", path, who, waited);
+      next_notice = waited + 10.0;
+    }
+    double slice = next_notice - waited;
+    if (quiet || slice > 10.0)
+      slice = 10.0;
+    if (slice < 0.05)
+      slice = 0.05;
+    if (timeout > 0) {
+      double left = timeout - waited;
+      if (left <= 0)
+        return HL_ETIMEDOUT;
+      if (slice > left)
+        slice = left;
+    }
+    rc = hl_lock_acquire(lk, slice);
+    if (rc == -EINTR)
+      continue;
+    if (rc == HL_ETIMEDOUT && (timeout < 0 || now_mono() - start < timeout))
+      continue;
+    if (rc == 0 && verbose)
+      warnx("getting lock took %.6f seconds", now_mono() - start);
+    return rc;
+  }
+}
+
+static int cmd_run(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"nonblock", no_argument, NULL, 'n'},  {"nb", no_argument, NULL, 'n'},
+      {"timeout", required_argument, NULL, 'w'}, {"wait", required_argument, NULL, 'w'},
+      {"conflict-exit-code", required_argument, NULL, 'E'},
+      {"label", required_argument, NULL, 'l'}, {"close", no_argument, NULL, 'o'},
+      {"verbose", no_argument, NULL, 'v'},   {"quiet", no_argument, NULL, 'q'},
+      {"lock", required_argument, NULL, 'L'}, {"root", required_argument, NULL, 'r'},
+      {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0}};
+  double timeout = -1;
+  int conflict = 1, verbose = 0, quiet = 0, close_fd = 0, c;
+  const char *label = NULL, *lockopt = NULL, *root = NULL;
+  char *end;
+  while ((c = getopt_long(argc, argv, "+nw:E:l:ovqL:r:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'n': timeout = 0; break;
+    case 'w':
+      timeout = strtod(optarg, &end);
+      if (end == optarg || *end || timeout < 0)
+        return usage_error("invalid timeout value: '%s'", optarg);
+      break;
+    case 'E': {
+      long v = strtol(optarg, &end, 10);
+      if (end == optarg || *end || v < 0 || v > 255)
+        return usage_error("invalid exit code: '%s' (expected 0-255)", optarg);
+      conflict = (int)v;
+      break;
+    }
+    case 'l': label = optarg; break;
+    case 'o': close_fd = 1; break;
+    case 'v': verbose = 1; break;
+    case 'q': quiet = 1; break;
+    case 'L': lockopt = optarg; break;
+    case 'r': root = optarg; break;
+    case 'h': usage(); return 0;
+    default: return usage_error("bad usage");
+    }
+  }
+  if (optind >= argc)
+    return usage_error("run: no command given (heavylock run -- <command>)");
+  char **cmd = argv + optind;
+
+  char path[4096];
+  int rc = lock_path(lockopt, root, path, sizeof(path));
+  if (rc)
+    return rc;
+  hl_lock_t *lk;
+  if ((rc = hl_lock_open(&lk, path)) < 0) {
+    warnx("cannot open lock file %s: %s", path, hl_strerror(rc));
+    return open_error_code(rc);
+  }
+  if (label)
+    hl_lock_set_label(lk, label);
+  rc = acquire_noisy(lk, timeout, verbose, quiet);
+  if (rc == HL_EBUSY || rc == HL_ETIMEDOUT) {
+    if (rc == HL_ETIMEDOUT && !quiet) {
+      char who[512];
+      describe_holder(path, who, sizeof(who));
+      warnx("timeout while waiting for %s, %s", path, who);
+    } else if (verbose) {
+      warnx("%s is busy", path);
+    }
+    hl_lock_close(lk);
+    return conflict;
+  }
+  if (rc < 0) {
+    warnx("cannot lock %s: %s", path, hl_strerror(rc));
+    hl_lock_close(lk);
+    return open_error_code(rc);
+  }
+
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0) {
+    warnx("fork failed: %s", strerror(errno));
+    hl_lock_close(lk);
+    return EX_OSERR;
+  }
+  if (pid == 0) {
+    /* Like flock(1): the command inherits the lock, so it stays held while
+     * the command runs even if this process is killed. */
+    int fd = (int)hl_lock_fd(lk);
+    if (!close_fd && fd >= 0)
+      fcntl(fd, F_SETFD, 0);
+    else if (fd >= 0)
+      close(fd);
+    execvp(cmd[0], cmd);
+    warnx("failed to execute %s: %s", cmd[0], strerror(errno));
+    _exit(errno == ENOMEM ? EX_OSERR : EX_UNAVAILABLE);
+  }
+  int status;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) {
+      status = EX_OSERR << 8;
+      break;
+    }
+  }
+  hl_lock_close(lk);
+  if (WIFEXITED(status))
+    return WEXITSTATUS(status);
+  if (WIFSIGNALED(status))
+    return 128 + WTERMSIG(status);
+  return EX_OSERR;
+}
+
+static void json_str(const char *s) {
+  putchar('"');
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\')
+      printf("\\%c", ch);
+    else if (ch < 0x20)
+      printf("\\u%04x", ch);
+    else
+      putchar(ch);
+  }
+  putchar('"');
+}
+
+static int cmd_status(int argc, char **argv) {
+  static const struct option opts[] = {{"lock", required_argument, NULL, 'L'},
+                                       {"root", required_argument, NULL, 'r'},
+                                       {"json", no_argument, NULL, 'j'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+  const char *lockopt = NULL, *root = NULL;
+  int json = 0, c;
+  while ((c = getopt_long(argc, argv, "+L:r:jh", opts, NULL)) != -1) {
+    switch (c) {
+    case 'L': lockopt = optarg; break;
+    case 'r': root = optarg; break;
+    case 'j': json = 1; break;
+    case 'h': usage(); return 0;
+    default: return usage_error("bad usage");
+    }
+  }
+  if (optind < argc)
+    return usage_error("status: unexpected argument '%s'", argv[optind]);
+  char path[4096];
+  int rc = lock_path(lockopt, root, path, sizeof(path));
+  if (rc)
+    return rc;
+  hl_status_t st;
+  if ((rc = hl_status(path, &st)) < 0) {
+    warnx("cannot read lock file %s: %s", path, hl_strerror(rc));
+    return EX_NOINPUT;
+  }
+  char cmd[HL_CMD_MAX];
+  if (st.holder_pid && hl_proc_cmdline(st.holder_pid, cmd, sizeof(cmd)) < 0)
+    cmd[0] = '\0';
+  if (!st.holder_pid)
+    cmd[0] = '\0';
+  if (json) {
+    printf("{\"path\": ");
+    json_str(path);
+    printf(", \"held\": %s, \"method\": ", st.held ? "true" : "false");
+    json_str(st.method ? st.method : "none");
+    if (st.held) {
+      printf(", \"holder\": {\"pid\": %ld, \"command\": ", st.holder_pid);
+      json_str(cmd);
+      printf(", \"record\": %s", st.has_record ? "true" : "false");
+      if (st.has_record) {
+        printf(", \"label\": ");
+        json_str(st.record.label);
+        printf(", \"host\": ");
+        json_str(st.record.host);
+        printf(", \"acquired\": %.6f, \"held_for\": %.3f", st.record.acquired, st.held_for);
+      }
+      printf("}");
+    }
+    printf(", \"stale_record\": %s, \"waiters\": [", st.stale_record ? "true" : "false");
+    for (int i = 0; i < st.nwaiters; i++) {
+      char wcmd[HL_CMD_MAX];
+      if (hl_proc_cmdline(st.waiters[i].pid, wcmd, sizeof(wcmd)) < 0)
+        wcmd[0] = '\0';
+      printf("%s{\"pid\": %ld, \"how\": \"%s\", \"command\": ", i ? ", " : "",
+             st.waiters[i].pid, st.waiters[i].how == 'b' ? "flock" : "watch");
+      json_str(wcmd);
+      printf("}");
+    }
+    printf("]}\n");
+    return st.held ? 1 : 0;
+  }
+  printf("%s: %s\n", path, st.held ? "held" : "free");
+  if (st.held) {
+    if (st.holder_pid)
+      printf("  holder:  pid %ld", st.holder_pid);
+    else
+      printf("  holder:  unknown pid");
+    if (st.held_for >= 0)
+      printf(", held for %.1f s", st.held_for);
+    printf("\n");
+    if (st.has_record && st.record.label[0])
+      printf("  label:   %s\n", st.record.label);
+    if (cmd[0])
+      printf("  command: %s\n", cmd);
+    if (!st.has_record)
+      printf("  (no holder record: the holder is another tool, e.g. flock(1) or filelock)\n");
+  } else if (st.stale_record) {
+    printf("  (stale record left by pid %ld, which no longer holds the lock)\n", st.record.pid);
+  }
+  if (st.nwaiters) {
+    printf("  waiters: %d\n", st.nwaiters);
+    for (int i = 0; i < st.nwaiters; i++) {
+      char wcmd[HL_CMD_MAX];
+      if (hl_proc_cmdline(st.waiters[i].pid, wcmd, sizeof(wcmd)) < 0)
+        wcmd[0] = '\0';
+      printf("    pid %ld: %s\n", st.waiters[i].pid, wcmd);
+    }
+  }
+  return st.held ? 1 : 0;
+}
+
+static int cmd_path(int argc, char **argv) {
+  static const struct option opts[] = {{"root", required_argument, NULL, 'r'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+  const char *root = NULL;
+  int c;
+  while ((c = getopt_long(argc, argv, "+r:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'r': root = optarg; break;
+    case 'h': usage(); return 0;
+    default: return usage_error("bad usage");
+    }
+  }
+  if (optind < argc)
+    return usage_error("path: unexpected argument '%s'", argv[optind]);
+  hl_path_t p;
+  int rc = hl_path_resolve(root, &p);
+  if (rc == HL_EENV) {
+    warnx("%s", p.why);
+    return EX_USAGE;
+  }
+  if (rc < 0) {
+    warnx("cannot resolve the lock path: %s", hl_strerror(rc));
+    return EX_NOINPUT;
+  }
+  printf("%s\n", p.path);
+  fprintf(stderr, "%s: %s (decided by %s)\n", prog, p.why, p.source);
+  return 0;
+}
+
+static int cmd_gguf(int argc, char **argv) {
+  if (argc != 2)
+    return usage_error("gguf: expected one model file");
+  hl_gguf_t g;
+  int rc = hl_gguf_read(argv[1], &g);
+  if (rc < 0) {
+    warnx("cannot read GGUF file %s: %s", argv[1], hl_strerror(rc));
+    return EX_NOINPUT;
+  }
+  printf("file:           %s\nversion:        %u\narchitecture:   %s\nname:           %s\n"
+         "context_length: %llu\ntensors:        %llu\nmetadata keys:  %llu\n"
+         "file size:      %llu bytes\ntensor data:    %llu bytes\n",
+         argv[1], g.version, g.architecture, g.name, (unsigned long long)g.context_length,
+         (unsigned long long)g.n_tensors, (unsigned long long)g.n_kv,
+         (unsigned long long)g.file_size, (unsigned long long)g.tensor_bytes);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2)
+    return usage_error("no command given");
+  const char *sub = argv[1];
+  if (!strcmp(sub, "-h") || !strcmp(sub, "--help")) {
+    usage();
+    return 0;
+  }
+  if (!strcmp(sub, "-V") || !strcmp(sub, "--version")) {
+    printf("%s from heavylock %s\n", prog, hl_version());
+    return 0;
+  }
+  argv++, argc--;
+  optind = 1;
+  if (!strcmp(sub, "run"))
+    return cmd_run(argc, argv);
+  if (!strcmp(sub, "status"))
+    return cmd_status(argc, argv);
+  if (!strcmp(sub, "path"))
+    return cmd_path(argc, argv);
+  if (!strcmp(sub, "gguf"))
+    return cmd_gguf(argc, argv);
+  return usage_error("unknown command '%s'", sub);
+}

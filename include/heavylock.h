@@ -1,0 +1,245 @@
+/*
+ * heavylock.h - a crash-safe, cross-process lock for heavy work (loading big
+ * local models), with holder records, status, memory probes and GGUF reading.
+ *
+ * Calling sequence
+ * ----------------
+ *
+ *     hl_lock_t *lk;
+ *     int rc = hl_lock_open(&lk, "models/.llm_load.lock");
+ *     if (rc < 0) { fprintf(stderr, "%s\n", hl_strerror(rc)); ... }
+ *     hl_lock_set_label(lk, "tests/test_chat.py::test_reply");   (optional)
+ *     rc = hl_lock_acquire(lk, 30.0);          0 = got it
+ *     ... load the model, run the heavy work ...
+ *     hl_lock_release(lk);                     others may take it now
+ *     hl_lock_close(lk);                       frees the handle
+ *
+ * A handle may be acquired and released many times before it is closed.
+ *
+ * What the lock is
+ * ----------------
+ * An exclusive flock(2) on the whole lock file (on Windows: LockFileEx on
+ * byte 0, length 1).  It therefore excludes, and is excluded by, Python's
+ * `filelock`, `portalocker` and util-linux `flock(1)` on the same path.  The
+ * kernel drops it when the holder dies, so no stale lock outlives its
+ * process.  The lock file is never unlinked (waiters may be queued on its
+ * inode) and is only truncated by the process that holds the lock.
+ *
+ * Timeouts (hl_lock_acquire)
+ * --------------------------
+ *     timeout == 0   try once; HL_EBUSY if someone else holds it
+ *     timeout <  0   wait as long as it takes (blocks in the kernel)
+ *     timeout >  0   wait up to that many seconds on a monotonic clock;
+ *                    HL_ETIMEDOUT when it passes.  The waiter is woken by the
+ *                    holder's close of the file (inotify), not by polling.
+ *
+ * Errors
+ * ------
+ * Every function that can fail returns 0 (or a count) on success and a
+ * negative number on failure: either -errno (-EACCES, -EROFS, -ENOENT, ...)
+ * or one of the HL_E* codes below.  hl_strerror() names either kind.  The
+ * library never prints, never exits, installs no signal handlers and leaves
+ * no thread running.  A failed call leaves nothing locked and nothing
+ * half-written.
+ */
+#ifndef HEAVYLOCK_H
+#define HEAVYLOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define HL_VERSION_MAJOR 0
+#define HL_VERSION_MINOR 1
+#define HL_VERSION_PATCH 0
+#define HL_VERSION_STRING "0.1.0"
+
+/* Library-specific errors, in a range no errno uses. */
+#define HL_EBUSY      (-30001) /* held by someone else (try-once acquire)   */
+#define HL_ETIMEDOUT  (-30002) /* the deadline passed while waiting         */
+#define HL_ENOTREG    (-30003) /* lock path is a FIFO, directory, device... */
+#define HL_ESYMLINK   (-30004) /* lock path is a symbolic link: refused     */
+#define HL_EENV       (-30005) /* bad environment value (see hl_path_t)     */
+#define HL_EFORKED    (-30006) /* handle was opened by the parent process   */
+#define HL_ENOTHELD   (-30007) /* release of a lock this handle does not hold */
+#define HL_EFORMAT    (-30008) /* file is not in the expected format (GGUF)  */
+
+/* The name of an error returned by any function here (never NULL). */
+const char *hl_strerror(int err);
+const char *hl_version(void);
+
+/* ------------------------------------------------------------------------
+ * The lock
+ * ------------------------------------------------------------------------ */
+
+typedef struct hl_lock_s hl_lock_t;
+
+/*
+ * Open a handle on the lock at `path`.  Creates the file (mode 0666 & ~umask)
+ * and its missing parent directories.  Refuses a symbolic link (HL_ESYMLINK)
+ * and anything that is not a regular file (HL_ENOTREG), without opening,
+ * truncating or following it.  When the file exists but cannot be opened for
+ * writing (read-only directory or file), it is opened read-only: locking
+ * works, only the holder record is not written.
+ * On failure *lockp is NULL and nothing was created except, possibly, parent
+ * directories.
+ */
+int hl_lock_open(hl_lock_t **lockp, const char *path);
+
+/*
+ * Take the lock (see "Timeouts").  Returns 0, HL_EBUSY, HL_ETIMEDOUT,
+ * -EINTR (a signal arrived while waiting: nothing is held; call again with
+ * what is left of the timeout), -EDEADLK (this thread already holds, or is
+ * waiting for, the same lock file through this or another handle: waiting
+ * would never end), HL_EFORKED (handle belongs to the parent), or -errno.
+ * After winning, it checks that the path still names the file it locked (a
+ * tool may have deleted or replaced it) and starts over if not; then it
+ * writes the holder record.
+ */
+int hl_lock_acquire(hl_lock_t *lock, double timeout);
+
+/*
+ * Release the lock: clears the holder record, unlocks and closes the file
+ * (the close is what wakes waiters that use inotify).  Returns 0,
+ * HL_ENOTHELD, or HL_EFORKED when called in a forked child: a child never
+ * releases its parent's lock.
+ */
+int hl_lock_release(hl_lock_t *lock);
+
+/* Release if held (in the owning process only) and free the handle. NULL ok. */
+void hl_lock_close(hl_lock_t *lock);
+
+/*
+ * Free-text label stored in the holder record (e.g. a pytest node id); at
+ * most HL_LABEL_MAX-1 bytes are kept.  When the lock is held, the record is
+ * rewritten at once.  NULL clears it.
+ */
+int hl_lock_set_label(hl_lock_t *lock, const char *label);
+
+int hl_lock_held(const hl_lock_t *lock);          /* 1 when this handle holds it */
+const char *hl_lock_path(const hl_lock_t *lock);  /* as given to hl_lock_open   */
+/* The descriptor while held, else -1 (for passing the lock to a child). */
+intptr_t hl_lock_fd(const hl_lock_t *lock);
+
+/* ------------------------------------------------------------------------
+ * Holder records and status
+ * ------------------------------------------------------------------------ */
+
+#define HL_LABEL_MAX 512
+#define HL_CMD_MAX 1024
+#define HL_HOST_MAX 256
+#define HL_MAX_WAITERS 64
+
+/*
+ * What the holder writes into the lock file after winning, as text lines
+ * "key=value" under a first line "heavylock-holder 1".
+ */
+typedef struct hl_record_s {
+  long pid;                   /* holder's pid                                 */
+  unsigned long long start;   /* its start time (clock ticks since boot)      */
+  double acquired;            /* wall clock, seconds since the Unix epoch     */
+  char host[HL_HOST_MAX];
+  char boot_id[40];
+  char label[HL_LABEL_MAX];
+  char cmd[HL_CMD_MAX];       /* command line, arguments joined by spaces     */
+} hl_record_t;
+
+/*
+ * Read the record at `path`, reading at most 8 KiB, without following a
+ * symlink and without blocking on a FIFO.  Returns 0 when a well-formed record
+ * was found, -ENOENT when the file is missing, HL_EFORMAT when the file is
+ * empty or holds something else (another tool wrote it), or -errno.
+ */
+int hl_record_read(const char *path, hl_record_t *rec);
+
+typedef struct hl_waiter_s {
+  long pid;
+  char how;                   /* 'b' blocked in flock(2), 'w' watching (inotify) */
+} hl_waiter_t;
+
+typedef struct hl_status_s {
+  int held;                   /* 1 held, 0 free                               */
+  long holder_pid;            /* from the kernel's lock table, 0 if unknown    */
+  int has_record;             /* record read and it names the live holder      */
+  int stale_record;           /* a record is there but its holder is gone/other */
+  hl_record_t record;
+  double held_for;            /* seconds, from the record, -1 if unknown       */
+  int nwaiters;
+  hl_waiter_t waiters[HL_MAX_WAITERS];
+  const char *method;         /* "proc-locks" or "probe"                      */
+} hl_status_t;
+
+/*
+ * Who holds the lock at `path` and who waits.  On Linux the kernel's lock
+ * table (/proc/locks) is the truth: it names the holder's pid even when the
+ * holder is flock(1) or filelock and wrote no record, and lists blocked
+ * waiters; waiters that watch the file with inotify (heavylock's timed waits)
+ * are found in /proc/PID/fdinfo.  Elsewhere a shared try-lock probes whether
+ * the lock is held.  Never creates or modifies the file.  A missing file is
+ * "free".  Returns 0 or -errno.
+ */
+int hl_status(const char *path, hl_status_t *st);
+
+/* The command line of `pid`, arguments joined by spaces (bounded).  0/-errno. */
+int hl_proc_cmdline(long pid, char *buf, size_t len);
+
+/* ------------------------------------------------------------------------
+ * Lock path policy
+ * ------------------------------------------------------------------------ */
+
+typedef struct hl_path_s {
+  char path[4096];
+  const char *source;         /* "HEAVYLOCK_PATH", "LOCAL_MODEL_PATH", "default" */
+  char why[4400];             /* one sentence: why this path, or what is wrong */
+} hl_path_t;
+
+/*
+ * Resolve where the lock lives:
+ *   1. $HEAVYLOCK_PATH, if set;
+ *   2. else, if $LOCAL_MODEL_PATH is set, ".llm_load.lock" in the directory of
+ *      that model file (a relative value resolves against the current
+ *      directory);
+ *   3. else "<root>/models/.llm_load.lock" (root NULL means ".").
+ * Bad values (empty, a directory, a model that does not exist) return HL_EENV
+ * with `why` naming the variable and the value.
+ */
+int hl_path_resolve(const char *root, hl_path_t *out);
+
+/* ------------------------------------------------------------------------
+ * Memory probes
+ * ------------------------------------------------------------------------ */
+
+/* Memory the kernel says is available for new work (MemAvailable), bytes. */
+int hl_mem_available(uint64_t *bytes);
+/* Resident set size of `pid` plus all of its descendants, bytes. */
+int hl_mem_tree_rss(long pid, uint64_t *bytes);
+
+/* ------------------------------------------------------------------------
+ * GGUF reading
+ * ------------------------------------------------------------------------ */
+
+typedef struct hl_gguf_s {
+  uint32_t version;
+  uint64_t n_tensors;
+  uint64_t n_kv;
+  uint64_t file_size;         /* bytes                                         */
+  uint64_t tensor_bytes;      /* bytes of tensor data (file minus header)      */
+  char architecture[64];      /* general.architecture, "" if absent            */
+  char name[256];             /* general.name, "" if absent                    */
+  uint64_t context_length;    /* <arch>.context_length, 0 if absent            */
+} hl_gguf_t;
+
+/*
+ * Read the header and metadata of a GGUF model file (versions 2 and 3)
+ * without loading its tensors.  Bounded: refuses absurd counts and strings
+ * (HL_EFORMAT) instead of allocating them.  0 or -errno / HL_EFORMAT.
+ */
+int hl_gguf_read(const char *path, hl_gguf_t *info);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HEAVYLOCK_H */

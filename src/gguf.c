@@ -1,0 +1,166 @@
+/*
+ * gguf.c - read a GGUF model's header and metadata without its tensors.
+ *
+ * Layout (little-endian, versions 2 and 3): "GGUF", u32 version, u64 tensor
+ * count, u64 key/value count, the key/values (string key, u32 type, value),
+ * the tensor infos (string name, u32 n_dims, u64 dims[n_dims], u32 type, u64
+ * offset), padding to general.alignment (default 32), then tensor data.
+ * Everything read is bounded: a hostile or truncated file gives HL_EFORMAT.
+ */
+#include "heavylock.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#define MAX_STRING (1u << 20)
+#define MAX_COUNT (1ull << 24)
+#define MAX_DEPTH 4
+
+enum { T_U8, T_I8, T_U16, T_I16, T_U32, T_I32, T_F32, T_BOOL, T_STR, T_ARR, T_U64, T_I64, T_F64 };
+
+typedef struct {
+  FILE *f;
+  int bad;
+} rd_t;
+
+static int rd(rd_t *r, void *p, size_t n) {
+  if (!r->bad && fread(p, 1, n, r->f) != n)
+    r->bad = 1;
+  return !r->bad;
+}
+
+static uint64_t rd_u64(rd_t *r) {
+  uint64_t v = 0;
+  rd(r, &v, 8);
+  return v;
+}
+
+static uint32_t rd_u32(rd_t *r) {
+  uint32_t v = 0;
+  rd(r, &v, 4);
+  return v;
+}
+
+static int skip(rd_t *r, uint64_t n) {
+  if (r->bad || n > (1ull << 40) || fseek(r->f, (long)n, SEEK_CUR) != 0)
+    r->bad = 1;
+  return !r->bad;
+}
+
+/* Read a string into buf (truncated to fit), or skip it when buf is NULL. */
+static void rd_str(rd_t *r, char *buf, size_t len) {
+  uint64_t n = rd_u64(r);
+  if (n > MAX_STRING) {
+    r->bad = 1;
+    return;
+  }
+  if (buf == NULL) {
+    skip(r, n);
+    return;
+  }
+  size_t keep = n < len ? (size_t)n : len - 1;
+  rd(r, buf, keep);
+  buf[r->bad ? 0 : keep] = '\0';
+  skip(r, n - keep);
+}
+
+static size_t scalar_size(uint32_t t) {
+  static const size_t sz[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+  return t < sizeof(sz) / sizeof(sz[0]) ? sz[t] : 0;
+}
+
+/* Skip a value of type t; returns its integer value when it is one. */
+static uint64_t rd_value(rd_t *r, uint32_t t, int depth) {
+  if (t == T_STR) {
+    rd_str(r, NULL, 0);
+    return 0;
+  }
+  if (t == T_ARR) {
+    uint32_t et = rd_u32(r);
+    uint64_t n = rd_u64(r);
+    if (n > MAX_COUNT || depth >= MAX_DEPTH) {
+      r->bad = 1;
+      return 0;
+    }
+    size_t es = scalar_size(et);
+    if (es)
+      skip(r, n * es);
+    else if (et == T_STR || et == T_ARR)
+      for (uint64_t i = 0; i < n && !r->bad; i++)
+        rd_value(r, et, depth + 1);
+    else
+      r->bad = 1;
+    return 0;
+  }
+  size_t es = scalar_size(t);
+  if (es == 0) {
+    r->bad = 1;
+    return 0;
+  }
+  uint64_t v = 0;
+  rd(r, &v, es);
+  return (t == T_F32 || t == T_F64) ? 0 : v;
+}
+
+int hl_gguf_read(const char *path, hl_gguf_t *info) {
+  memset(info, 0, sizeof(*info));
+  FILE *f = fopen(path, "rb");
+  if (f == NULL)
+    return -errno;
+  rd_t r = {f, 0};
+  char magic[4];
+  int rc = HL_EFORMAT;
+  if (!rd(&r, magic, 4) || memcmp(magic, "GGUF", 4) != 0)
+    goto out;
+  info->version = rd_u32(&r);
+  if (info->version < 2 || info->version > 3)
+    goto out;
+  info->n_tensors = rd_u64(&r);
+  info->n_kv = rd_u64(&r);
+  if (r.bad || info->n_tensors > MAX_COUNT || info->n_kv > MAX_COUNT)
+    goto out;
+
+  uint64_t alignment = 32;
+  char key[256], ctx_key[128] = "";
+  for (uint64_t i = 0; i < info->n_kv && !r.bad; i++) {
+    rd_str(&r, key, sizeof(key));
+    uint32_t t = rd_u32(&r);
+    if (t == T_STR && strcmp(key, "general.architecture") == 0) {
+      rd_str(&r, info->architecture, sizeof(info->architecture));
+      snprintf(ctx_key, sizeof(ctx_key), "%s.context_length", info->architecture);
+    } else if (t == T_STR && strcmp(key, "general.name") == 0) {
+      rd_str(&r, info->name, sizeof(info->name));
+    } else {
+      uint64_t v = rd_value(&r, t, 0);
+      if (strcmp(key, "general.alignment") == 0 && v > 0 && v <= 65536)
+        alignment = v;
+      else if (ctx_key[0] && strcmp(key, ctx_key) == 0)
+        info->context_length = v;
+    }
+  }
+  for (uint64_t i = 0; i < info->n_tensors && !r.bad; i++) {
+    rd_str(&r, NULL, 0);
+    uint32_t nd = rd_u32(&r);
+    if (nd > 8) {
+      r.bad = 1;
+      break;
+    }
+    skip(&r, 8ull * nd + 4 + 8);
+  }
+  if (r.bad)
+    goto out;
+  long here = ftell(f);
+  if (here < 0 || fseek(f, 0, SEEK_END) != 0)
+    goto out;
+  long end = ftell(f);
+  uint64_t data = ((uint64_t)here + alignment - 1) / alignment * alignment;
+  if (end < 0 || (uint64_t)end < data)
+    goto out;
+  info->file_size = (uint64_t)end;
+  info->tensor_bytes = (uint64_t)end - data;
+  rc = 0;
+out:
+  fclose(f);
+  return rc;
+}

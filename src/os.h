@@ -1,0 +1,84 @@
+/*
+ * os.h - what the portable lock logic (lock.c) needs from the platform.
+ *
+ * One implementation per platform, chosen by the build: os-unix.c (Linux and
+ * other POSIX systems) and os-win.c (Windows).  Callers never see #ifdef.
+ * Descriptors are intptr_t so a Windows HANDLE fits.
+ */
+#ifndef HEAVYLOCK_OS_H
+#define HEAVYLOCK_OS_H
+
+#include "heavylock.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct hl__fileid_s {
+  uint64_t dev;
+  uint64_t ino;
+} hl__fileid_t;
+
+/* Open the lock file as described for hl_lock_open.  *readonly is set when
+ * only a read-only descriptor could be had. */
+int hl__os_open(const char *path, intptr_t *fd, int *readonly);
+void hl__os_close(intptr_t fd);
+int hl__os_fileid_fd(intptr_t fd, hl__fileid_t *id);
+/* Identity of what `path` names now, without following a symlink. */
+int hl__os_fileid_path(const char *path, hl__fileid_t *id);
+
+/* 0 got it, HL_EBUSY held elsewhere, -errno. */
+int hl__os_trylock(intptr_t fd);
+/* Blocks in the kernel. 0, -EINTR, -errno. */
+int hl__os_lock_wait(intptr_t fd);
+int hl__os_unlock(intptr_t fd);
+
+/* A watch that wakes when someone closes (releases) the lock file. */
+typedef struct hl__watch_s hl__watch_t;
+/* NULL when the platform has no such watch: the caller polls instead. */
+hl__watch_t *hl__os_watch_open(const char *path);
+/* Wait up to `ms` for an event. 1 event, 0 timeout, -EINTR, -errno. */
+int hl__os_watch_wait(hl__watch_t *w, int ms);
+void hl__os_watch_close(hl__watch_t *w);
+
+/* Replace the file's contents (the caller holds the lock). */
+int hl__os_write_all(intptr_t fd, const char *buf, size_t len);
+
+/* 0, or -EINTR when a signal cut the sleep short. */
+int hl__os_sleep_ms(int ms);
+double hl__os_monotonic(void); /* seconds */
+double hl__os_wallclock(void); /* seconds since the epoch */
+long hl__os_getpid(void);
+uintptr_t hl__os_thread_self(void);
+void hl__os_registry_lock(void);
+void hl__os_registry_unlock(void);
+
+/* Fill pid, start, host, boot_id and cmd for this process. */
+void hl__os_self_record(hl_record_t *rec);
+/* Start time of `pid` in the units of hl_record_t.start; 0 if unknown. */
+unsigned long long hl__os_proc_start(long pid);
+int hl__os_proc_alive(long pid);
+
+/* Kernel view of the lock (status).  Returns 0 and fills holder/waiters, or
+ * -ENOSYS where there is no lock table to read. */
+int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st);
+/* Fallback: does a shared try-lock fail?  1 held, 0 free, -errno. */
+int hl__os_probe_held(const char *path);
+
+/* Read at most `len` bytes from the start of the file, no symlink follow, no
+ * FIFO block.  Returns bytes read or -errno (HL_ESYMLINK, HL_ENOTREG). */
+long hl__os_read_head(const char *path, char *buf, size_t len);
+
+/* What is at `path` (following symlinks): 0 nothing, 1 regular file,
+ * 2 directory, 3 something else; -errno when it cannot be told. */
+int hl__os_path_kind(const char *path);
+/* `path` made absolute against the current directory (no normalisation). */
+int hl__os_abspath(const char *path, char *out, size_t len);
+/* The directory separator of this platform. */
+#define HL__SEP '/'
+
+/* Fault injection for tests (SQLite's overridable syscall table): replace the
+ * syscall named `name` ("open", "flock", "pwrite", "ftruncate", "fstat") by
+ * `fn`; NULL restores the real one.  Returns 0 or -ENOENT. */
+int hl__os_set_syscall(const char *name, void (*fn)(void));
+
+#endif

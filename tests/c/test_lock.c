@@ -1,0 +1,793 @@
+/*
+ * test_lock.c - one test per behaviour of libheavylock, with real processes.
+ *
+ * Run as `test_lock NAME`.  Multi-process tests fork real holders, kill
+ * them, and judge exclusion from recorded intervals (CLOCK_MONOTONIC, shared
+ * through an anonymous mapping), never from sleeps.
+ */
+#define _GNU_SOURCE
+#include "heavylock.h"
+#include "os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- libuv test/task.h style assertions ---- */
+#define ASSERT(expr)                                                                    \
+  do {                                                                                  \
+    if (!(expr)) {                                                                      \
+      fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #expr);      \
+      abort();                                                                          \
+    }                                                                                   \
+  } while (0)
+#define ASSERT_EQ(a, b)                                                                 \
+  do {                                                                                  \
+    long long a_ = (long long)(a), b_ = (long long)(b);                                 \
+    if (a_ != b_) {                                                                     \
+      fprintf(stderr, "%s:%d: %s == %s failed: %lld != %lld (%s)\n", __FILE__, __LINE__, \
+              #a, #b, a_, b_, a_ < 0 ? hl_strerror((int)a_) : "");                      \
+      abort();                                                                          \
+    }                                                                                   \
+  } while (0)
+#define ASSERT_STR(a, b)                                                                \
+  do {                                                                                  \
+    if (strcmp((a), (b)) != 0) {                                                        \
+      fprintf(stderr, "%s:%d: \"%s\" != \"%s\"\n", __FILE__, __LINE__, (a), (b));       \
+      abort();                                                                          \
+    }                                                                                   \
+  } while (0)
+
+static char dir[256];
+static char lockpath[320];
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void setup(void) {
+  snprintf(dir, sizeof(dir), "/tmp/hl-test-%ld-XXXXXX", (long)getpid());
+  ASSERT(mkdtemp(dir) != NULL);
+  snprintf(lockpath, sizeof(lockpath), "%s/models/.llm_load.lock", dir);
+}
+
+static void cleanup(void) {
+  char cmd[300];
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+  if (system(cmd) != 0)
+    fprintf(stderr, "cleanup of %s failed\n", dir);
+}
+
+/* A child that takes the lock, says so through a pipe, then holds it until
+ * killed (or for `hold` seconds).  Returns its pid. */
+static pid_t spawn_holder(const char *path, const char *label, double hold) {
+  int p[2];
+  ASSERT(pipe(p) == 0);
+  pid_t pid = fork();
+  ASSERT(pid >= 0);
+  if (pid == 0) {
+    close(p[0]);
+    hl_lock_t *lk;
+    if (hl_lock_open(&lk, path) < 0)
+      _exit(10);
+    if (label)
+      hl_lock_set_label(lk, label);
+    if (hl_lock_acquire(lk, -1) < 0)
+      _exit(11);
+    if (write(p[1], "x", 1) != 1)
+      _exit(12);
+    double end = now() + hold;
+    while (now() < end)
+      usleep(1000);
+    hl_lock_close(lk);
+    _exit(0);
+  }
+  close(p[1]);
+  char c;
+  ASSERT_EQ(read(p[0], &c, 1), 1);
+  close(p[0]);
+  return pid;
+}
+
+static int reap(pid_t pid) {
+  int st;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  return st;
+}
+
+/* ---------------------------------------------------------------- tests */
+
+static void test_basic(void) {
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  ASSERT_EQ(hl_lock_held(lk), 0);
+  ASSERT_EQ(hl_lock_fd(lk), -1);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  ASSERT_EQ(hl_lock_held(lk), 1);
+  ASSERT(hl_lock_fd(lk) >= 0);
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  ASSERT_EQ(hl_lock_release(lk), HL_ENOTHELD);
+  ASSERT_EQ(hl_lock_acquire(lk, 1.0), 0);
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, -1), 0);
+  hl_lock_close(lk); /* releases */
+  /* The file stays (never unlinked) and is empty after release. */
+  struct stat st;
+  ASSERT_EQ(stat(lockpath, &st), 0);
+  ASSERT_EQ(st.st_size, 0);
+  ASSERT_EQ(hl_lock_open(&lk, ""), -EINVAL);
+  ASSERT(lk == NULL);
+}
+
+static void test_record(void) {
+  hl_lock_t *lk;
+  hl_record_t rec;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  hl_lock_set_label(lk, "tests/test_chat.py::test_reply\nwith newline");
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  ASSERT_EQ(hl_record_read(lockpath, &rec), 0);
+  ASSERT_EQ(rec.pid, getpid());
+  ASSERT_STR(rec.label, "tests/test_chat.py::test_reply with newline");
+  ASSERT(strstr(rec.cmd, "test_lock") != NULL);
+  ASSERT(rec.start > 0);
+  ASSERT(rec.host[0] != '\0');
+  ASSERT(strlen(rec.boot_id) == 36);
+  double wall = (double)time(NULL);
+  ASSERT(rec.acquired > wall - 5 && rec.acquired < wall + 5);
+  /* Relabel while held rewrites the record at once. */
+  hl_lock_set_label(lk, "second");
+  ASSERT_EQ(hl_record_read(lockpath, &rec), 0);
+  ASSERT_STR(rec.label, "second");
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  ASSERT_EQ(hl_record_read(lockpath, &rec), HL_EFORMAT); /* cleared */
+  hl_lock_close(lk);
+}
+
+static void test_busy_and_timeout(void) {
+  pid_t holder = spawn_holder(lockpath, "holder", 30);
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  double t0 = now();
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  ASSERT(now() - t0 < 0.5);
+  t0 = now();
+  ASSERT_EQ(hl_lock_acquire(lk, 0.3), HL_ETIMEDOUT);
+  double waited = now() - t0;
+  ASSERT(waited >= 0.29 && waited < 3.0); /* generous window */
+  ASSERT_EQ(hl_lock_held(lk), 0);
+  kill(holder, SIGKILL);
+  reap(holder);
+  ASSERT_EQ(hl_lock_acquire(lk, 5), 0);
+  hl_lock_close(lk);
+}
+
+static void test_same_thread_deadlock(void) {
+  hl_lock_t *a, *b;
+  ASSERT_EQ(hl_lock_open(&a, lockpath), 0);
+  ASSERT_EQ(hl_lock_open(&b, lockpath), 0);
+  ASSERT_EQ(hl_lock_acquire(a, 0), 0);
+  double t0 = now();
+  ASSERT_EQ(hl_lock_acquire(b, -1), -EDEADLK); /* at once, not a silent hang */
+  ASSERT_EQ(hl_lock_acquire(a, -1), -EDEADLK);
+  ASSERT(now() - t0 < 1.0);
+  ASSERT_EQ(hl_lock_release(a), 0);
+  ASSERT_EQ(hl_lock_acquire(b, 0), 0); /* b is usable afterwards */
+  hl_lock_close(b);
+  hl_lock_close(a);
+}
+
+struct thread_arg {
+  double got_at;
+  int rc;
+};
+
+static void *thread_acquire(void *p) {
+  struct thread_arg *arg = p;
+  hl_lock_t *lk;
+  arg->rc = hl_lock_open(&lk, lockpath);
+  if (arg->rc == 0) {
+    arg->rc = hl_lock_acquire(lk, 10);
+    arg->got_at = now();
+    hl_lock_close(lk);
+  }
+  return NULL;
+}
+
+static void test_other_thread_waits(void) {
+  hl_lock_t *a;
+  ASSERT_EQ(hl_lock_open(&a, lockpath), 0);
+  ASSERT_EQ(hl_lock_acquire(a, 0), 0);
+  struct thread_arg arg = {0, -1};
+  pthread_t t;
+  ASSERT_EQ(pthread_create(&t, NULL, thread_acquire, &arg), 0);
+  usleep(200000);
+  double released_at = now();
+  ASSERT_EQ(hl_lock_release(a), 0);
+  ASSERT_EQ(pthread_join(t, NULL), 0);
+  ASSERT_EQ(arg.rc, 0); /* it waited, then got it: not -EDEADLK */
+  ASSERT(arg.got_at >= released_at);
+  hl_lock_close(a);
+}
+
+static void test_fork_child_cannot_release(void) {
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int rc = hl_lock_release(lk);
+    int rc2 = hl_lock_acquire(lk, 0);
+    hl_lock_close(lk); /* must not unlock the parent's lock */
+    _exit(rc == HL_EFORKED && rc2 == HL_EFORKED ? 0 : 1);
+  }
+  int st = reap(pid);
+  ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  /* Still held by us: another process cannot take it. */
+  pid = fork();
+  if (pid == 0) {
+    hl_lock_t *o;
+    if (hl_lock_open(&o, lockpath) < 0)
+      _exit(2);
+    _exit(hl_lock_acquire(o, 0) == HL_EBUSY ? 0 : 1);
+  }
+  st = reap(pid);
+  ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  hl_lock_close(lk);
+}
+
+static void test_killed_holder(void) {
+  pid_t holder = spawn_holder(lockpath, "doomed", 60);
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  double t0 = now();
+  kill(holder, SIGKILL);
+  ASSERT_EQ(hl_lock_acquire(lk, 10), 0);
+  ASSERT(now() - t0 < 2.0); /* promptly, no stale lock */
+  reap(holder);
+  hl_lock_close(lk);
+}
+
+#define NPROC 6
+#define NITER 40
+struct interval {
+  double from, to;
+  long pid;
+};
+
+static void test_mutual_exclusion(void) {
+  size_t n = NPROC * NITER;
+  struct interval *iv =
+      mmap(NULL, n * sizeof(*iv), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT(iv != MAP_FAILED);
+  memset(iv, 0, n * sizeof(*iv));
+  pid_t kids[NPROC];
+  for (int k = 0; k < NPROC; k++) {
+    kids[k] = fork();
+    if (kids[k] == 0) {
+      hl_lock_t *lk;
+      if (hl_lock_open(&lk, lockpath) < 0)
+        _exit(1);
+      for (int i = 0; i < NITER; i++) {
+        /* half the processes wait in the kernel, half with a deadline */
+        if (hl_lock_acquire(lk, k % 2 ? 30.0 : -1) < 0)
+          _exit(2);
+        struct interval *me = &iv[k * NITER + i];
+        me->from = now();
+        me->pid = getpid();
+        for (volatile int spin = 0; spin < 20000; spin++) {
+        }
+        me->to = now();
+        hl_lock_release(lk);
+      }
+      hl_lock_close(lk);
+      _exit(0);
+    }
+  }
+  for (int k = 0; k < NPROC; k++) {
+    int st = reap(kids[k]);
+    ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  /* Sort by start; any interval starting before the previous one ended is an
+   * overlap. */
+  for (size_t i = 1; i < n; i++)
+    for (size_t j = i; j > 0 && iv[j].from < iv[j - 1].from; j--) {
+      struct interval t = iv[j];
+      iv[j] = iv[j - 1];
+      iv[j - 1] = t;
+    }
+  int overlaps = 0;
+  for (size_t i = 0; i < n; i++) {
+    ASSERT(iv[i].pid != 0);
+    if (i && iv[i].from < iv[i - 1].to)
+      overlaps++;
+  }
+  ASSERT_EQ(overlaps, 0);
+  munmap(iv, n * sizeof(*iv));
+}
+
+static void test_hostile_paths(void) {
+  hl_lock_t *lk;
+  char target[400], link[400], fifo[400], sub[400];
+  snprintf(target, sizeof(target), "%s/victim", dir);
+  snprintf(link, sizeof(link), "%s/link.lock", dir);
+  snprintf(fifo, sizeof(fifo), "%s/fifo.lock", dir);
+  snprintf(sub, sizeof(sub), "%s/dir.lock", dir);
+  FILE *f = fopen(target, "w");
+  ASSERT(f != NULL);
+  fputs("precious data\n", f);
+  fclose(f);
+  ASSERT_EQ(symlink(target, link), 0);
+  ASSERT_EQ(hl_lock_open(&lk, link), HL_ESYMLINK);
+  ASSERT(lk == NULL);
+  ASSERT_EQ(mkfifo(fifo, 0600), 0);
+  double t0 = now();
+  ASSERT_EQ(hl_lock_open(&lk, fifo), HL_ENOTREG); /* refused, did not hang */
+  ASSERT(now() - t0 < 1.0);
+  ASSERT_EQ(mkdir(sub, 0700), 0);
+  ASSERT_EQ(hl_lock_open(&lk, sub), HL_ENOTREG);
+  /* a dangling symlink is refused too, and nothing is created at its target */
+  char dangling[400], nowhere[400];
+  snprintf(dangling, sizeof(dangling), "%s/dangling.lock", dir);
+  snprintf(nowhere, sizeof(nowhere), "%s/nowhere", dir);
+  ASSERT_EQ(symlink(nowhere, dangling), 0);
+  ASSERT_EQ(hl_lock_open(&lk, dangling), HL_ESYMLINK);
+  ASSERT(access(nowhere, F_OK) != 0);
+  /* status and records refuse them as well */
+  hl_status_t st;
+  hl_record_t rec;
+  ASSERT_EQ(hl_status(link, &st), HL_ESYMLINK);
+  ASSERT_EQ(hl_record_read(link, &rec), HL_ESYMLINK);
+  ASSERT_EQ(hl_record_read(fifo, &rec), HL_ENOTREG);
+  /* the symlink's target is untouched */
+  char buf[64] = {0};
+  f = fopen(target, "r");
+  ASSERT(f != NULL);
+  ASSERT(fgets(buf, sizeof(buf), f) != NULL);
+  fclose(f);
+  ASSERT_STR(buf, "precious data\n");
+}
+
+static void test_creates_parent_dirs(void) {
+  char deep[400];
+  snprintf(deep, sizeof(deep), "%s/a/b/c/.llm_load.lock", dir);
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, deep), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  struct stat st;
+  ASSERT_EQ(stat(deep, &st), 0);
+  ASSERT(S_ISREG(st.st_mode));
+  hl_lock_close(lk);
+}
+
+/* Fake syscalls for fault injection. */
+static int fake_open_rofs(const char *path, int flags, ...) {
+  if ((flags & O_ACCMODE) != O_RDONLY) {
+    errno = EROFS;
+    return -1;
+  }
+  return open(path, flags);
+}
+static int fake_flock_enolck(int fd, int op) {
+  (void)fd;
+  (void)op;
+  errno = ENOLCK;
+  return -1;
+}
+static ssize_t fake_pwrite_enospc(int fd, const void *b, size_t n, off_t off) {
+  /* write a little, then fail: the record must not be left half written */
+  if (n > 8 && pwrite(fd, b, 8, off) == 8) {
+    errno = ENOSPC;
+    return -1;
+  }
+  errno = ENOSPC;
+  return -1;
+}
+
+static void test_readonly_fallback(void) {
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0); /* creates it */
+  hl_lock_close(lk);
+  hl__os_set_syscall("open", (void (*)(void))fake_open_rofs);
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  /* Held through the read-only descriptor: others are excluded. */
+  pid_t pid = fork();
+  if (pid == 0) {
+    hl__os_set_syscall("open", NULL);
+    hl_lock_t *o;
+    if (hl_lock_open(&o, lockpath) < 0)
+      _exit(2);
+    _exit(hl_lock_acquire(o, 0) == HL_EBUSY ? 0 : 1);
+  }
+  int st = reap(pid);
+  ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  hl_record_t rec;
+  ASSERT_EQ(hl_record_read(lockpath, &rec), HL_EFORMAT); /* no record written */
+  hl_lock_close(lk);
+  /* A missing file on a read-only file system is an error that names it. */
+  char other[400];
+  snprintf(other, sizeof(other), "%s/models/missing.lock", dir);
+  ASSERT_EQ(hl_lock_open(&lk, other), -EROFS);
+  hl__os_set_syscall("open", NULL);
+}
+
+static void test_flock_failure_injected(void) {
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  ASSERT_EQ(hl__os_set_syscall("flock", (void (*)(void))fake_flock_enolck), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), -ENOLCK);
+  ASSERT_EQ(hl_lock_acquire(lk, 1), -ENOLCK); /* at once, not after a timeout */
+  ASSERT_EQ(hl_lock_acquire(lk, -1), -ENOLCK);
+  ASSERT_EQ(hl_lock_held(lk), 0);
+  ASSERT_EQ(hl__os_set_syscall("flock", NULL), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0); /* nothing was left half-taken */
+  hl_lock_close(lk);
+  ASSERT_EQ(hl__os_set_syscall("nosuch", NULL), -ENOENT);
+}
+
+static void test_write_failure_injected(void) {
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  hl_lock_set_label(lk, "a label long enough to need more than eight bytes");
+  hl__os_set_syscall("pwrite", (void (*)(void))fake_pwrite_enospc);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0); /* disk full costs the record, not the lock */
+  hl__os_set_syscall("pwrite", NULL);
+  struct stat st;
+  ASSERT_EQ(stat(lockpath, &st), 0);
+  ASSERT_EQ(st.st_size, 0); /* no half record left */
+  ASSERT_EQ(hl_lock_held(lk), 1);
+  hl_lock_close(lk);
+}
+
+static void test_replaced_file(void) {
+  /* A waiter is queued on the old inode; the holder's side replaces the file
+   * (as an old unlink-on-release tool would) and releases.  The waiter must
+   * notice it locked a file the path no longer names, and lock the new one. */
+  pid_t holder = spawn_holder(lockpath, NULL, 0.5);
+  int p[2];
+  ASSERT(pipe(p) == 0);
+  pid_t waiter = fork();
+  if (waiter == 0) {
+    close(p[0]);
+    hl_lock_t *lk;
+    if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, 10) < 0)
+      _exit(1);
+    struct stat a, b;
+    fstat((int)hl_lock_fd(lk), &a);
+    stat(lockpath, &b);
+    char ok = (a.st_ino == b.st_ino) ? 'y' : 'n';
+    if (write(p[1], &ok, 1) != 1)
+      _exit(2);
+    usleep(300000);
+    hl_lock_close(lk);
+    _exit(0);
+  }
+  close(p[1]);
+  usleep(100000);
+  char tmp[400];
+  snprintf(tmp, sizeof(tmp), "%s.new", lockpath);
+  FILE *f = fopen(tmp, "w");
+  ASSERT(f != NULL);
+  fclose(f);
+  ASSERT_EQ(rename(tmp, lockpath), 0);
+  char ok = 0;
+  ASSERT_EQ(read(p[0], &ok, 1), 1);
+  ASSERT_EQ(ok, 'y');
+  /* And while it holds the new file, we are excluded from it. */
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  reap(waiter);
+  reap(holder);
+  hl_lock_close(lk);
+}
+
+static void test_status(void) {
+  hl_status_t st;
+  ASSERT_EQ(hl_status(lockpath, &st), 0); /* missing file: free, not created */
+  ASSERT_EQ(st.held, 0);
+  ASSERT(access(lockpath, F_OK) != 0);
+
+  pid_t holder = spawn_holder(lockpath, "tests/test_x.py::test_y", 30);
+  /* a waiter blocked in the kernel and one with a deadline */
+  pid_t w1 = fork();
+  if (w1 == 0) {
+    hl_lock_t *lk;
+    if (hl_lock_open(&lk, lockpath) < 0)
+      _exit(1);
+    _exit(hl_lock_acquire(lk, -1) == 0 ? 0 : 1);
+  }
+  pid_t w2 = fork();
+  if (w2 == 0) {
+    hl_lock_t *lk;
+    if (hl_lock_open(&lk, lockpath) < 0)
+      _exit(1);
+    _exit(hl_lock_acquire(lk, 30) == 0 ? 0 : 1);
+  }
+  /* wait until both are seen waiting (bounded) */
+  double end = now() + 5;
+  do {
+    ASSERT_EQ(hl_status(lockpath, &st), 0);
+    if (st.nwaiters >= 2)
+      break;
+    usleep(20000);
+  } while (now() < end);
+  ASSERT_EQ(st.held, 1);
+  ASSERT_STR(st.method, "proc-locks");
+  ASSERT_EQ(st.holder_pid, holder);
+  ASSERT_EQ(st.has_record, 1);
+  ASSERT_STR(st.record.label, "tests/test_x.py::test_y");
+  ASSERT(st.held_for >= 0 && st.held_for < 30);
+  ASSERT_EQ(st.nwaiters, 2);
+  int saw_b = 0, saw_w = 0;
+  for (int i = 0; i < st.nwaiters; i++) {
+    if (st.waiters[i].pid == w1 && st.waiters[i].how == 'b')
+      saw_b = 1;
+    if (st.waiters[i].pid == w2 && st.waiters[i].how == 'w')
+      saw_w = 1;
+  }
+  ASSERT(saw_b && saw_w);
+  char cmd[256];
+  ASSERT_EQ(hl_proc_cmdline(holder, cmd, sizeof(cmd)), 0);
+  ASSERT(strstr(cmd, "test_lock") != NULL);
+
+  /* SIGKILL the holder: its record stays but is recognised as stale once
+   * the waiters are gone too. */
+  kill(holder, SIGKILL);
+  reap(holder);
+  reap(w1);
+  reap(w2);
+  ASSERT_EQ(hl_status(lockpath, &st), 0);
+  ASSERT_EQ(st.held, 0);
+  ASSERT_EQ(st.has_record, 0);
+}
+
+static void write_file(const char *path, const char *data, size_t n) {
+  FILE *f = fopen(path, "wb");
+  ASSERT(f != NULL);
+  ASSERT_EQ(fwrite(data, 1, n, f), n);
+  fclose(f);
+}
+
+static void test_record_garbage(void) {
+  hl_record_t rec;
+  char path[400];
+  snprintf(path, sizeof(path), "%s/garbage.lock", dir);
+  ASSERT_EQ(hl_record_read(path, &rec), -ENOENT);
+  write_file(path, "", 0);
+  ASSERT_EQ(hl_record_read(path, &rec), HL_EFORMAT);
+  write_file(path, "12345\n", 6); /* a pid file from another tool */
+  ASSERT_EQ(hl_record_read(path, &rec), HL_EFORMAT);
+  write_file(path, "heavylock-holder 1\npid=abc\n", 27);
+  ASSERT_EQ(hl_record_read(path, &rec), HL_EFORMAT);
+  /* huge, no newlines: bounded read, no crash */
+  size_t big = 1 << 20;
+  char *junk = malloc(big);
+  ASSERT(junk != NULL);
+  memset(junk, 'A', big);
+  memcpy(junk, "heavylock-holder 1\npid=77\nlabel=", 32);
+  write_file(path, junk, big);
+  free(junk);
+  ASSERT_EQ(hl_record_read(path, &rec), 0);
+  ASSERT_EQ(rec.pid, 77);
+  ASSERT_EQ(strlen(rec.label), HL_LABEL_MAX - 1);
+  /* a foreign holder's stale content is reported, not trusted */
+  hl_status_t st;
+  ASSERT_EQ(hl_status(path, &st), 0);
+  ASSERT_EQ(st.held, 0);
+  ASSERT_EQ(st.stale_record, 1);
+}
+
+static void test_path_policy(void) {
+  hl_path_t p;
+  char model[400], cwd[300];
+  ASSERT(getcwd(cwd, sizeof(cwd)) != NULL);
+  unsetenv("HEAVYLOCK_PATH");
+  unsetenv("LOCAL_MODEL_PATH");
+  ASSERT_EQ(hl_path_resolve(dir, &p), 0);
+  ASSERT_STR(p.source, "default");
+  ASSERT_STR(p.path, lockpath);
+
+  snprintf(model, sizeof(model), "%s/store", dir);
+  mkdir(model, 0755);
+  snprintf(model, sizeof(model), "%s/store/phi.gguf", dir);
+  write_file(model, "GGUF", 4);
+  setenv("LOCAL_MODEL_PATH", model, 1);
+  ASSERT_EQ(hl_path_resolve(dir, &p), 0);
+  ASSERT_STR(p.source, "LOCAL_MODEL_PATH");
+  char want[500];
+  snprintf(want, sizeof(want), "%s/store/.llm_load.lock", dir);
+  ASSERT_STR(p.path, want);
+
+  /* relative model path resolves against the current directory */
+  ASSERT_EQ(chdir(dir), 0);
+  setenv("LOCAL_MODEL_PATH", "./store/phi.gguf", 1);
+  ASSERT_EQ(hl_path_resolve("/elsewhere", &p), 0);
+  ASSERT(strstr(p.path, "/store/.llm_load.lock") != NULL);
+  ASSERT(p.path[0] == '/');
+  ASSERT_EQ(chdir(cwd), 0);
+
+  setenv("LOCAL_MODEL_PATH", "", 1);
+  ASSERT_EQ(hl_path_resolve(dir, &p), HL_EENV);
+  ASSERT(strstr(p.why, "LOCAL_MODEL_PATH is set but empty") != NULL);
+  setenv("LOCAL_MODEL_PATH", "/no/such/model.gguf", 1);
+  ASSERT_EQ(hl_path_resolve(dir, &p), HL_EENV);
+  ASSERT(strstr(p.why, "LOCAL_MODEL_PATH='/no/such/model.gguf' does not exist") != NULL);
+  setenv("LOCAL_MODEL_PATH", dir, 1);
+  ASSERT_EQ(hl_path_resolve(dir, &p), HL_EENV);
+  ASSERT(strstr(p.why, "is a directory") != NULL);
+
+  /* HEAVYLOCK_PATH wins over everything, even a bad LOCAL_MODEL_PATH */
+  setenv("HEAVYLOCK_PATH", "/tmp/custom.lock", 1);
+  ASSERT_EQ(hl_path_resolve(dir, &p), 0);
+  ASSERT_STR(p.source, "HEAVYLOCK_PATH");
+  ASSERT_STR(p.path, "/tmp/custom.lock");
+  setenv("HEAVYLOCK_PATH", "", 1);
+  ASSERT_EQ(hl_path_resolve(dir, &p), HL_EENV);
+  ASSERT(strstr(p.why, "HEAVYLOCK_PATH is set but empty") != NULL);
+  setenv("HEAVYLOCK_PATH", dir, 1);
+  ASSERT_EQ(hl_path_resolve(dir, &p), HL_EENV);
+  ASSERT(strstr(p.why, "is a directory") != NULL);
+  unsetenv("HEAVYLOCK_PATH");
+  unsetenv("LOCAL_MODEL_PATH");
+}
+
+/* Build a small GGUF v3 file in memory. */
+static size_t put(char *b, size_t o, const void *p, size_t n) {
+  memcpy(b + o, p, n);
+  return o + n;
+}
+static size_t put_str(char *b, size_t o, const char *s) {
+  uint64_t n = strlen(s);
+  o = put(b, o, &n, 8);
+  return put(b, o, s, n);
+}
+static size_t put_u32(char *b, size_t o, uint32_t v) { return put(b, o, &v, 4); }
+static size_t put_u64(char *b, size_t o, uint64_t v) { return put(b, o, &v, 8); }
+
+static void test_gguf(void) {
+  char b[4096];
+  memset(b, 0, sizeof(b));
+  size_t o = put(b, 0, "GGUF", 4);
+  o = put_u32(b, o, 3);
+  o = put_u64(b, o, 1); /* tensors */
+  o = put_u64(b, o, 4); /* kv */
+  o = put_str(b, o, "general.architecture");
+  o = put_u32(b, o, 8);
+  o = put_str(b, o, "llama");
+  o = put_str(b, o, "general.name");
+  o = put_u32(b, o, 8);
+  o = put_str(b, o, "Tiny Test");
+  o = put_str(b, o, "tokenizer.ggml.tokens"); /* array of strings, skipped */
+  o = put_u32(b, o, 9);
+  o = put_u32(b, o, 8);
+  o = put_u64(b, o, 2);
+  o = put_str(b, o, "a");
+  o = put_str(b, o, "bc");
+  o = put_str(b, o, "llama.context_length");
+  o = put_u32(b, o, 4);
+  o = put_u32(b, o, 2048);
+  o = put_str(b, o, "tok_embd"); /* tensor info */
+  o = put_u32(b, o, 2);
+  o = put_u64(b, o, 4);
+  o = put_u64(b, o, 8);
+  o = put_u32(b, o, 0);
+  o = put_u64(b, o, 0);
+  size_t data = (o + 31) / 32 * 32;
+  size_t total = data + 128;
+  char path[400];
+  snprintf(path, sizeof(path), "%s/tiny.gguf", dir);
+  write_file(path, b, total);
+  hl_gguf_t g;
+  ASSERT_EQ(hl_gguf_read(path, &g), 0);
+  ASSERT_EQ(g.version, 3);
+  ASSERT_EQ(g.n_tensors, 1);
+  ASSERT_EQ(g.n_kv, 4);
+  ASSERT_STR(g.architecture, "llama");
+  ASSERT_STR(g.name, "Tiny Test");
+  ASSERT_EQ(g.context_length, 2048);
+  ASSERT_EQ(g.file_size, total);
+  ASSERT_EQ(g.tensor_bytes, 128);
+  /* truncated inside the metadata, wrong magic, absurd counts */
+  write_file(path, b, 60);
+  ASSERT_EQ(hl_gguf_read(path, &g), HL_EFORMAT);
+  write_file(path, "GGML....", 8);
+  ASSERT_EQ(hl_gguf_read(path, &g), HL_EFORMAT);
+  memset(b + 8, 0xff, 8); /* n_tensors = 2^64-1 */
+  write_file(path, b, total);
+  ASSERT_EQ(hl_gguf_read(path, &g), HL_EFORMAT);
+  ASSERT_EQ(hl_gguf_read("/no/such.gguf", &g), -ENOENT);
+}
+
+static void test_memory(void) {
+  uint64_t avail = 0, rss = 0, rss2 = 0;
+  ASSERT_EQ(hl_mem_available(&avail), 0);
+  ASSERT(avail > 16u << 20);
+  ASSERT_EQ(hl_mem_tree_rss(getpid(), &rss), 0);
+  ASSERT(rss > 0);
+  /* a child that touches 64 MiB shows up in the tree */
+  int p[2];
+  ASSERT(pipe(p) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    size_t n = 64u << 20;
+    char *m = malloc(n);
+    memset(m, 1, n);
+    if (write(p[1], "x", 1) != 1)
+      _exit(1);
+    pause();
+    _exit(0);
+  }
+  char c;
+  ASSERT_EQ(read(p[0], &c, 1), 1);
+  ASSERT_EQ(hl_mem_tree_rss(getpid(), &rss2), 0);
+  ASSERT(rss2 >= rss + (60u << 20));
+  kill(pid, SIGKILL);
+  reap(pid);
+  ASSERT_EQ(hl_mem_tree_rss(999999999, &rss), -ESRCH);
+}
+
+static void on_alarm(int sig) { (void)sig; }
+
+static void test_eintr(void) {
+  pid_t holder = spawn_holder(lockpath, NULL, 30);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_alarm; /* no SA_RESTART, as Python installs its handlers */
+  sigaction(SIGALRM, &sa, NULL);
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  alarm(1);
+  ASSERT_EQ(hl_lock_acquire(lk, -1), -EINTR);
+  alarm(1);
+  ASSERT_EQ(hl_lock_acquire(lk, 20), -EINTR);
+  ASSERT_EQ(hl_lock_held(lk), 0);
+  kill(holder, SIGKILL);
+  reap(holder);
+  ASSERT_EQ(hl_lock_acquire(lk, 5), 0);
+  hl_lock_close(lk);
+}
+
+static const struct {
+  const char *name;
+  void (*fn)(void);
+} tests[] = {
+#define T(n) {#n, test_##n}
+    T(basic), T(record), T(busy_and_timeout), T(same_thread_deadlock), T(other_thread_waits),
+    T(fork_child_cannot_release), T(killed_holder), T(mutual_exclusion), T(hostile_paths),
+    T(creates_parent_dirs), T(readonly_fallback), T(flock_failure_injected),
+    T(write_failure_injected), T(replaced_file), T(status), T(record_garbage), T(path_policy),
+    T(gguf), T(memory), T(eintr),
+#undef T
+};
+
+int main(int argc, char **argv) {
+  int ran = 0;
+  for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+    if (argc > 1 && strcmp(argv[1], tests[i].name) != 0)
+      continue;
+    setup();
+    tests[i].fn();
+    cleanup();
+    printf("ok %s\n", tests[i].name);
+    ran++;
+  }
+  if (ran == 0) {
+    fprintf(stderr, "no test named %s\n", argc > 1 ? argv[1] : "");
+    return 1;
+  }
+  return 0;
+}
