@@ -1,0 +1,285 @@
+"""The heavylock CLI with real processes: exclusion, interop with flock(1)
+and Python's filelock in both directions, killed holders, timeouts, hostile
+paths, status.  Exclusion is judged from recorded intervals; times only in
+generous windows."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import held_by, overlaps, read_intervals, record_cmd, wait_for
+
+
+def run(cli, *args, **kw):
+    return subprocess.run([cli, *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def hold(cli, lock, *extra, label=None):
+    """Start `heavylock run` holding the lock until killed; wait until it holds."""
+    args = [cli, "run", "--lock", str(lock)]
+    if label:
+        args += ["--label", label]
+    p = subprocess.Popen(args + list(extra) + ["--", "sleep", "60"], start_new_session=True)
+    wait_for(lambda: held_by(cli, lock) == p.pid, what="holder to take the lock")
+    return p
+
+
+def kill_group(p):
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+
+
+def test_mutual_exclusion_many_processes(cli, lockfile, tmp_path):
+    log = tmp_path / "intervals"
+    procs = [subprocess.Popen([cli, "run", "--lock", str(lockfile), "-q", "--",
+                               *record_cmd(log, 0.02)]) for _ in range(8)]
+    for _ in range(3):  # and a second wave, some with a deadline
+        procs += [subprocess.Popen([cli, "run", "-w", "60", "--lock", str(lockfile), "-q", "--",
+                                    *record_cmd(log, 0.02)]) for _ in range(4)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    iv = read_intervals(log)
+    assert len(iv) == 20
+    assert overlaps(iv) == []
+
+
+def test_exit_codes(cli, lockfile):
+    assert run(cli, "run", "--lock", lockfile, "--", "sh", "-c", "exit 7").returncode == 7
+    assert run(cli, "run", "--lock", lockfile, "--", "sh", "-c", "kill -9 $$").returncode == 137
+    r = run(cli, "run", "--lock", lockfile, "--", "/no/such/program")
+    assert r.returncode == 69
+    assert "failed to execute /no/such/program" in r.stderr
+    r = run(cli, "run", "--lock", lockfile)
+    assert r.returncode == 64 and "Try 'heavylock --help'" in r.stderr
+    assert run(cli, "frobnicate").returncode == 64
+    r = run(cli, "run", "-w", "soon", "--", "true")
+    assert r.returncode == 64 and "'soon'" in r.stderr
+    assert run(cli, "run", "-E", "300", "--", "true").returncode == 64
+    r = run(cli, "--help")
+    assert r.returncode == 0 and "heavylock run [options] -- <command>" in r.stdout
+    r = run(cli, "--version")
+    assert r.returncode == 0 and "heavylock" in r.stdout
+
+
+def test_nonblock_and_timeout_against_held_lock(cli, lockfile):
+    holder = hold(cli, lockfile, label="holder")
+    try:
+        t0 = time.monotonic()
+        r = run(cli, "run", "-n", "--lock", lockfile, "--", "true")
+        assert r.returncode == 1
+        assert time.monotonic() - t0 < 2
+        t0 = time.monotonic()
+        r = run(cli, "run", "-w", "0.3", "-E", "42", "--lock", lockfile, "--", "true")
+        waited = time.monotonic() - t0
+        assert r.returncode == 42
+        assert 0.25 <= waited < 5
+        assert f"held by pid {holder.pid} (holder)" in r.stderr
+    finally:
+        kill_group(holder)
+
+
+def test_killed_holder_releases_promptly(cli, lockfile, tmp_path):
+    holder = hold(cli, lockfile)
+    log = tmp_path / "after"
+    waiter = subprocess.Popen([cli, "run", "-w", "30", "--lock", str(lockfile), "-q", "--",
+                               *record_cmd(log, 0)])
+    time.sleep(0.2)
+    assert waiter.poll() is None  # still waiting
+    killed_at = time.time()
+    kill_group(holder)  # SIGKILL: no chance to clean up
+    assert waiter.wait(timeout=10) == 0
+    (start, _end, _pid), = read_intervals(log)
+    assert start >= killed_at
+    assert start - killed_at < 3  # promptly: no stale lock outlives the holder
+
+
+def test_command_inherits_the_lock_unless_close(cli, lockfile):
+    # Like flock(1): killing only the heavylock process leaves the lock with
+    # the command it runs, so a model still loading stays protected.
+    p = subprocess.Popen([cli, "run", "--lock", str(lockfile), "--", "sleep", "60"],
+                         start_new_session=True)
+    wait_for(lambda: held_by(cli, lockfile) == p.pid, what="holder")
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert run(cli, "run", "-n", "--lock", lockfile, "--", "true").returncode == 1
+    os.killpg(p.pid, signal.SIGKILL)
+    wait_for(lambda: run(cli, "run", "-n", "--lock", lockfile, "--", "true").returncode == 0,
+             what="lock free after the command died")
+    # With --close the command does not get it: killing heavylock frees it.
+    p = subprocess.Popen([cli, "run", "-o", "--lock", str(lockfile), "--", "sleep", "60"],
+                         start_new_session=True)
+    wait_for(lambda: held_by(cli, lockfile) == p.pid, what="holder")
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    wait_for(lambda: run(cli, "run", "-n", "--lock", lockfile, "--", "true").returncode == 0,
+             what="lock free after heavylock died")
+    os.killpg(p.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("direction", ["flock-holds", "heavylock-holds"])
+def test_interop_with_flock1(cli, lockfile, tmp_path, direction):
+    log = tmp_path / "intervals"
+    lockfile.parent.mkdir(parents=True, exist_ok=True)
+    flock = ["flock", str(lockfile)]
+    first = flock if direction == "flock-holds" else [cli, "run", "--lock", str(lockfile), "--"]
+    second = [cli, "run", "--lock", str(lockfile), "-q", "--"] if direction == "flock-holds" \
+        else flock
+    a = subprocess.Popen(first + record_cmd(log, 0.6))
+    wait_for(lambda: held_by(cli, lockfile), what="first holder")
+    # the other tool cannot take it without waiting...
+    if direction == "flock-holds":
+        assert run(cli, "run", "-n", "--lock", lockfile, "--", "true").returncode == 1
+    else:
+        assert subprocess.run(["flock", "-n", str(lockfile), "true"]).returncode == 1
+    # ...and a waiting one runs only after the holder finished
+    b = subprocess.Popen(second + record_cmd(log, 0.05))
+    assert a.wait(timeout=30) == 0 and b.wait(timeout=30) == 0
+    iv = read_intervals(log)
+    assert len(iv) == 2 and overlaps(iv) == []
+
+
+FILELOCK_HOLD = """
+import sys, time, filelock
+lk = filelock.FileLock(sys.argv[1])
+lk.acquire()
+t0 = time.time(); print("held", flush=True); time.sleep(0.6); t1 = time.time()
+open(sys.argv[2], "a").write(f"0 {t0!r} {t1!r}\\n")
+lk.release()
+"""
+
+FILELOCK_TRY = """
+import sys, filelock
+try:
+    filelock.FileLock(sys.argv[1]).acquire(timeout=0)
+except filelock.Timeout:
+    sys.exit(1)
+"""
+
+
+def test_interop_with_filelock(cli, lockfile, tmp_path):
+    pytest.importorskip("filelock")  # a test dependency: requirements-dev.txt installs it
+    log = tmp_path / "intervals"
+    lockfile.parent.mkdir(parents=True, exist_ok=True)
+    # filelock holds: heavylock is excluded, then runs after it
+    a = subprocess.Popen([sys.executable, "-c", FILELOCK_HOLD, str(lockfile), str(log)],
+                         stdout=subprocess.PIPE, text=True)
+    assert a.stdout.readline().strip() == "held"
+    assert run(cli, "run", "-n", "--lock", lockfile, "--", "true").returncode == 1
+    r = run(cli, "run", "--lock", lockfile, "-q", "--", *record_cmd(log, 0.05))
+    assert r.returncode == 0 and a.wait(timeout=30) == 0
+    iv = read_intervals(log)
+    assert len(iv) == 2 and overlaps(iv) == []
+    # heavylock holds: filelock is excluded
+    holder = hold(cli, lockfile)
+    try:
+        r = subprocess.run([sys.executable, "-c", FILELOCK_TRY, str(lockfile)])
+        assert r.returncode == 1
+    finally:
+        kill_group(holder)
+    assert subprocess.run([sys.executable, "-c", FILELOCK_TRY, str(lockfile)]).returncode == 0
+
+
+def test_hostile_paths_refused(cli, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "link.lock"
+    link.symlink_to(victim)
+    r = run(cli, "run", "--lock", link, "--", "true")
+    assert r.returncode == 66
+    assert f"cannot open lock file {link}: lock path is a symbolic link" in r.stderr
+    assert victim.read_text() == "precious\n"
+    fifo = tmp_path / "fifo.lock"
+    os.mkfifo(fifo)
+    r = run(cli, "run", "--lock", fifo, "--", "true", timeout=10)  # must not hang
+    assert r.returncode == 66 and "not a regular file" in r.stderr
+    d = tmp_path / "dir.lock"
+    d.mkdir()
+    r = run(cli, "run", "--lock", d, "--", "true")
+    assert r.returncode == 66 and "not a regular file" in r.stderr
+    r = run(cli, "status", "--lock", link)
+    assert r.returncode == 66 and "symbolic link" in r.stderr
+
+
+def test_creates_missing_models_dir(cli, tmp_path):
+    r = run(cli, "run", "--", "true", cwd=tmp_path)
+    assert r.returncode == 0
+    assert (tmp_path / "models" / ".llm_load.lock").is_file()
+
+
+def test_status_flock_holder_without_record(cli, lockfile):
+    lockfile.parent.mkdir(parents=True)
+    p = subprocess.Popen(["flock", str(lockfile), "sleep", "60"], start_new_session=True)
+    try:
+        wait_for(lambda: held_by(cli, lockfile) == p.pid, what="flock(1) to hold")
+        r = run(cli, "status", "--lock", lockfile)
+        assert r.returncode == 1
+        assert f"holder:  pid {p.pid}" in r.stdout
+        assert "no holder record" in r.stdout
+        assert f"flock {lockfile} sleep 60" in r.stdout
+        data = json.loads(run(cli, "status", "--lock", lockfile, "--json").stdout)
+        assert data["held"] and data["holder"]["record"] is False
+    finally:
+        kill_group(p)
+
+
+def test_status_heavylock_holder_and_waiters(cli, lockfile):
+    holder = hold(cli, lockfile, label="tests/test_chat.py::test_reply")
+    # a heavylock waiter (watches the file) and a flock(1) one (blocked in flock(2))
+    waiters = [subprocess.Popen([cli, "run", "-q", "-w", "60", "--lock", str(lockfile), "--",
+                                 "true"]),
+               subprocess.Popen(["flock", str(lockfile), "true"])]
+    try:
+        def seen():
+            d = json.loads(run(cli, "status", "--lock", lockfile, "--json").stdout)
+            return d if len(d["waiters"]) == 2 else None
+        data = wait_for(seen, what="two waiters in status")
+        assert data["holder"]["pid"] == holder.pid
+        assert data["holder"]["label"] == "tests/test_chat.py::test_reply"
+        assert 0 <= data["holder"]["held_for"] < 60
+        assert {w["pid"] for w in data["waiters"]} == {w.pid for w in waiters}
+        assert {w["how"] for w in data["waiters"]} == {"flock", "watch"}
+        r = run(cli, "status", "--lock", lockfile)
+        assert "label:   tests/test_chat.py::test_reply" in r.stdout
+        assert "waiters: 2" in r.stdout
+    finally:
+        kill_group(holder)
+        for w in waiters:
+            assert w.wait(timeout=10) == 0
+    r = run(cli, "status", "--lock", lockfile)
+    assert r.returncode == 0 and ": free" in r.stdout
+
+
+def test_waiter_says_who_holds(cli, lockfile):
+    holder = hold(cli, lockfile, label="the-holder")
+    try:
+        r = run(cli, "run", "-v", "-w", "0.5", "--lock", lockfile, "--", "true")
+        assert r.returncode == 1
+        assert f"waiting for {lockfile}, held by pid {holder.pid} (the-holder)" in r.stderr
+    finally:
+        kill_group(holder)
+
+
+def test_path_policy(cli, tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HEAVYLOCK_PATH", "LOCAL_MODEL_PATH")}
+    r = run(cli, "path", cwd=tmp_path, env=env)
+    assert r.stdout.strip() == str(tmp_path / "models" / ".llm_load.lock")
+    assert "decided by default" in r.stderr
+    model = tmp_path / "store" / "phi.gguf"
+    model.parent.mkdir()
+    model.write_bytes(b"GGUF")
+    r = run(cli, "path", cwd=tmp_path, env={**env, "LOCAL_MODEL_PATH": "store/phi.gguf"})
+    assert r.stdout.strip() == str(tmp_path / "store" / ".llm_load.lock")
+    assert "decided by LOCAL_MODEL_PATH" in r.stderr
+    r = run(cli, "path", cwd=tmp_path, env={**env, "LOCAL_MODEL_PATH": "nope.gguf"})
+    assert r.returncode == 64
+    assert "LOCAL_MODEL_PATH='nope.gguf' does not exist" in r.stderr
+    r = run(cli, "path", cwd=tmp_path, env={**env, "HEAVYLOCK_PATH": ""})
+    assert r.returncode == 64 and "HEAVYLOCK_PATH is set but empty" in r.stderr
+    # run uses the same policy: the lock lands next to the model
+    r = run(cli, "run", "--", "true", cwd=tmp_path, env={**env, "LOCAL_MODEL_PATH": str(model)})
+    assert r.returncode == 0 and (model.parent / ".llm_load.lock").is_file()
