@@ -48,7 +48,7 @@ test-asan: $(VENV)/.deps
 	  PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C build/asan --print-errorlogs
 
 demo: build
-	bash examples/cli-demo.sh $(HEAVYLOCK)
+	bash examples/cli-demo.sh $(CURDIR)/$(HEAVYLOCK)
 
 bench: build $(VENV)/.pkg
 	$(PY) bench/handoff.py --heavylock $(HEAVYLOCK)

@@ -42,7 +42,7 @@ unsigned long long hl__os_proc_start(long pid) {
     return 0;
   p++;
   /* field 3 (state) is the first after ')'; starttime is field 22. */
-  for (int field = 2; field < 22 && p; field++)
+  for (int field = 3; field < 22 && p; field++)
     p = strchr(p + 1, ' ');
   return p ? strtoull(p + 1, NULL, 10) : 0;
 }
