@@ -19,6 +19,8 @@ struct hl_lock_s {
   long owner_pid;       /* the process that opened the handle         */
   uintptr_t thread;     /* the thread acquiring or holding            */
   hl__fileid_t id;
+  hl__watch_t *watch;   /* for timed waits; kept until close (see os.h) */
+  hl_record_t self;     /* this process's identity, read once per pid   */
   char label[HL_LABEL_MAX];
   struct hl_lock_s *next; /* registry of handles busy in this process */
 };
@@ -122,14 +124,18 @@ static void one_line(char *s) {
 static void write_record(hl_lock_t *lk) {
   if (lk->readonly)
     return;
-  hl_record_t rec;
+  /* Reading /proc for our identity is done once (per pid: a forked child
+   * that acquires has its own), not on every handoff. */
+  if (lk->self.pid != hl__os_getpid()) {
+    memset(&lk->self, 0, sizeof(lk->self));
+    hl__os_self_record(&lk->self);
+    one_line(lk->self.cmd);
+    one_line(lk->self.host);
+  }
+  hl_record_t rec = lk->self;
   char buf[HL_LABEL_MAX + HL_CMD_MAX + HL_HOST_MAX + 256];
-  memset(&rec, 0, sizeof(rec));
-  hl__os_self_record(&rec);
   snprintf(rec.label, sizeof(rec.label), "%s", lk->label);
   one_line(rec.label);
-  one_line(rec.cmd);
-  one_line(rec.host);
   int n = snprintf(buf, sizeof(buf),
                    "heavylock-holder 1\npid=%ld\nstart=%llu\nacquired=%.6f\n"
                    "host=%s\nboot_id=%s\nlabel=%s\ncmd=%s\n",
@@ -150,10 +156,14 @@ static int same_file(const hl__fileid_t *a, const hl__fileid_t *b) {
 
 /* Wait for the lock on lk->fd until `deadline` (monotonic seconds). */
 static int wait_until(hl_lock_t *lk, double deadline) {
-  hl__watch_t *w = hl__os_watch_open(lk->path);
+  if (lk->watch == NULL)
+    lk->watch = hl__os_watch_open();
+  hl__watch_t *w = lk->watch;
   int rc, poll_ms = 1;
   for (;;) {
-    /* The watch exists before this try: a release after it wakes us. */
+    /* The watch is armed before this try: a release after it wakes us. */
+    if (w && hl__os_watch_arm(w, lk->path) < 0)
+      w = NULL; /* fall back to polling */
     rc = hl__os_trylock(lk->fd);
     if (rc != HL_EBUSY)
       break;
@@ -179,7 +189,8 @@ static int wait_until(hl_lock_t *lk, double deadline) {
         poll_ms *= 2;
     }
   }
-  hl__os_watch_close(w);
+  if (w)
+    hl__os_watch_disarm(w);
   return rc;
 }
 
@@ -264,6 +275,7 @@ void hl_lock_close(hl_lock_t *lk) {
       hl__os_close(lk->fd);
     registry_leave(lk);
   }
+  hl__os_watch_close(lk->watch);
   free(lk->path);
   free(lk);
 }

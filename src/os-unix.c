@@ -228,31 +228,61 @@ int hl__os_probe_held(const char *path) {
 
 struct hl__watch_s {
   int fd;
+  int wd; /* the current watch, -1 when disarmed */
 };
 
-hl__watch_t *hl__os_watch_open(const char *path) {
+hl__watch_t *hl__os_watch_open(void) {
 #ifdef __linux__
   hl__watch_t *w = malloc(sizeof(*w));
   if (w == NULL)
     return NULL;
   w->fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+  w->wd = -1;
   if (w->fd < 0) {
-    free(w);
-    return NULL;
-  }
-  /* Close events mark releases; self-delete/move means the path no longer
-   * names this inode, so the waiter should go and look again. */
-  uint32_t mask = IN_CLOSE_WRITE | IN_CLOSE_NOWRITE | IN_DELETE_SELF | IN_MOVE_SELF |
-                  IN_ATTRIB | IN_DONT_FOLLOW;
-  if (inotify_add_watch(w->fd, path, mask) < 0) {
-    close(w->fd);
     free(w);
     return NULL;
   }
   return w;
 #else
-  (void)path;
   return NULL;
+#endif
+}
+
+static void watch_drain(hl__watch_t *w) {
+  char buf[4096];
+  while (read(w->fd, buf, sizeof(buf)) > 0) {
+  }
+}
+
+int hl__os_watch_arm(hl__watch_t *w, const char *path) {
+#ifdef __linux__
+  /* Close events mark releases; self-delete/move means the path no longer
+   * names this inode, so the waiter should go and look again.  Adding a
+   * watch on an inode already watched just returns its descriptor. */
+  uint32_t mask = IN_CLOSE_WRITE | IN_CLOSE_NOWRITE | IN_DELETE_SELF | IN_MOVE_SELF |
+                  IN_DONT_FOLLOW;
+  int wd = inotify_add_watch(w->fd, path, mask);
+  if (wd < 0)
+    return -errno;
+  if (w->wd >= 0 && w->wd != wd) /* the path names a new file now */
+    inotify_rm_watch(w->fd, w->wd);
+  w->wd = wd;
+  watch_drain(w);
+  return 0;
+#else
+  (void)w;
+  (void)path;
+  return -ENOSYS;
+#endif
+}
+
+void hl__os_watch_disarm(hl__watch_t *w) {
+#ifdef __linux__
+  if (w->wd >= 0)
+    inotify_rm_watch(w->fd, w->wd);
+  w->wd = -1;
+#else
+  (void)w;
 #endif
 }
 
@@ -263,9 +293,7 @@ int hl__os_watch_wait(hl__watch_t *w, int ms) {
     return -errno;
   if (n == 0)
     return 0;
-  char buf[4096];
-  while (read(w->fd, buf, sizeof(buf)) > 0) {
-  }
+  watch_drain(w);
   return 1;
 }
 

@@ -35,9 +35,16 @@ int hl__os_unlock(intptr_t fd);
 /* A watch that wakes when someone closes (releases) the lock file. */
 typedef struct hl__watch_s hl__watch_t;
 /* NULL when the platform has no such watch: the caller polls instead. */
-hl__watch_t *hl__os_watch_open(const char *path);
+hl__watch_t *hl__os_watch_open(void);
+/* (Re)point the watch at what `path` names now and drop queued events.
+ * Call it before each try-lock of a wait.  0 or -errno. */
+int hl__os_watch_arm(hl__watch_t *w, const char *path);
+/* Stop watching (cheap), so that status no longer counts us as a waiter. */
+void hl__os_watch_disarm(hl__watch_t *w);
 /* Wait up to `ms` for an event. 1 event, 0 timeout, -EINTR, -errno. */
 int hl__os_watch_wait(hl__watch_t *w, int ms);
+/* Slow on Linux (closing an inotify instance waits for an RCU grace period,
+ * milliseconds), so a handle keeps its watch until hl_lock_close. */
 void hl__os_watch_close(hl__watch_t *w);
 
 /* Replace the file's contents (the caller holds the lock). */
