@@ -238,24 +238,31 @@ class _TokenScanner:
         self._own = os.path.abspath(__file__)
 
     def _file_may_have(self, filename):
+        """False when the file holds no token at all (or is this plugin)."""
         hit = self._file_has.get(filename)
         if hit is None:
-            text = "".join(linecache.getlines(filename))
-            hit = any(t in text for t in self.tokens)
+            if os.path.abspath(filename) == self._own:
+                hit = False
+            else:
+                text = "".join(linecache.getlines(filename))
+                hit = any(t in text for t in self.tokens)
             self._file_has[filename] = hit
         return hit
 
     def find(self, obj):
         """The first token in obj's source, or None."""
-        obj = inspect.unwrap(getattr(obj, "__func__", obj))
+        obj = getattr(obj, "__func__", obj)
+        if hasattr(obj, "__wrapped__"):
+            obj = inspect.unwrap(obj)
         code = getattr(obj, "__code__", None)
-        try:
-            filename = code.co_filename if code else inspect.getsourcefile(obj)
-        except TypeError:
-            return None
-        if not filename or os.path.abspath(filename) == self._own:
-            return None
-        if not self._file_may_have(filename):
+        if code is not None:
+            filename = code.co_filename
+        else:
+            try:
+                filename = inspect.getsourcefile(obj)
+            except TypeError:
+                return None
+        if not filename or not self._file_may_have(filename):
             return None
         key = (filename, code.co_firstlineno) if code else (filename, id(obj))
         src = self._source.get(key)
@@ -303,10 +310,11 @@ def _verdict(state, item):
             return True, f"marker @pytest.mark.{name}"
     if state.run_heavy:
         return True, "RUN_HEAVY_INTEGRATION / --run-heavy (every test)"
-    rel = "/" + str(item.path).replace(os.sep, "/").lstrip("/")
-    for p in state.paths:
-        if f"/{p}/" in rel:
-            return True, f"file under {p}/"
+    if state.paths:
+        rel = "/" + item.nodeid.split("::", 1)[0]  # relative to rootdir, "/"-separated
+        for p in state.paths:
+            if f"/{p}/" in rel:
+                return True, f"file under {p}/"
     fixtures = list(_requested_fixtures(item))
     if any(name == "local_model_path" for name, _ in fixtures):
         return True, "uses fixture local_model_path"
