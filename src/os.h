@@ -2,7 +2,8 @@
  * os.h - what the portable lock logic (lock.c) needs from the platform.
  *
  * One implementation per platform, chosen by the build: os-unix.c (Linux and
- * other POSIX systems) and os-win.c (Windows).  Callers never see #ifdef.
+ * other POSIX systems) and os-win.c (Windows: not written yet;
+ * meson.build stops with a clear error there).  Callers never see #ifdef.
  * Descriptors are intptr_t so a Windows HANDLE fits.
  */
 #ifndef HEAVYLOCK_OS_H
