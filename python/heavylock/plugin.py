@@ -50,7 +50,6 @@ BACKEND_HELP = "lock backend: native, filelock, fcntl or pidfile (default: best 
 
 STATE_KEY = pytest.StashKey["_State"]()
 VERDICT_KEY = pytest.StashKey["tuple"]()
-EVENT_KEY = pytest.StashKey["dict"]()
 
 
 def pytest_addoption(parser):
@@ -164,8 +163,22 @@ class _State:
         self.events = []          # this process's tests
         self.remote_events = []   # from xdist workers (controller only)
         self.current = None       # event of the test holding the lock
+        self.running = None       # event of the test in progress
         self.memory = []          # (wall time, bytes) of this process tree
         self._sampling = None
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        """After the test's teardown and its report: release the lock.  (A
+        plain hook, not a teardown wrapper: it runs even when a fixture's
+        finalizer raised, and costs less per test.)"""
+        event, self.running = self.running, None
+        now = time.time()  # taken before the release, so that no next holder precedes it
+        if self.current is not None:
+            self.lock.release()
+            self.current["released"] = now
+            self.current = None
+        if event is not None:
+            event["end"] = now
 
     def start_sampling(self, interval=0.1):
         """Sample the memory of this process and its children (xdist workers,
@@ -387,6 +400,7 @@ def pytest_configure(config):
             "markers", f"{name}: heavy test (loads a local model); runs under the heavylock "
             "file lock, one at a time across processes and xdist workers")
     state = config.stash[STATE_KEY] = _State(config)
+    config.pluginmanager.register(state, "heavylock-state")
     if config.getoption("heavylock_timeline") and not hasattr(config, "workerinput"):
         state.start_sampling()
 
@@ -433,7 +447,7 @@ def pytest_runtest_setup(item):
     event = {"nodeid": item.nodeid, "worker": state.worker, "heavy": heavy, "rule": rule,
              "start": time.time(), "wait_start": None, "acquired": None, "released": None,
              "end": None}
-    item.stash[EVENT_KEY] = event
+    state.running = event
     state.events.append(event)
     if not heavy:
         return
@@ -445,20 +459,6 @@ def pytest_runtest_setup(item):
     event["wait_start"], event["acquired"] = state.acquire(label)
     state.current = event
 
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_teardown(item, nextitem):
-    yield
-    state = item.config.stash[STATE_KEY]
-    event = item.stash.get(EVENT_KEY, None)
-    if state.lock is not None and state.lock.held and state.current is event:
-        state.lock.release()
-        state.current = None
-        if event is not None:
-            event["released"] = time.time()
-    if event is not None:
-        event["end"] = time.time()
 
 
 def pytest_sessionfinish(session):
@@ -574,8 +574,8 @@ class _ExplicitLock:
     def __exit__(self, *exc):
         if self._mine:
             self._mine = False
+            self._event["released"] = self._event["end"] = time.time()  # before others may win
             self._state.lock.release()
-            self._event["released"] = self._event["end"] = time.time()
         return False
 
 
