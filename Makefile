@@ -9,7 +9,7 @@ HEAVYLOCK := $(BUILD)/heavylock
 SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.build meson.options
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
-.PHONY: all build test test-c test-py test-asan demo bench clean example-setup
+.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup
 
 all: build
 
@@ -70,6 +70,14 @@ $(MODEL): $(VENV)/.deps
 	mv $(MODEL).part $(MODEL)
 
 example-setup: build $(VENV)/.pkg $(VENV)/.llama $(MODEL)
+
+# The Windows backend, cross-compiled with mingw-w64; the smoke program links
+# the whole API, and runs under wine when wine is installed.
+check-win: $(VENV)/.deps
+	test -f build/win/build.ninja || PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
+	  meson setup build/win --cross-file ci/mingw64.ini -Dpython=disabled
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH ninja -C build/win
+	if command -v wine >/dev/null; then WINEDEBUG=-all wine build/win/smoke.exe build/win/smoke.lock; fi
 
 demo: example-setup
 	bash examples/cli-demo.sh $(CURDIR)/$(HEAVYLOCK)

@@ -7,7 +7,8 @@
  * offset), padding to general.alignment (default 32), then tensor data.
  * Everything read is bounded: a hostile or truncated file gives HL_EFORMAT.
  */
-#include "heavylock.h"
+#define _FILE_OFFSET_BITS 64
+#include "os.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -43,7 +44,7 @@ static uint32_t rd_u32(rd_t *r) {
 }
 
 static int skip(rd_t *r, uint64_t n) {
-  if (r->bad || n > (1ull << 40) || fseek(r->f, (long)n, SEEK_CUR) != 0)
+  if (r->bad || n > (1ull << 40) || hl__fseek(r->f, (int64_t)n, SEEK_CUR) != 0)
     r->bad = 1;
   return !r->bad;
 }
@@ -150,10 +151,10 @@ int hl_gguf_read(const char *path, hl_gguf_t *info) {
   }
   if (r.bad)
     goto out;
-  long here = ftell(f);
-  if (here < 0 || fseek(f, 0, SEEK_END) != 0)
+  int64_t here = hl__ftell(f);
+  if (here < 0 || hl__fseek(f, 0, SEEK_END) != 0)
     goto out;
-  long end = ftell(f);
+  int64_t end = hl__ftell(f);
   uint64_t data = ((uint64_t)here + alignment - 1) / alignment * alignment;
   if (end < 0 || (uint64_t)end < data)
     goto out;

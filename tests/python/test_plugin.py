@@ -399,3 +399,20 @@ def test_default_run_does_not_touch_the_lock(pytester, env):
     assert not (pytester.path / "models").exists()
     r = pytester.runpytest_subprocess("-p", "no:heavylock", "--collect-only")
     assert "heavylock" not in r.stdout.str()
+
+
+def test_lock_path_precedence(pytester, env, monkeypatch, tmp_path):
+    pytester.makepyfile("import pytest\n@pytest.mark.llm\ndef test_h(): pass\n")
+    pytester.makeini("[pytest]\nheavylock_path = locks/from-ini.lock\n")
+    r = pytester.runpytest_subprocess()
+    r.stdout.fnmatch_lines([f"lock: {pytester.path}/locks/from-ini.lock (from ini option*"])
+    monkeypatch.setenv("HEAVYLOCK_PATH", str(tmp_path / "from-env.lock"))
+    r = pytester.runpytest_subprocess()
+    r.stdout.fnmatch_lines([f"lock: {tmp_path}/from-env.lock (from HEAVYLOCK_PATH*"])
+    r = pytester.runpytest_subprocess(f"--heavylock-path={tmp_path}/from-cli.lock")
+    r.stdout.fnmatch_lines([f"lock: {tmp_path}/from-cli.lock (from --heavylock-path*"])
+    assert (tmp_path / "from-cli.lock").is_file()
+    monkeypatch.setenv("HEAVYLOCK_PATH", "")
+    r = pytester.runpytest_subprocess()
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*HEAVYLOCK_PATH is set but empty*"])
