@@ -77,7 +77,9 @@ check-win: $(VENV)/.deps
 	test -f build/win/build.ninja || PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 	  meson setup build/win --cross-file ci/mingw64.ini -Dpython=disabled
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH ninja -C build/win
-	if command -v wine >/dev/null; then WINEDEBUG=-all wine build/win/smoke.exe build/win/smoke.lock; fi
+	@wine=$$(command -v wine || command -v wine64 || ls /usr/lib/wine/wine64 2>/dev/null || true); \
+	if [ -n "$$wine" ]; then WINE=$$wine bash tests/win-smoke.sh build/win/smoke.exe; \
+	else echo "check-win: wine is not installed; built and linked only"; fi
 
 demo: example-setup
 	bash examples/cli-demo.sh $(CURDIR)/$(HEAVYLOCK)

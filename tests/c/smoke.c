@@ -4,11 +4,32 @@
  * run anywhere, it takes and releases a lock once and prints what it saw.
  */
 #include "heavylock.h"
+#include "os.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* `smoke PATH hold SECONDS`: hold the lock that long.  `smoke PATH try`:
+ * exit 0 if the lock could be taken at once, 3 if someone holds it. */
+static int mode(const char *path, const char *what, const char *arg) {
+  hl_lock_t *lk;
+  int rc = hl_lock_open(&lk, path);
+  if (rc < 0)
+    return 66;
+  rc = hl_lock_acquire(lk, strcmp(what, "hold") == 0 ? 10.0 : 0);
+  printf("%s: %s\n", what, hl_strerror(rc));
+  fflush(stdout);
+  if (rc == 0 && strcmp(what, "hold") == 0)
+    hl__os_sleep_ms(atoi(arg ? arg : "1") * 1000);
+  hl_lock_close(lk);
+  return rc == 0 ? 0 : rc == HL_EBUSY ? 3 : 1;
+}
 
 int main(int argc, char **argv) {
   const char *path = argc > 1 ? argv[1] : "models/.llm_load.lock";
+  if (argc > 2)
+    return mode(path, argv[2], argc > 3 ? argv[3] : NULL);
   hl_path_t where;
   hl_status_t st;
   hl_record_t rec;
