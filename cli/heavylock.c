@@ -111,20 +111,10 @@ static int lock_path(const char *opt, const char *root, char *out, size_t len) {
 /* "held by pid 4242 (label) for 12 s" into buf */
 static void describe_holder(const char *path, char *buf, size_t len) {
   hl_status_t st;
-  if (hl_status(path, &st) < 0 || !st.held) {
+  if (hl_status(path, &st) < 0)
     snprintf(buf, len, "held by another process");
-    return;
-  }
-  char cmd[160] = "";
-  if (st.has_record && st.record.label[0])
-    snprintf(cmd, sizeof(cmd), "%.150s", st.record.label);
-  else if (st.holder_pid && hl_proc_cmdline(st.holder_pid, cmd, sizeof(cmd)) < 0)
-    cmd[0] = '\0';
-  int n = snprintf(buf, len, "held by pid %ld", st.holder_pid);
-  if (n > 0 && (size_t)n < len && cmd[0])
-    n += snprintf(buf + n, len - (size_t)n, " (%s)", cmd);
-  if (n > 0 && (size_t)n < len && st.held_for >= 0)
-    snprintf(buf + n, len - (size_t)n, " for %.0f s", st.held_for);
+  else
+    hl_holder_describe(&st, buf, len);
 }
 
 static double now_mono(void) {

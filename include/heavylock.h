@@ -183,6 +183,13 @@ typedef struct hl_status_s {
  */
 int hl_status(const char *path, hl_status_t *st);
 
+/*
+ * One line for people, from the holder's record or, without one, its command
+ * line: "held by pid 4242 (tests/test_chat.py::test_reply) for 12 s".  For
+ * wait messages.  Always fills `buf` (NUL-terminated); returns st->held.
+ */
+int hl_holder_describe(const hl_status_t *st, char *buf, size_t len);
+
 /* The command line of `pid`, arguments joined by spaces (bounded).  0/-errno. */
 int hl_proc_cmdline(long pid, char *buf, size_t len);
 

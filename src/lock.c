@@ -385,3 +385,27 @@ int hl_status(const char *path, hl_status_t *st) {
   }
   return 0;
 }
+
+int hl_holder_describe(const hl_status_t *st, char *buf, size_t len) {
+  if (len == 0)
+    return st->held;
+  if (!st->held) {
+    snprintf(buf, len, "free now");
+    return 0;
+  }
+  char what[160] = "";
+  if (st->has_record && st->record.label[0])
+    snprintf(what, sizeof(what), "%.150s", st->record.label);
+  else if (st->holder_pid && hl_proc_cmdline(st->holder_pid, what, sizeof(what)) < 0)
+    what[0] = '\0';
+  size_t n = 0;
+  if (st->holder_pid)
+    n += (size_t)snprintf(buf, len, "held by pid %ld", st->holder_pid);
+  else
+    n += (size_t)snprintf(buf, len, "held by another process");
+  if (n < len && what[0])
+    n += (size_t)snprintf(buf + n, len - n, " (%s)", what);
+  if (n < len && st->held_for >= 0)
+    snprintf(buf + n, len - n, " for %.0f s", st->held_for);
+  return 1;
+}

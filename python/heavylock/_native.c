@@ -9,6 +9,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <string.h>
 #include <time.h>
 
 #include "heavylock.h"
@@ -273,6 +274,27 @@ static PyObject *mod_status(PyObject *m, PyObject *arg) {
                        "waiters", waiters, "method", st.method ? st.method : "none");
 }
 
+static PyObject *mod_describe_holder(PyObject *m, PyObject *arg) {
+  (void)m;
+  PyObject *pathobj;
+  if (!PyUnicode_FSConverter(arg, &pathobj))
+    return NULL;
+  hl_status_t st;
+  char buf[512];
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = hl_status(PyBytes_AS_STRING(pathobj), &st);
+  Py_END_ALLOW_THREADS
+  if (rc < 0) {
+    raise_hl(rc, PyBytes_AS_STRING(pathobj));
+    Py_DECREF(pathobj);
+    return NULL;
+  }
+  Py_DECREF(pathobj);
+  hl_holder_describe(&st, buf, sizeof(buf));
+  return PyUnicode_DecodeUTF8(buf, (Py_ssize_t)strlen(buf), "replace");
+}
+
 static PyObject *mod_resolve_path(PyObject *m, PyObject *args) {
   (void)m;
   const char *root = NULL;
@@ -349,6 +371,8 @@ static PyObject *mod_gguf_info(PyObject *m, PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"status", mod_status, METH_O, "status(path) -> dict: who holds the lock, who waits."},
+    {"describe_holder", mod_describe_holder, METH_O,
+     "describe_holder(path) -> 'held by pid 4242 (label) for 12 s'"},
     {"resolve_path", mod_resolve_path, METH_VARARGS,
      "resolve_path(root=None) -> (path, source, why); ValueError names a bad variable."},
     {"proc_cmdline", mod_proc_cmdline, METH_O, "proc_cmdline(pid) -> str or None"},

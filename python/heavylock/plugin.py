@@ -20,6 +20,7 @@ teardown.  Settings: command line > environment > ini > default.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import linecache
@@ -216,34 +217,17 @@ class _State:
     def write_notice(self, text):
         """Say something now, past pytest's capture (the test's setup is captured)."""
         capman = self.config.pluginmanager.getplugin("capturemanager")
-        line = f"heavylock: {text}\n"
-        if capman is not None:
-            with capman.global_and_fixture_disabled():
-                sys.stderr.write(line)
-                sys.stderr.flush()
-        else:
-            sys.stderr.write(line)
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            sys.stderr.write(f"heavylock: {text}\n")
             sys.stderr.flush()
 
     def describe_holder(self):
-        try:
-            st = backends.status(self.path)
-        except (OSError, RuntimeError):
+        if backends._native is None:
             return "held by another process"
-        if not st["held"]:
-            return "just released"
-        pid = st["holder_pid"]
-        what = ""
-        if st["has_record"] and st["record"]["label"]:
-            what = st["record"]["label"]
-        elif pid and backends._native is not None:
-            what = backends._native.proc_cmdline(pid) or ""
-        text = f"held by pid {pid}" if pid else "held by another process"
-        if what:
-            text += f" ({what[:150]})"
-        if st["held_for"] is not None:
-            text += f" for {st['held_for']:.0f} s"
-        return text
+        try:
+            return backends._native.describe_holder(self.path)
+        except OSError:
+            return "held by another process"
 
     def acquire(self, label):
         """Take the lock, saying who holds it while we wait.  Returns
