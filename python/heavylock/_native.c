@@ -228,22 +228,26 @@ static PyObject *record_dict(const hl_record_t *r) {
                        "boot_id", r->boot_id, "label", r->label, "cmd", r->cmd);
 }
 
-static PyObject *mod_status(PyObject *m, PyObject *arg) {
-  (void)m;
+/* hl_status() for a path object; 0, or -1 with an exception set. */
+static int status_of(PyObject *arg, hl_status_t *st) {
   PyObject *pathobj;
   if (!PyUnicode_FSConverter(arg, &pathobj))
-    return NULL;
-  hl_status_t st;
+    return -1;
   int rc;
   Py_BEGIN_ALLOW_THREADS
-  rc = hl_status(PyBytes_AS_STRING(pathobj), &st);
+  rc = hl_status(PyBytes_AS_STRING(pathobj), st);
   Py_END_ALLOW_THREADS
-  if (rc < 0) {
+  if (rc < 0)
     raise_hl(rc, PyBytes_AS_STRING(pathobj));
-    Py_DECREF(pathobj);
-    return NULL;
-  }
   Py_DECREF(pathobj);
+  return rc < 0 ? -1 : 0;
+}
+
+static PyObject *mod_status(PyObject *m, PyObject *arg) {
+  (void)m;
+  hl_status_t st;
+  if (status_of(arg, &st) < 0)
+    return NULL;
   PyObject *waiters = PyList_New(0);
   if (waiters == NULL)
     return NULL;
@@ -276,21 +280,10 @@ static PyObject *mod_status(PyObject *m, PyObject *arg) {
 
 static PyObject *mod_describe_holder(PyObject *m, PyObject *arg) {
   (void)m;
-  PyObject *pathobj;
-  if (!PyUnicode_FSConverter(arg, &pathobj))
-    return NULL;
   hl_status_t st;
   char buf[512];
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = hl_status(PyBytes_AS_STRING(pathobj), &st);
-  Py_END_ALLOW_THREADS
-  if (rc < 0) {
-    raise_hl(rc, PyBytes_AS_STRING(pathobj));
-    Py_DECREF(pathobj);
+  if (status_of(arg, &st) < 0)
     return NULL;
-  }
-  Py_DECREF(pathobj);
   hl_holder_describe(&st, buf, sizeof(buf));
   return PyUnicode_DecodeUTF8(buf, (Py_ssize_t)strlen(buf), "replace");
 }
