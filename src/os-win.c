@@ -59,6 +59,32 @@ static long long attributes(const wchar_t *w) {
   return (long long)a + 1;
 }
 
+/* Open what `path` names now, never following a reparse point, and only if
+ * it is a regular file: 0, -ENOENT, HL_ESYMLINK, HL_ENOTREG or -errno. */
+static int open_existing(const char *path, DWORD access, HANDLE *out) {
+  wchar_t *w = widen(path);
+  if (w == NULL)
+    return -EINVAL;
+  long long a = attributes(w);
+  int rc = a < 0 ? (int)a
+           : a == 0 ? -ENOENT
+           : ((a - 1) & FILE_ATTRIBUTE_REPARSE_POINT) ? HL_ESYMLINK
+           : ((a - 1) & FILE_ATTRIBUTE_DIRECTORY) ? HL_ENOTREG
+           : 0;
+  if (rc == 0) {
+    *out = CreateFileW(w, access, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
+                       OPEN_EXISTING, FILE_FLAG_OPEN_REPARSE_POINT, NULL);
+    if (*out == INVALID_HANDLE_VALUE)
+      rc = map_error(GetLastError());
+    else if (GetFileType(*out) != FILE_TYPE_DISK) {
+      CloseHandle(*out);
+      rc = HL_ENOTREG;
+    }
+  }
+  free(w);
+  return rc;
+}
+
 static int make_parents(const wchar_t *path) {
   size_t n = wcslen(path);
   wchar_t *buf = malloc((n + 1) * sizeof(wchar_t));
@@ -138,28 +164,11 @@ static int id_of(HANDLE h, hl__fileid_t *id) {
 int hl__os_fileid_fd(intptr_t fd, hl__fileid_t *id) { return id_of((HANDLE)fd, id); }
 
 int hl__os_fileid_path(const char *path, hl__fileid_t *id) {
-  wchar_t *w = widen(path);
-  if (w == NULL)
-    return -EINVAL;
-  long long a = attributes(w);
-  if (a <= 0) {
-    free(w);
-    return a == 0 ? -ENOENT : (int)a;
-  }
-  if ((a - 1) & FILE_ATTRIBUTE_REPARSE_POINT) {
-    free(w);
-    return HL_ESYMLINK;
-  }
-  if ((a - 1) & FILE_ATTRIBUTE_DIRECTORY) {
-    free(w);
-    return HL_ENOTREG;
-  }
-  HANDLE h = CreateFileW(w, 0, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
-                         OPEN_EXISTING, FILE_FLAG_OPEN_REPARSE_POINT, NULL);
-  free(w);
-  if (h == INVALID_HANDLE_VALUE)
-    return map_error(GetLastError());
-  int rc = id_of(h, id);
+  HANDLE h;
+  int rc = open_existing(path, 0, &h);
+  if (rc < 0)
+    return rc;
+  rc = id_of(h, id);
   CloseHandle(h);
   return rc;
 }
@@ -185,15 +194,11 @@ int hl__os_unlock(intptr_t fd) {
 }
 
 int hl__os_probe_held(const char *path) {
-  wchar_t *w = widen(path);
-  if (w == NULL)
-    return -EINVAL;
-  HANDLE h = CreateFileW(w, GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
-                         NULL, OPEN_EXISTING, FILE_FLAG_OPEN_REPARSE_POINT, NULL);
-  free(w);
-  if (h == INVALID_HANDLE_VALUE)
-    return GetLastError() == ERROR_FILE_NOT_FOUND ? 0 : map_error(GetLastError());
-  int rc = lock_byte0(h, LOCKFILE_FAIL_IMMEDIATELY); /* shared */
+  HANDLE h;
+  int rc = open_existing(path, GENERIC_READ, &h);
+  if (rc < 0)
+    return rc == -ENOENT ? 0 : rc;
+  rc = lock_byte0(h, LOCKFILE_FAIL_IMMEDIATELY); /* shared */
   CloseHandle(h); /* drops the shared lock at once if we got it */
   if (rc == HL_EBUSY)
     return 1;
@@ -235,23 +240,10 @@ int hl__os_write_all(intptr_t fd, const char *buf, size_t len) {
 }
 
 long hl__os_read_head(const char *path, char *buf, size_t len) {
-  wchar_t *w = widen(path);
-  if (w == NULL)
-    return -EINVAL;
-  long long a = attributes(w);
-  if (a > 0 && ((a - 1) & FILE_ATTRIBUTE_REPARSE_POINT)) {
-    free(w);
-    return HL_ESYMLINK;
-  }
-  HANDLE h = CreateFileW(w, GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
-                         NULL, OPEN_EXISTING, FILE_FLAG_OPEN_REPARSE_POINT, NULL);
-  free(w);
-  if (h == INVALID_HANDLE_VALUE)
-    return map_error(GetLastError());
-  if (GetFileType(h) != FILE_TYPE_DISK) {
-    CloseHandle(h);
-    return HL_ENOTREG;
-  }
+  HANDLE h;
+  int rc = open_existing(path, GENERIC_READ, &h);
+  if (rc < 0)
+    return rc;
   DWORD n = 0;
   BOOL ok = ReadFile(h, buf, (DWORD)len, &n, NULL); /* fails while byte 0 is locked */
   CloseHandle(h);

@@ -15,7 +15,7 @@ import heavylock
 from heavylock import backends
 from heavylock import _native
 
-from helpers import overlaps, read_intervals, wait_for
+from helpers import overlaps, read_intervals
 
 
 def test_acquire_release_and_record(lockfile):

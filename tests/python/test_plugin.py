@@ -293,14 +293,14 @@ def test_external_flock_holder_blocks_and_is_named(pytester, env, cli):
     holder = subprocess.Popen(["flock", str(lock), "sleep", "2.5"])
     wait_for(lambda: subprocess.run([cli, "status", "--lock", str(lock)],
                                     capture_output=True).returncode == 1, what="flock to hold")
-    released_at = time.time() + 0  # the holder exits about 2.5 s after its start
+    seen_held_at = time.time()  # the holder exits about 2.5 s after it started
     r = pytester.runpytest_subprocess("-s")
     holder.wait()
     r.assert_outcomes(passed=1)
     r.stderr.fnmatch_lines([f"heavylock: waiting for {lock}, held by pid {holder.pid} "
                             f"(flock {lock} sleep 2.5)*"])
     (start, _end, _pid), = intervals(env, "heavy")
-    assert start >= released_at + 1.0  # it really waited for the holder
+    assert start >= seen_held_at + 1.0  # it really waited for the holder
 
 
 def test_timeout_fails_setup_naming_holder_and_session_goes_on(pytester, env, cli):
