@@ -7,6 +7,7 @@
 #include "os.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@ struct hl_lock_s {
   intptr_t fd;          /* open only while acquiring or held, else -1 */
   int readonly;         /* no holder record can be written            */
   int held;
+  int flags;            /* HL_FLAG_* of the current or last hold      */
   long owner_pid;       /* the process that opened the handle         */
   uintptr_t thread;     /* the thread acquiring or holding            */
   hl__fileid_t id;
@@ -30,6 +32,13 @@ struct hl_lock_s {
 #define RECHECK_MS 100
 /* Without a watch, poll with backoff from 1 ms up to this. */
 #define POLL_MAX_MS 50
+/* Longer timeouts are clamped to this (about 31 years): the arithmetic on
+ * deadlines stays exact, and "forever" is spelled -1 or infinity. */
+#define TIMEOUT_MAX 1e9
+/* The first line of every holder record: a file that starts otherwise is
+ * not ours to write. */
+#define RECORD_MAGIC "heavylock-holder 1\n"
+#define RECORD_MAGIC_LEN 19
 
 const char *hl_version(void) { return HL_VERSION_STRING; }
 
@@ -44,6 +53,7 @@ const char *hl_strerror(int err) {
   case HL_EFORKED: return "lock handle belongs to the parent process";
   case HL_ENOTHELD: return "lock is not held by this handle";
   case HL_EFORMAT: return "file is not in the expected format";
+  case HL_ELOST: return "lock file was deleted or replaced while held";
   case -EDEADLK: return "this thread already holds or waits for this lock";
   }
   if (err < 0 && err > -4096)
@@ -92,6 +102,8 @@ int hl_lock_open(hl_lock_t **lockp, const char *path) {
   *lockp = NULL;
   if (path == NULL || path[0] == '\0')
     return -EINVAL;
+  if (strlen(path) >= HL_PATH_MAX)
+    return -ENAMETOOLONG; /* never cut: a cut path names another file */
   hl_lock_t *lk = calloc(1, sizeof(*lk));
   if (lk == NULL)
     return -ENOMEM;
@@ -114,15 +126,15 @@ int hl_lock_open(hl_lock_t **lockp, const char *path) {
   return 0;
 }
 
-/* Make `s` fit on one record line. */
+/* Make `s` fit on one record line, as valid UTF-8: control bytes become
+ * spaces, bytes that are not UTF-8 become '?', and a sequence cut at the end
+ * of the buffer is dropped (status readers decode records strictly). */
 static void one_line(char *s) {
-  for (; *s; s++)
-    if ((unsigned char)*s < 0x20 || *s == 0x7f)
-      *s = ' ';
+  hl__utf8_clean(s, ' ');
 }
 
 static void write_record(hl_lock_t *lk) {
-  if (lk->readonly)
+  if (lk->readonly || (lk->flags & HL_FLAG_OTHER_CONTENT))
     return;
   /* Reading /proc for our identity is done once (per pid: a forked child
    * that acquires has its own), not on every handoff. */
@@ -154,6 +166,52 @@ static int same_file(const hl__fileid_t *a, const hl__fileid_t *b) {
   return a->dev == b->dev && a->ino == b->ino;
 }
 
+/* A lock file that is neither empty nor a holder record belongs to someone
+ * else: HEAVYLOCK_PATH=model.gguf is an easy slip, and flock(1) and filelock
+ * leave such a file alone.  Lock it, but never truncate or write it.  Read
+ * through the locked descriptor, so what is judged is what would be written. */
+static int other_content(hl_lock_t *lk) {
+  char head[RECORD_MAGIC_LEN];
+  long n = hl__os_read_fd(lk->fd, head, sizeof(head));
+  if (n == 0)
+    return 0;
+  return n != RECORD_MAGIC_LEN || memcmp(head, RECORD_MAGIC, RECORD_MAGIC_LEN) != 0;
+}
+
+/* Does the path still name the file this handle holds?  If not, someone
+ * deleted or replaced it while we held it, and newcomers may lock the new
+ * file: the holder is told (HL_FLAG_LOST), since it is the one to warn. */
+static int check_lost(hl_lock_t *lk) {
+  hl__fileid_t now;
+  if (hl__os_fileid_path(lk->path, &now) == 0 && same_file(&now, &lk->id))
+    return 0;
+  lk->flags |= HL_FLAG_LOST;
+  return HL_ELOST;
+}
+
+/* A newcomer won a lock on a fresh inode while an older holder still holds
+ * the deleted or replaced file that had this path (see os.h): wait, polling,
+ * until that holder lets go.  deadline < 0 waits as long as it takes. */
+static int wait_ghost(hl_lock_t *lk, double deadline) {
+  int poll_ms = 1;
+  for (;;) {
+    long pid = 0;
+    if (hl__os_ghost_holder(lk->path, NULL, &pid) <= 0)
+      return 0;
+    double left = deadline - hl__os_monotonic();
+    if (deadline >= 0 && left <= 0)
+      return HL_ETIMEDOUT;
+    int ms = poll_ms;
+    if (deadline >= 0 && left * 1000.0 < (double)ms)
+      ms = (int)(left * 1000.0) + 1;
+    int rc = hl__os_sleep_ms(ms);
+    if (rc == -EINTR)
+      return rc;
+    if (poll_ms < POLL_MAX_MS)
+      poll_ms *= 2;
+  }
+}
+
 /* Wait for the lock on lk->fd until `deadline` (monotonic seconds). */
 static int wait_until(hl_lock_t *lk, double deadline) {
   if (lk->watch == NULL)
@@ -172,16 +230,16 @@ static int wait_until(hl_lock_t *lk, double deadline) {
       rc = HL_ETIMEDOUT;
       break;
     }
-    int ms = (int)(left * 1000.0) + 1;
+    /* Bound the wait in floating point before converting: left may be
+     * years, and (int)(left * 1000) would overflow (UB) into a negative
+     * time that poll() takes as "forever" and nanosleep() refuses. */
+    int cap = w ? RECHECK_MS : poll_ms;
+    int ms = left * 1000.0 < (double)cap ? (int)(left * 1000.0) + 1 : cap;
     if (w) {
-      if (ms > RECHECK_MS)
-        ms = RECHECK_MS;
       rc = hl__os_watch_wait(w, ms);
       if (rc == -EINTR)
         break;
     } else {
-      if (ms > poll_ms)
-        ms = poll_ms;
       rc = hl__os_sleep_ms(ms); /* no watch here: poll with backoff */
       if (rc == -EINTR)
         break;
@@ -199,6 +257,12 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
     return HL_EFORKED;
   if (lk->held)
     return -EDEADLK;
+  if (isnan(timeout))
+    return -EINVAL;
+  if (isinf(timeout) && timeout > 0)
+    timeout = -1; /* infinity means forever */
+  if (timeout > TIMEOUT_MAX)
+    timeout = TIMEOUT_MAX;
   double deadline = hl__os_monotonic() + (timeout > 0 ? timeout : 0);
   for (;;) {
     int rc = hl__os_open(lk->path, &lk->fd, &lk->readonly);
@@ -228,9 +292,25 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
      * excludes nobody: let it go and start over on the new file. */
     hl__fileid_t now;
     if (hl__os_fileid_path(lk->path, &now) == 0 && same_file(&now, &lk->id)) {
-      lk->held = 1;
-      write_record(lk);
-      return 0;
+      /* The path names our file; but if an older holder still holds the
+       * file that had this path before it was deleted or replaced, the two
+       * of us would run at once.  The kernel still knows it: wait for it. */
+      long ghost = 0;
+      if (hl__os_ghost_holder(lk->path, &lk->id, &ghost) <= 0) {
+        lk->held = 1;
+        lk->flags = (!lk->readonly && other_content(lk)) ? HL_FLAG_OTHER_CONTENT : 0;
+        write_record(lk);
+        return 0;
+      }
+      hl__os_unlock(lk->fd);
+      registry_leave(lk);
+      hl__os_close(lk->fd);
+      lk->fd = -1;
+      if (timeout == 0)
+        return HL_EBUSY;
+      if ((rc = wait_ghost(lk, timeout < 0 ? -1.0 : deadline)) < 0)
+        return rc;
+      continue;
     }
     hl__os_unlock(lk->fd);
     registry_leave(lk);
@@ -251,7 +331,8 @@ int hl_lock_release(hl_lock_t *lk) {
     return HL_EFORKED;
   if (!lk->held)
     return HL_ENOTHELD;
-  if (!lk->readonly)
+  (void)check_lost(lk); /* the caller reads HL_FLAG_LOST and warns */
+  if (!lk->readonly && !(lk->flags & (HL_FLAG_OTHER_CONTENT | HL_FLAG_LOST)))
     (void)hl__os_write_all(lk->fd, "", 0); /* clear our record while we hold it */
   int rc = hl__os_unlock(lk->fd);
   /* The close is what wakes waiters that watch the file. */
@@ -281,13 +362,19 @@ void hl_lock_close(hl_lock_t *lk) {
 }
 
 int hl_lock_set_label(hl_lock_t *lk, const char *label) {
+  /* Cut at a character boundary, never inside a UTF-8 sequence. */
   snprintf(lk->label, sizeof(lk->label), "%s", label ? label : "");
-  if (lk->held && lk->owner_pid == hl__os_getpid())
+  one_line(lk->label);
+  if (lk->held && lk->owner_pid == hl__os_getpid()) {
+    if (check_lost(lk) < 0)
+      return HL_ELOST;
     write_record(lk);
+  }
   return 0;
 }
 
 int hl_lock_held(const hl_lock_t *lk) { return lk->held; }
+int hl_lock_flags(const hl_lock_t *lk) { return lk->flags; }
 const char *hl_lock_path(const hl_lock_t *lk) { return lk->path; }
 intptr_t hl_lock_fd(const hl_lock_t *lk) { return lk->held ? lk->fd : -1; }
 
@@ -341,6 +428,15 @@ int hl_record_read(const char *path, hl_record_t *rec) {
       break;
     line = end + 1;
   }
+  /* A record is text from whoever could write the file: make every field
+   * safe to show and to decode (valid UTF-8, no control bytes, a cut
+   * sequence at the field's end dropped) and every number finite. */
+  hl__utf8_clean(rec->host, '?');
+  hl__utf8_clean(rec->boot_id, '?');
+  hl__utf8_clean(rec->label, '?');
+  hl__utf8_clean(rec->cmd, '?');
+  if (!isfinite(rec->acquired))
+    rec->acquired = 0;
   return have_pid ? 0 : HL_EFORMAT;
 }
 
@@ -348,9 +444,16 @@ int hl_status(const char *path, hl_status_t *st) {
   memset(st, 0, sizeof(*st));
   st->held_for = -1;
   hl__fileid_t id;
+  long ghost = 0;
   int rc = hl__os_fileid_path(path, &id);
-  if (rc == -ENOENT)
-    return 0; /* no file, nobody can hold it */
+  if (rc == -ENOENT) {
+    /* No file; but a holder may still hold the one that was deleted. */
+    if (hl__os_ghost_holder(path, NULL, &ghost) > 0) {
+      st->held = 1, st->holder_pid = ghost, st->deleted_file = 1;
+      st->method = "proc-locks";
+    }
+    return 0;
+  }
   if (rc < 0)
     return rc;
   st->method = "proc-locks";
@@ -364,19 +467,34 @@ int hl_status(const char *path, hl_status_t *st) {
   } else if (rc < 0) {
     return rc;
   }
+  if (!st->held && hl__os_ghost_holder(path, &id, &ghost) > 0) {
+    /* The file at the path is free, but the lock was deleted or replaced
+     * under a holder that still runs: newcomers wait for it (lock.c). */
+    st->held = 1, st->holder_pid = ghost, st->deleted_file = 1;
+    return 0;
+  }
 
   hl_record_t rec;
-  if (hl_record_read(path, &rec) != 0)
+  rc = hl_record_read(path, &rec);
+  if (rc == HL_EFORMAT) {
+    char head[1];
+    st->other_content = hl__os_read_head(path, head, 1) > 0;
+  }
+  if (rc != 0)
     return 0;
+  st->other_content = 0;
   /* Trust the record only if the kernel agrees on who holds the lock and the
-   * process is the one that wrote it (same pid, same start time). */
+   * process is the one that wrote it: same pid and same start time.  A
+   * record without a start time is not trusted where start times are known
+   * (anyone who can write the file could name the holder's pid). */
+  unsigned long long real_start = hl__os_proc_start(rec.pid);
   int live = st->held && hl__os_proc_alive(rec.pid) &&
              (st->holder_pid == 0 || st->holder_pid == rec.pid) &&
-             (rec.start == 0 || rec.start == hl__os_proc_start(rec.pid));
+             (real_start == 0 || rec.start == real_start);
   if (live) {
     st->has_record = 1;
     st->record = rec;
-    st->held_for = hl__os_wallclock() - rec.acquired;
+    st->held_for = rec.acquired > 0 ? hl__os_wallclock() - rec.acquired : -1;
     if (st->holder_pid == 0)
       st->holder_pid = rec.pid;
   } else {
