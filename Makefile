@@ -9,7 +9,8 @@ HEAVYLOCK := $(BUILD)/heavylock
 SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.build meson.options
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
-.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup
+.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup \
+        stress stress-short
 
 all: build
 
@@ -80,6 +81,16 @@ check-win: $(VENV)/.deps
 	@wine=$$(command -v wine || command -v wine64 || ls /usr/lib/wine/wine64 2>/dev/null || true); \
 	if [ -n "$$wine" ]; then WINE=$$wine bash tests/win-smoke.sh build/win/smoke.exe; \
 	else echo "check-win: wine is not installed; built and linked only"; fi
+
+# Mixed-client stress of one lock (bench/stress/stress.py): exclusion across
+# every client kind, SIGKILLed and SIGSTOPped holders, lock file deleted and
+# replaced in use.  Prints acquisitions/s, overlaps, worst wait / fair share;
+# fails on any overlap.  `stress-short` is the CI form (about a minute).
+stress: build $(VENV)/.pkg
+	$(PY) bench/stress/stress.py --heavylock $(HEAVYLOCK) --client $(BUILD)/stress_client
+
+stress-short: build $(VENV)/.pkg
+	$(PY) bench/stress/stress.py --short --heavylock $(HEAVYLOCK) --client $(BUILD)/stress_client
 
 demo: example-setup
 	bash examples/cli-demo.sh $(CURDIR)/$(HEAVYLOCK)

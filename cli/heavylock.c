@@ -288,8 +288,9 @@ static int cmd_run(int argc, char **argv) {
   }
   hl_lock_release(lk);
   if (hl_lock_flags(lk) & HL_FLAG_LOST)
-    warnx("warning: lock file %s was deleted or replaced while the command ran: "
-          "the lock did not exclude processes that came after that", path);
+    warnx("warning: lock file %s was deleted or replaced while the command ran; "
+          "tools other than heavylock (flock(1), filelock) may have locked the new file "
+          "meanwhile", path);
   hl_lock_close(lk);
   if (WIFEXITED(status))
     return WEXITSTATUS(status);
