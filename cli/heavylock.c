@@ -33,6 +33,8 @@
 
 static const char *prog = "heavylock";
 
+int cmd_doctor(int argc, char **argv); /* doctor.c */
+
 static void warnx(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -58,6 +60,7 @@ static void usage(void) {
          " heavylock status [--lock <path>] [--json]\n"
          " heavylock path [--root <dir>]\n"
          " heavylock gguf <model.gguf>\n"
+         " heavylock doctor [--root <dir>] [<lock path>]\n"
          "\n"
          "Run heavy commands (model loads) one at a time across processes, under an\n"
          "exclusive flock(2) on a lock file that flock(1) and Python's filelock share.\n"
@@ -544,5 +547,7 @@ int main(int argc, char **argv) {
     return cmd_path(argc, argv);
   if (!strcmp(sub, "gguf"))
     return cmd_gguf(argc, argv);
+  if (!strcmp(sub, "doctor"))
+    return cmd_doctor(argc, argv);
   return usage_error("unknown command '%s'", sub);
 }

@@ -368,6 +368,8 @@ def test_status_names_the_command_after_run_parent_died(cli, lockfile):
     p = subprocess.Popen([cli, "run", "--lock", str(lockfile), "--", "sleep", "61"],
                          start_new_session=True)
     wait_for(lambda: held_by(cli, lockfile) == p.pid, what="holder")
+    wait_for(lambda: open(f"/proc/{p.pid}/task/{p.pid}/children").read().strip(),
+             what="heavylock run to start its command")  # else the kill beats the fork
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     try:
@@ -424,3 +426,54 @@ def test_symlink_in_a_parent_directory_is_followed(cli, tmp_path):
     # the last component is still refused
     (real / "last.lock").symlink_to(real / ".llm_load.lock")
     assert run(cli, "run", "--lock", real / "last.lock", "--", "true").returncode == 66
+
+
+# ---- heavylock doctor ----
+
+def test_doctor_all_well_and_who_holds(cli, lockfile):
+    lockfile.parent.mkdir()
+    r = run(cli, "doctor", lockfile)
+    assert r.returncode == 0, r.stdout
+    assert "flock test   ok: a second process was refused" in r.stdout
+    assert "file system" in r.stdout and r.stdout.rstrip().endswith("all is well")
+    assert not [p for p in lockfile.parent.iterdir() if p.name.startswith(".heavylock-doctor")]
+    holder = hold(cli, lockfile, label="doc-holder")
+    w = subprocess.Popen(["flock", str(lockfile), "true"])
+    try:
+        wait_for(lambda: "1 waiting" in run(cli, "doctor", lockfile).stdout, what="the waiter")
+        r = run(cli, "doctor", lockfile)
+        assert r.returncode == 0
+        assert f"held by pid {holder.pid} (doc-holder)" in r.stdout
+        assert f"waiter pid {w.pid} (blocked in flock)" in r.stdout
+    finally:
+        kill_group(holder)
+        w.wait(timeout=10)
+
+
+def test_doctor_names_each_problem(cli, tmp_path):
+    link = tmp_path / "link.lock"
+    link.symlink_to(tmp_path / "elsewhere")
+    r = run(cli, "doctor", link)
+    assert r.returncode == 1
+    assert f"PROBLEM      {link} is a symbolic link" in r.stdout
+    assert "1 problem found" in r.stdout
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 100)
+    r = run(cli, "doctor", model)
+    assert r.returncode == 1 and "104 bytes that are not a heavylock record" in r.stdout
+    env = {**os.environ, "HEAVYLOCK_PATH": str(tmp_path)}
+    r = run(cli, "doctor", env=env)
+    assert r.returncode == 1 and f"HEAVYLOCK_PATH='{tmp_path}' is a directory" in r.stdout
+    assert run(cli, "doctor", "a", "b").returncode == 64
+
+
+def test_doctor_sees_a_deleted_lock_file(cli, lockfile):
+    holder = hold(cli, lockfile)
+    try:
+        lockfile.unlink()
+        r = run(cli, "doctor", lockfile)
+        assert r.returncode == 1
+        assert f"held by pid {holder.pid}" in r.stdout
+        assert "deleted or replaced while held" in r.stdout
+    finally:
+        kill_group(holder)

@@ -172,3 +172,57 @@ def test_corrupt_gguf(cli, tmp_path):
         f.write_bytes(data)
         r = run(cli, "gguf", f, timeout=10)
         assert r.returncode == 66 and b"not in the expected format" in r.stderr, name
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (root only: mount(2)); fills up and turns read-only on demand."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_full_and_readonly_file_system(cli, tiny_tmpfs):
+    lock = tiny_tmpfs / "x.lock"
+    lock.write_bytes(b"")
+    with open(tiny_tmpfs / "fill", "wb") as f:  # fill it up
+        try:
+            f.write(b"\0" * (1 << 20))
+        except OSError:
+            pass
+    r = run(cli, "run", "--label", "L" * 400, "--lock", lock, "--", "true")
+    assert r.returncode == 0, r.stderr  # disk full costs the record, not the lock
+    assert lock.stat().st_size == 0      # and no half record is left behind
+    r = run(cli, "doctor", lock)
+    assert b"tmpfs" in r.stdout and b"flock test   ok" in r.stdout
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    assert run(cli, "run", "--lock", lock, "--", "true").returncode == 0  # existing: read-only fd
+    r = run(cli, "run", "--lock", tiny_tmpfs / "new.lock", "--", "true")
+    assert r.returncode == 73 and b"Read-only file system" in r.stderr
+
+
+def test_other_users_file(cli):
+    # A lock file owned by someone else in a sticky, world-writable directory
+    # (a shared /tmp), read-only to us: locks, writes nothing.
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="hl-sticky-", dir="/tmp")
+    os.chmod(d, 0o1777)
+    lock = os.path.join(d, "x.lock")
+    open(lock, "wb").close()
+    os.chown(lock, 65534, 65534)
+    os.chmod(lock, 0o444)
+    r = subprocess.run(["setpriv", "--reuid=65533", "--regid=65533", "--clear-groups", cli,
+                        "run", "--lock", str(lock), "--", "true"], capture_output=True)
+    if b"setpriv" in r.stderr and r.returncode == 127:
+        pytest.skip("setpriv is not available")
+    try:
+        assert r.returncode == 0, r.stderr
+        assert os.path.getsize(lock) == 0
+    finally:
+        shutil.rmtree(d)
