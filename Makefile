@@ -10,7 +10,7 @@ SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.bui
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
 .PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup \
-        stress stress-short
+        stress stress-short fuzz test-valgrind check-dist-c
 
 all: build
 
@@ -48,6 +48,25 @@ test-asan: $(VENV)/.deps
 	  -Db_sanitize=address,undefined -Db_lundef=false
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C build/asan --print-errorlogs
+
+# The C tests under valgrind memcheck (leaks and invalid accesses fail them).
+test-valgrind: build
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --print-errorlogs \
+	  --wrap='valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet' \
+	  --timeout-multiplier=4
+
+# libFuzzer harnesses (fuzz/): GGUF reader, record parser, path policy, each
+# for FUZZ_SECONDS under ASan + UBSan; needs clang and its runtime
+# (Debian: clang libclang-rt-14-dev).  CI runs 20 s each.
+FUZZ_SECONDS ?= 20
+fuzz:
+	bash fuzz/run.sh $(FUZZ_SECONDS)
+
+# The C distribution as a C user meets it: meson install into a DESTDIR,
+# a CMake find_package consumer (shared and static), pkg-config, soname and
+# exported symbols, man -l heavylock.1, shell completion.
+check-dist-c: $(VENV)/.deps
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash tests/dist/check-dist-c.sh
 
 # The example LLM app: llama-cpp-python (builds llama.cpp from source the
 # first time: minutes on 2 cores; pip caches the wheel) and the SmolLM2-135M

@@ -73,6 +73,7 @@ static int run_api(char **a) {
   }
   for (long i = 0; i < n; i++) {
     double t_req = now();
+    long backoff = 1000; /* try-once users retry with backoff (1-16 ms), not a spin */
     for (;;) {
       if (!strcmp(mode, "block"))
         rc = hl_lock_acquire(lk, -1);
@@ -82,8 +83,10 @@ static int run_api(char **a) {
         rc = hl_lock_acquire(lk, 0);
       if (rc == 0)
         break;
-      if (rc == HL_EBUSY)
-        sleep_us(1000);
+      if (rc == HL_EBUSY) {
+        sleep_us(backoff);
+        backoff = backoff < 16000 ? backoff * 2 : backoff;
+      }
       else if (rc != HL_ETIMEDOUT) {
         fprintf(stderr, "client: acquire: %s\n", hl_strerror(rc));
         return 2;
@@ -107,6 +110,7 @@ static int run_cmd(char **a, int argc) {
     snprintf(tbuf, sizeof(tbuf), "%.9f", now());
     for (int k = 0; k < nargs; k++)
       v[k] = strcmp(argv[k], "{T}") ? argv[k] : tbuf;
+    long backoff = 1000;
     for (;;) {
       pid_t pid = fork();
       if (pid == 0) {
@@ -118,8 +122,9 @@ static int run_cmd(char **a, int argc) {
       }
       if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
         break;
-      if (WIFEXITED(st) && WEXITSTATUS(st) == 1) { /* busy or timed out */
-        sleep_us(1000);
+      if (WIFEXITED(st) && WEXITSTATUS(st) == 1) { /* busy or timed out: again */
+        sleep_us(backoff);
+        backoff = backoff < 16000 ? backoff * 2 : backoff;
         continue;
       }
       fprintf(stderr, "client: %s failed (status %d)\n", v[0], st);

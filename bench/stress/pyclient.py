@@ -4,7 +4,7 @@
 
 KIND: native, filelock, fcntl, pidfile (heavylock's backends, through
 heavylock.open_lock) or pypi-filelock (PyPI filelock used directly, as a
-user would).  MODE: block, timed (50 ms slices), try (once, 1 ms apart).
+user would).  MODE: block, timed (50 ms slices), try (once, again after 1-16 ms).
 Writes the same two lines per critical section as client.c.
 """
 import os
@@ -40,9 +40,11 @@ def main():
     label = kind if kind == "pypi-filelock" else f"py-{kind}"
     for _ in range(n):
         t_req = time.monotonic()
+        backoff = 0.001  # try-once users retry with backoff (1-16 ms), not a spin
         while not acquire(timeout):
             if mode == "try":
-                time.sleep(0.001)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 0.016)
         t_acq = time.monotonic()
         os.write(fd, f"A {label} {mode} {pid} {t_req:.9f} {t_acq:.9f}\n".encode())
         time.sleep(hold)

@@ -8,11 +8,12 @@ Phases, each on a fresh lock file:
             (libheavylock's C API, `heavylock run`, flock(1), the Python
             package's native / filelock / fcntl backends, PyPI filelock used
             directly) and every mode (blocking, timed in 50 ms slices,
-            try-once 1 ms apart)
+            try-once with 1-16 ms backoff)
   pidfile   the Python pidfile backend alone (it locks a different file and
             excludes only its own kind)
-  crashes   CRASHES trials: a random client (any kind) is SIGKILLed at a
-            random point, holding or waiting, and replaced
+  crashes   CRASHES trials: a client (any kind) is SIGKILLed at a random
+            point and replaced; every other trial the victim is the holder
+            that status names, so the kill lands inside a critical section
   sigstop   the holder is SIGSTOPped for a second: nobody may get the lock,
             status must keep naming the holder
   delete    the lock file is deleted or replaced (renamed over) while held and
@@ -90,6 +91,15 @@ def group_pids(pgid):
             except (OSError, ValueError, IndexError):
                 pass
     return pids
+
+
+def pgid_of(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+        return int(s[s.rindex(")") + 2:].split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def read_logs(logdir, kills=None):
@@ -223,12 +233,17 @@ def phase_crashes(a, base, results):
     lock, logs = fresh(base, "crashes")
     cl = Clients(a, lock, logs)
     kinds = [(k, m) for k in MIXED_KINDS for m in ("block", "timed")]
-    pool = [cl.start(*random.choice(kinds), 10 ** 6, a.hold_us) for _ in range(8)]
+    hold = max(a.hold_us, 20000)  # long enough for a kill to land inside a section
+    pool = [cl.start(*random.choice(kinds), 10 ** 6, hold) for _ in range(8)]
     kills, kill_times, held_kills = {}, [], 0
     t0 = time.monotonic()
     for trial in range(a.crashes):
         time.sleep(random.uniform(0, 0.03))
         i = random.randrange(len(pool))
+        if trial % 2 == 0:  # every other trial kills the holder itself, mid-section
+            st = status(a, lock)
+            pg = pgid_of(st["holder"]["pid"]) if st["held"] else None
+            i = next((k for k, p in enumerate(pool) if p.pid == pg), i)
         victim = pool[i]
         pids = group_pids(victim.pid)
         t_kill = time.monotonic()
@@ -237,7 +252,7 @@ def phase_crashes(a, base, results):
         for pid in pids:
             kills[pid] = t_kill
         kill_times.append(t_kill)
-        pool[i] = cl.start(*random.choice(kinds), 10 ** 6, a.hold_us)
+        pool[i] = cl.start(*random.choice(kinds), 10 ** 6, hold)
     time.sleep(0.3)  # let the last replacements make progress
     t_end = time.monotonic()
     for p in pool:
