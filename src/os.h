@@ -79,7 +79,9 @@ int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st);
  * lists the old lock (/proc/locks), and the holder's descriptor reads as
  * "PATH (deleted)" (/proc/PID/fd).  Returns 1 and the holder's pid when a
  * live flock is held on a deleted file that had `path` (other than `cur`,
- * which may be NULL), 0 when none is, or where this cannot be known. */
+ * which may be NULL), 0 when none is, or where this cannot be known.  It
+ * runs on every acquisition, so it looks only at the descriptors of the
+ * process that took each lock (tens of microseconds). */
 int hl__os_ghost_holder(const char *path, const hl__fileid_t *cur, long *pid);
 
 /* Fallback: does a shared try-lock fail?  1 held, 0 free, -errno. */

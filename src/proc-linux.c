@@ -166,30 +166,38 @@ static int parse_lock_line(const char *line, lock_line_t *l) {
 
 /* Does descriptor `fd` of `pid` hold a flock on (maj:min, ino)?  Its fdinfo
  * lists the locks that belong to that open file ("lock:" lines; a blocked
- * waiter has none).  On a match, `link` gets what the descriptor points at. */
-static int fd_holds(long pid, const char *fd, const lock_line_t *want, char *link, size_t len) {
+ * waiter has none).  With `link`, the descriptor must also point at that
+ * path, which is checked first (one readlink, no fdinfo read). */
+static int fd_holds(long pid, const char *fd, const lock_line_t *want, const char *link) {
   char path[320], info[4096];
+  if (link) {
+    char target[HL_PATH_MAX + 16];
+    snprintf(path, sizeof(path), "/proc/%ld/fd/%s", pid, fd);
+    ssize_t n = readlink(path, target, sizeof(target) - 1);
+    if (n <= 0)
+      return 0;
+    target[n] = '\0';
+    if (strcmp(target, link) != 0)
+      return 0;
+  }
   snprintf(path, sizeof(path), "/proc/%ld/fdinfo/%s", pid, fd);
   if (read_small(path, info, sizeof(info)) <= 0)
     return 0;
   for (char *p = strstr(info, "lock:"); p; p = strstr(p + 5, "lock:")) {
     lock_line_t l;
     if (parse_lock_line(p + 5, &l) && !l.blocked && l.maj == want->maj && l.min == want->min &&
-        l.ino == want->ino) {
-      snprintf(path, sizeof(path), "/proc/%ld/fd/%s", pid, fd);
-      ssize_t n = readlink(path, link, len - 1);
-      link[n > 0 ? n : 0] = '\0';
+        l.ino == want->ino)
       return 1;
-    }
   }
   return 0;
 }
 
-/* The process that holds the flock `want` through one of its descriptors,
- * or 0.  /proc/locks names the process that *took* the lock; when it has
- * died and a child inherited the descriptor (heavylock run, flock(1)), the
- * child is found by scanning every process.  `link` as in fd_holds. */
-static long lock_owner(const lock_line_t *want, char *link, size_t len) {
+/* The process that holds the flock `want` through one of its descriptors
+ * (pointing at `link`, when given), or 0.  /proc/locks names the process
+ * that *took* the lock; when it has died and a child inherited the
+ * descriptor (heavylock run, flock(1)), the child is found by scanning
+ * every process, but only when `scan_all`: that costs milliseconds. */
+static long lock_owner(const lock_line_t *want, const char *link, int scan_all) {
   DIR *proc = NULL;
   long pid = want->pid;
   struct dirent *de = NULL;
@@ -200,7 +208,7 @@ static long lock_owner(const lock_line_t *want, char *link, size_t len) {
     if (fds != NULL) {
       struct dirent *fe;
       while ((fe = readdir(fds)) != NULL) {
-        if (fe->d_name[0] != '.' && fd_holds(pid, fe->d_name, want, link, len)) {
+        if (fe->d_name[0] != '.' && fd_holds(pid, fe->d_name, want, link)) {
           closedir(fds);
           if (proc)
             closedir(proc);
@@ -209,6 +217,8 @@ static long lock_owner(const lock_line_t *want, char *link, size_t len) {
       }
       closedir(fds);
     }
+    if (!scan_all)
+      return 0;
     if (proc == NULL && (proc = opendir("/proc")) == NULL)
       return 0;
     do
@@ -245,8 +255,7 @@ int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st) {
   }
   fclose(f);
   if (st->held && !hl__os_proc_alive(st->holder_pid)) {
-    char link[64];
-    long owner = lock_owner(&held, link, sizeof(link));
+    long owner = lock_owner(&held, NULL, 1);
     if (owner)
       st->holder_pid = owner;
   }
@@ -255,44 +264,62 @@ int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st) {
 }
 
 int hl__os_ghost_holder(const char *path, const hl__fileid_t *cur, long *pid) {
-  /* What the holder's descriptor reads as: the directory resolved as the
-   * kernel prints it (symlinks followed), the name, " (deleted)". */
-  char dir[4096], want[4200], link[4200];
+  /* Candidates first, from the lock table alone: exclusive flocks on the
+   * lock's device, other than the file we hold.  Usually there are none,
+   * and this costs one read of /proc/locks. */
   struct stat ds;
   const char *slash = strrchr(path, '/');
   const char *name = slash ? slash + 1 : path;
+  char dir[4096];
   if (slash == path)
     snprintf(dir, sizeof(dir), "/");
   else
     snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
-  char *real = realpath(dir, NULL);
-  if (real == NULL)
-    return 0;
-  int n = snprintf(want, sizeof(want), "%s/%s (deleted)", strcmp(real, "/") ? real : "", name);
-  int ok = n > 0 && (size_t)n < sizeof(want) && stat(real, &ds) == 0;
-  free(real);
-  if (!ok)
+  dev_t dev;
+  if (cur)
+    dev = (dev_t)cur->dev;
+  else if (stat(dir, &ds) == 0)
+    dev = ds.st_dev;
+  else
     return 0;
   FILE *f = fopen("/proc/locks", "re");
   if (f == NULL)
     return 0;
   char line[512];
-  lock_line_t l;
-  unsigned maj = major(ds.st_dev), min = minor(ds.st_dev);
-  long found = 0;
-  while (!found && fgets(line, sizeof(line), f)) {
-    if (!parse_lock_line(line, &l) || l.blocked || l.maj != maj || l.min != min)
+  lock_line_t cand[16];
+  int n = 0;
+  unsigned maj = major(dev), min = minor(dev);
+  while (n < 16 && fgets(line, sizeof(line), f)) {
+    lock_line_t l;
+    if (!parse_lock_line(line, &l) || l.blocked || !strstr(line, " WRITE ") || l.maj != maj ||
+        l.min != min || (cur && l.ino == cur->ino))
       continue;
-    if (cur && l.ino == cur->ino)
-      continue;
-    long owner = lock_owner(&l, link, sizeof(link));
-    if (owner && strcmp(link, want) == 0)
-      found = owner;
+    cand[n++] = l;
   }
   fclose(f);
-  if (found)
-    *pid = found;
-  return found != 0;
+  if (n == 0)
+    return 0;
+  /* What the holder's descriptor reads as: the directory resolved as the
+   * kernel prints it (symlinks followed), the name, " (deleted)". */
+  char want[4200];
+  char *real = realpath(dir, NULL);
+  if (real == NULL)
+    return 0;
+  int len = snprintf(want, sizeof(want), "%s/%s (deleted)", strcmp(real, "/") ? real : "", name);
+  free(real);
+  if (len <= 0 || (size_t)len >= sizeof(want))
+    return 0;
+  for (int i = 0; i < n; i++) {
+    /* Only the taker's descriptors, compared by name first.  (A deleted
+     * file held only through a descriptor inherited from a taker that died
+     * is not found: finding it would mean scanning every process.) */
+    long owner = lock_owner(&cand[i], want, 0);
+    if (owner) {
+      *pid = owner;
+      return 1;
+    }
+  }
+  return 0;
 }
 
 /* ---- memory ---- */

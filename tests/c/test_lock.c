@@ -853,6 +853,8 @@ static void deleted_or_replaced(int replace) {
   if (holder == 0) {
     hl_lock_t *lk;
     char c;
+    close(go[1]); /* so that the parent's death (a failed assertion) ends us */
+    close(ready[0]);
     if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, -1) < 0)
       _exit(1);
     iv[0].from = now();
@@ -925,13 +927,16 @@ static void test_unlock_without_close(void) {
   if (holder == 0) {
     hl_lock_t *lk;
     char c;
+    close(go[1]); /* so that the parent's death (a failed assertion) ends us */
+    close(ready[0]);
     if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, -1) < 0)
       _exit(1);
     if (write(ready[1], "x", 1) != 1 || read(go[0], &c, 1) != 1)
       _exit(2);
     t[0] = now();
     flock((int)hl_lock_fd(lk), LOCK_UN); /* unlock, keep the file open */
-    pause();
+    while (read(go[0], &c, 1) > 0) { /* until the parent closes or dies */
+    }
     _exit(0);
   }
   char c;
@@ -949,7 +954,7 @@ static void test_unlock_without_close(void) {
   usleep(150000);            /* and has passed its first re-check */
   ASSERT_EQ(write(go[1], "x", 1), 1);
   ASSERT_EQ(reap(waiter), 0);
-  kill(holder, SIGKILL);
+  close(go[1]);
   reap(holder);
   ASSERT(t[1] >= t[0]);
   ASSERT(t[1] - t[0] < 5.0); /* generous: the re-check is 100 ms */
@@ -1147,16 +1152,19 @@ static void test_path_kinds(void) {
 /* A holder that took the lock and died after passing the descriptor to a
  * child (heavylock run whose parent was killed): status names the child. */
 static void test_inherited_holder(void) {
-  int p[2];
-  ASSERT(pipe(p) == 0);
+  int p[2], life[2];
+  ASSERT(pipe(p) == 0 && pipe(life) == 0);
   pid_t taker = fork();
   if (taker == 0) {
     hl_lock_t *lk;
+    close(life[1]);
     if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, -1) < 0)
       _exit(1);
     pid_t child = fork();
     if (child == 0) {
-      pause(); /* holds the inherited descriptor */
+      char c; /* holds the inherited descriptor until we close life[1] or die */
+      while (read(life[0], &c, 1) > 0) {
+      }
       _exit(0);
     }
     if (write(p[1], &child, sizeof(child)) != sizeof(child))
@@ -1172,8 +1180,8 @@ static void test_inherited_holder(void) {
   ASSERT_EQ(st.holder_pid, child);
   ASSERT_EQ(st.has_record, 0);
   ASSERT_EQ(st.stale_record, 1);
-  kill(child, SIGKILL);
-  waitpid(child, NULL, 0); /* reparented to us? only if we are a subreaper */
+  close(life[1]); /* the grandchild (not ours to reap) exits */
+  close(life[0]);
   double end = now() + 5;
   while (now() < end && hl_status(lockpath, &st) == 0 && st.held)
     usleep(10000);
