@@ -19,6 +19,7 @@ status=0
 printf '%-8s %12s %10s %8s %s\n' harness executions exec/s crashes "corpus"
 for n in "${names[@]}"; do
   "$CLANG" "${flags[@]}" "fuzz/fuzz_$n.c" "${lib[@]}" -o "$out/fuzz_$n" -lm
+  rm -rf "$out/crashes-$n"
   mkdir -p "$out/corpus-$n" "$out/crashes-$n"
   cp -n fuzz/corpus/"$n"/* "$out/corpus-$n/" 2>/dev/null || true
   log="$out/fuzz_$n.log"

@@ -525,5 +525,6 @@ int hl_holder_describe(const hl_status_t *st, char *buf, size_t len) {
     n += (size_t)snprintf(buf + n, len - n, " (%s)", what);
   if (n < len && st->held_for >= 0)
     snprintf(buf + n, len - n, " for %.0f s", st->held_for);
+  hl__utf8_clean(buf, ' '); /* a cut above may have split a character */
   return 1;
 }

@@ -159,8 +159,9 @@ def report(name, iv, contenders, t0, t1, unended=0, table=True):
                 "overlaps": ov}
     for t_acq, t_rel, kind, mode, wait, pid in iv:
         kinds.setdefault(kind, []).append(wait)
+        kinds.setdefault(f"{kind}/{mode}", []).append(wait)
     print(f"   fair share = {max(contenders - 1, 1)} x {per * 1000:.2f} ms = {fair * 1000:.0f} ms")
-    print(f"   {'client':<16}{'n':>7}{'mean wait':>12}{'p99 wait':>12}{'worst wait':>12}"
+    print(f"   {'client':<22}{'n':>7}{'mean wait':>12}{'p99 wait':>12}{'worst wait':>12}"
           f"{'worst/fair':>12}")
     rows = {}
     for kind in sorted(kinds):
@@ -168,7 +169,7 @@ def report(name, iv, contenders, t0, t1, unended=0, table=True):
         p99 = w[min(len(w) - 1, int(len(w) * 0.99))]
         rows[kind] = {"n": len(w), "mean": sum(w) / len(w), "p99": p99, "worst": w[-1],
                       "ratio": w[-1] / fair if fair else 0}
-        print(f"   {kind:<16}{len(w):>7}{sum(w) / len(w) * 1000:>10.1f}ms{p99 * 1000:>10.1f}ms"
+        print(f"   {kind:<22}{len(w):>7}{sum(w) / len(w) * 1000:>10.1f}ms{p99 * 1000:>10.1f}ms"
               f"{w[-1] * 1000:>10.1f}ms{rows[kind]['ratio']:>11.1f}x")
     return {"acquisitions": total, "seconds": t1 - t0, "per_second": total / (t1 - t0),
             "overlaps": ov, "fair_share": fair, "kinds": rows}
@@ -245,8 +246,11 @@ def phase_crashes(a, base, results):
             pg = pgid_of(st["holder"]["pid"]) if st["held"] else None
             i = next((k for k, p in enumerate(pool) if p.pid == pg), i)
         victim = pool[i]
-        pids = group_pids(victim.pid)
+        # Freeze the group first, so that the pids read next are all of them
+        # (a child forked meanwhile is stopped with it); its sections end here.
         t_kill = time.monotonic()
+        os.killpg(victim.pid, signal.SIGSTOP)
+        pids = group_pids(victim.pid)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
         for pid in pids:
@@ -256,6 +260,7 @@ def phase_crashes(a, base, results):
     time.sleep(0.3)  # let the last replacements make progress
     t_end = time.monotonic()
     for p in pool:
+        os.killpg(p.pid, signal.SIGSTOP)
         pids = group_pids(p.pid)
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()

@@ -1065,6 +1065,18 @@ static void test_hostile_records(void) {
   ASSERT_EQ(hl_record_read(path, &rec), 0);
   ASSERT(valid_utf8(rec.label));
   ASSERT_EQ(strlen(rec.label), 510); /* 170 whole characters */
+  /* the holder description cuts the label too (at 150 bytes): whole characters */
+  hl_status_t dst;
+  memset(&dst, 0, sizeof(dst));
+  dst.held = dst.has_record = 1;
+  dst.holder_pid = 77;
+  dst.record = rec;
+  dst.held_for = -1;
+  char dbuf[256];
+  for (size_t cut = 20; cut <= sizeof(dbuf); cut += 7) {
+    hl_holder_describe(&dst, dbuf, cut);
+    ASSERT(valid_utf8(dbuf));
+  }
   /* and through set_label */
   hl_lock_t *lk;
   ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
