@@ -294,17 +294,31 @@ def phase_sigstop(a, base, results):
     cl = Clients(a, lock, logs)
     combos = [("c-api", "block"), ("cli", "timed"), ("flock1", "block"), ("py-native", "timed"),
               ("pypi-filelock", "block"), ("c-api", "try")]
-    procs = [cl.start(k, m, 60, 2000) for k, m in combos]
+    procs = [cl.start(k, m, 60, 20000) for k, m in combos]
     t0 = time.monotonic()
-    end = time.monotonic() + 20
-    st = {}
-    while time.monotonic() < end:
+    end = time.monotonic() + 30
+    victim = None
+    while victim is None and time.monotonic() < end:
         st = status(a, lock)
-        if st["held"] and st["holder"]["pid"]:
-            break
-        time.sleep(0.005)
-    victim = st["holder"]["pid"]
-    os.kill(victim, signal.SIGSTOP)
+        if not (st["held"] and st["holder"]["pid"]):
+            time.sleep(0.002)
+            continue
+        pid = st["holder"]["pid"]
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        # It may have let go between the look and the stop: check, now that
+        # it cannot let go any more.
+        st = status(a, lock)
+        if st["held"] and st["holder"]["pid"] == pid:
+            victim = pid
+        else:
+            os.kill(pid, signal.SIGCONT)
+    if victim is None:
+        fail("sigstop: never caught a holder")
+        wait_all(procs, a.timeout, "sigstop")
+        return
     t_stop = time.monotonic()
     time.sleep(1.0)
     during = status(a, lock)
