@@ -234,13 +234,18 @@ class Recorder:
                           "after release: the next heavy test on another worker adds a copy "
                           "(free the model in the fixture's teardown; keep it out of module "
                           "globals and caches)")
+        by_module = {}
         for e in self.heavy_imports():
-            where = f" [{e['worker']}]" if e.get("worker") else ""
-            tr.write_line(f"importing {e['nodeid']}{where} took {e['seconds']:.1f} s and added "
-                          f"{(e.get('rss_growth') or 0) / MiB:.0f} MiB: heavy work at import "
-                          "time runs in every worker during collection, before any test "
-                          "(imports under the lock are serialized); move the model load "
-                          "into a fixture")
+            by_module.setdefault(e["nodeid"], []).append(e)
+        for nodeid, imports in sorted(by_module.items()):
+            workers = sorted(e["worker"] for e in imports if e.get("worker"))
+            where = f" (in {', '.join(workers)})" if workers else ""
+            tr.write_line(
+                f"importing {nodeid} took {max(e['seconds'] for e in imports):.1f} s and added "
+                f"{max(e.get('rss_growth') or 0 for e in imports) / MiB:.0f} MiB{where}: "
+                "heavy work at import time runs in every worker during collection, before any "
+                "test (imports under the lock are serialized); move the model load into a "
+                "fixture")
         if self.memory:
             tr.write_line(f"peak memory of the process tree: "
                           f"{max(b for _, b in self.memory) / MiB:.0f} MiB")

@@ -118,7 +118,7 @@ def parse_rules(config):
     v, where = setting(config, "heavylock_rules", None, "heavylock_rules")
     if v is None:
         return RULES
-    words = v.replace(",", " ").split() if isinstance(v, str) else list(v)
+    words = (v if isinstance(v, str) else " ".join(v)).replace(",", " ").split()
     chosen = set()
     for w in words:
         name = w.strip().lower()
