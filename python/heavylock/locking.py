@@ -59,7 +59,7 @@ def timer_stopped(item):
         yield
     finally:
         now = time.monotonic()
-        left = max(settings.timeout - (paused - started), 0.001)
+        left = round(max(settings.timeout - (paused - started), 0.01), 2)  # as it reads
         hook.pytest_timeout_set_timer(item=item, settings=settings._replace(timeout=left))
         item.stash[TIMER_KEY] = (settings, started + (now - paused))
 

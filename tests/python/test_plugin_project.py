@@ -71,7 +71,7 @@ def test_import_time_token_takes_the_lock_but_import_lines_do_not(pytester, env,
                 LocalLLMClient
                 assert not HELD
         """))
-    r = pytester.runpytest_subprocess("-p", "no:randomly")
+    r = pytester.runpytest_subprocess()
     r.assert_outcomes(passed=2)
 
 
