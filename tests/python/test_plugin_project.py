@@ -220,6 +220,9 @@ def test_strict_preset_leaves_mocked_token_tests_light(pytester, env):
     assert v["test_mocked_client"][0]  # the env rule still applies
     r, v = explain(pytester, "--heavylock-rules=token")
     assert v["test_mocked_client"][0] and not v["test_marked"][0]  # command line wins
+    pytester.makeini("[pytest]\nheavylock_tokens =\nheavylock_paths =\n")  # the empty lists
+    r, v = explain(pytester)
+    assert not v["test_mocked_client"][0] and not v["test_s"][0] and v["test_model"][0]
     pytester.makeini("[pytest]\nheavylock_rules = marker tokens\n")
     r = pytester.runpytest_subprocess()
     assert r.ret == pytest.ExitCode.USAGE_ERROR
