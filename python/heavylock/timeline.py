@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from html import escape
 
-HEAVY, LIGHT, WAIT, MEM = "#c0392b", "#5dade2", "#f5b041", "#7d3c98"
+HEAVY, LIGHT, WAIT, MEM, IMPORT = "#c0392b", "#5dade2", "#f5b041", "#7d3c98", "#6e2c00"
 W, LEFT, ROW, MEM_H, TOP = 1200, 90, 26, 140, 40
 CHAR_W = 6.2   # average width of a character of the 11 px bar labels
 
@@ -39,6 +39,7 @@ def render_svg(events, memory=(), title="heavylock timeline"):
     t0, t1 = (min(times), max(times)) if times else (0.0, 1.0)
     memory = [(t, b) for t, b in memory if t0 <= t <= t1]  # start-up is not the run
     span = max(t1 - t0, 1e-6)
+    ntests = sum(1 for e in events if e.get("kind", "test") == "test")
     plot_w = W - LEFT - 20
     rows_h = ROW * max(len(workers), 1)
     height = TOP + rows_h + 30 + MEM_H + 50
@@ -53,13 +54,14 @@ def render_svg(events, memory=(), title="heavylock timeline"):
            "</pattern></defs>",
            f'<rect width="{W}" height="{height}" fill="white"/>',
            f'<text x="{LEFT}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>',
-           f'<text x="{LEFT}" y="33" fill="#555">{len(events)} tests on {len(workers)} '
+           f'<text x="{LEFT}" y="33" fill="#555">{ntests} tests on {len(workers)} '
            f'worker(s), {span:.1f} s. '
            f'<tspan fill="{HEAVY}">&#9632; heavy (holds the lock)</tspan>  '
            f'<tspan fill="{LIGHT}">&#9632; light</tspan>  '
            f'<tspan fill="{WAIT}">&#9632; waiting for the lock</tspan>  '
+           f'<tspan fill="{IMPORT}">&#9632; heavy import</tspan>  '
            f'<tspan fill="{MEM}">&#9644; memory of the process tree</tspan>  '
-           '<tspan>&#9633; black edge: its worker crashed</tspan></text>']
+           '<tspan>&#9633; black edge: worker crashed</tspan></text>']
     for i, w in enumerate(workers):
         y = TOP + i * ROW
         out.append(f'<g class="row" data-worker="{escape(w)}">')
@@ -79,10 +81,13 @@ def render_svg(events, memory=(), title="heavylock timeline"):
                            f'{e["acquired"] - e["wait_start"]:.2f} s</title></rect>')
             start = e["acquired"] or e["start"]
             colour = HEAVY if e.get("acquired") else LIGHT
+            kind = "import" if e.get("kind") == "import" else "test"
+            if kind == "import":
+                colour = IMPORT
             crashed = e.get("outcome") == "crashed"
             edge = 'stroke="black" stroke-width="2"' if crashed else \
                 'stroke="white" stroke-width="0.5"'
-            out.append(f'<rect class="test{" crashed" if crashed else ""}" x="{x(start):.1f}" '
+            out.append(f'<rect class="{kind}{" crashed" if crashed else ""}" x="{x(start):.1f}" '
                        f'y="{y + 3}" width="{max(x(e["end"]) - x(start), 1):.1f}" '
                        f'height="{ROW - 6}" fill="{colour}" {edge}><title>{tip}, '
                        f'{e["end"] - start:.2f} s</title></rect>')
