@@ -53,6 +53,33 @@ def test_heavy_imports_are_serialized_and_named(pytester, env):
     assert all(e["rss_growth"] >= 40 * 2**20 and e["acquired"] for e in imports)
 
 
+def test_a_heavy_import_that_cannot_get_the_lock_is_not_run(pytester, env):
+    """--heavylock-timeout bounds an import's wait too; the module then fails
+    to collect, saying why, and is NOT imported without the lock."""
+    pytester.mkpydir("tests")
+    pytester.mkpydir("tests/scripts").joinpath("test_generate.py").write_text(
+        textwrap.dedent(HEAVY_IMPORT))
+    lock = pytester.path / "models" / ".llm_load.lock"
+    lock.parent.mkdir()
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "60"], start_new_session=True)
+    try:
+        wait_for(lambda: held_by_pid(lock) == holder.pid, what="holder")
+        r = pytester.runpytest_subprocess("--heavylock-timeout=0.5")
+    finally:
+        os.killpg(holder.pid, 9)
+        holder.wait()
+    assert r.ret == pytest.ExitCode.INTERRUPTED  # a collection error
+    r.stdout.fnmatch_lines(["*ERROR collecting tests/scripts/test_generate.py*",
+                            f"*gave up after waiting 0.5 s for {lock}, held by pid {holder.pid}*"])
+    assert intervals(env, "import") == []  # never imported without the lock
+
+
+def held_by_pid(lock):
+    from heavylock import status
+    st = status(str(lock))
+    return st["holder_pid"] if st["held"] else 0
+
+
 def test_import_time_token_takes_the_lock_but_import_lines_do_not(pytester, env, cli):
     """A module whose import-time code names a token imports under the lock;
     one that only imports the class (or uses it inside functions) does not."""
