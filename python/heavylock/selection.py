@@ -99,6 +99,8 @@ class TokenScanner:
                 if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef,
                                      ast.AsyncFunctionDef)):
                     continue
+                if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+                    continue  # a docstring runs nothing
                 if isinstance(node, ast.ClassDef):
                     visit(node.body)  # a class body runs at import; its methods do not
                     continue

@@ -92,7 +92,8 @@ def test_import_time_token_takes_the_lock_but_import_lines_do_not(pytester, env,
             USE_LOCAL_LLM = True
             def test_top(): assert HELD
         """),
-        test_named=textwrap.dedent(status) + textwrap.dedent("""
+        test_named=textwrap.dedent('"""Tests of LocalLLMClient (a docstring)."""') +
+        textwrap.dedent(status) + textwrap.dedent("""
             from os import path as LocalLLMClient
             def test_named():
                 LocalLLMClient
