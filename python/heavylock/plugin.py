@@ -107,7 +107,9 @@ def pytest_configure(config):
 def pytest_make_collect_report(collector):
     """Import a heavy test module under the lock, and measure the import."""
     state = _state(collector.config)
-    if not isinstance(collector, pytest.Module) or state.client.held:
+    # (pytest < 8: a Package is a Module whose collect() imports only __init__.py)
+    if (not isinstance(collector, pytest.Module) or isinstance(collector, pytest.Package)
+            or state.client.held):
         yield
         return
     heavy, rule = state.selector.module_verdict(collector.path, collector.config.rootpath)
