@@ -98,17 +98,24 @@ class Recorder:
         state stays, ended now; without one, the test is still listed."""
         now = time.time()
         for e in reversed(self.remote_events):
-            if e["nodeid"] == nodeid and e.get("kind", "test") == "test" and e["end"] is None:
+            if e["nodeid"] == nodeid and e.get("kind", "test") == "test" and (
+                    e["end"] is None or e.get("outcome") == "crashed"):
                 break
         else:
             e = {"nodeid": nodeid, "kind": "test", "worker": worker, "heavy": None,
                  "rule": None, "start": now, "wait_start": None, "acquired": None,
                  "released": None, "end": None}
             self.remote_events.append(e)
-        e["end"] = now
-        if e["acquired"] and not e["released"]:
-            e["released"] = now  # the kernel dropped the lock with the process
+        self._ended_by_crash(e, now)
         self.outcomes[nodeid] = "crashed"
+
+    @staticmethod
+    def _ended_by_crash(e, now):
+        if e["end"] is None:
+            e["end"] = now
+        if e["acquired"] and not e["released"]:
+            e["released"] = e["end"]  # the kernel dropped the lock with the process
+        e["outcome"] = "crashed"
 
     # -- memory
 
@@ -163,6 +170,10 @@ class Recorder:
                     latest[(e.get("kind"), e["nodeid"], e["start"])] = e
         except OSError:
             return
+        now = time.time()
+        for e in latest.values():
+            if e["end"] is None:  # running when the worker died (a test or an import)
+                self._ended_by_crash(e, now)
         self.remote_events.extend(latest.values())
 
     def close(self):
