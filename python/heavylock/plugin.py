@@ -131,6 +131,7 @@ def pytest_make_collect_report(collector):
         event["end"] = time.time()
         yield
         return
+    state.recorder.touch(event)  # should this worker die while importing it
     before, t0 = rss(), time.monotonic()
     try:
         yield

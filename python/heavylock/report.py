@@ -222,7 +222,8 @@ class Recorder:
         everything = self.events + self.remote_events
         tests = [e for e in everything if e.get("kind", "test") != "import"]
         events = [e for e in tests if e.get("acquired")]
-        problems = self.heavy_imports() or self.left_resident() or self.errors
+        problems = (self.heavy_imports() or self.left_resident() or self.errors
+                    or any(e.get("outcome") == "crashed" for e in everything))
         if not events and not problems:
             if any(e["heavy"] for e in tests):
                 tr.write_sep("-", "heavylock")
@@ -259,6 +260,12 @@ class Recorder:
                 "heavy work at import time runs in every worker during collection, before any "
                 "test (imports under the lock are serialized); move the model load into a "
                 "fixture")
+        for e in everything:
+            if e.get("outcome") == "crashed":
+                what = "importing" if e.get("kind") == "import" else "running"
+                held = ", holding the lock" if e.get("acquired") else ""
+                tr.write_line(f"{e['nodeid']}: its worker {e.get('worker') or ''} died while "
+                              f"{what} it{held} (killed: out of memory?)")
         if self.memory:
             tr.write_line(f"peak memory of the process tree: "
                           f"{max(b for _, b in self.memory) / MiB:.0f} MiB")

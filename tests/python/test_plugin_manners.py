@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import textwrap
 import threading
 import time
 
@@ -169,6 +170,29 @@ def test_sigkilled_worker_stays_in_report_and_timeline(pytester, env):
     assert all(events[f"test_k.py::test_ok[{i}]"]["outcome"] == "passed" for i in range(3))
     text = svg.read_text()
     assert re.search(r'<rect class="test crashed"[^>]*><title>test_k.py::test_killed', text)
+
+
+def test_worker_killed_while_importing_a_heavy_module(pytester, env):
+    """A worker SIGKILLed during a heavy import (while holding the lock)
+    stays in the report and is named in the summary."""
+    pytest.importorskip("xdist")
+    pytester.mkpydir("tests")
+    pytester.mkpydir("tests/scripts").joinpath("test_gen.py").write_text(textwrap.dedent("""
+        import os, signal
+        if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+            os.kill(os.getpid(), signal.SIGKILL)
+        def test_a(): pass
+    """))
+    report = pytester.path / "r.json"
+    r = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", f"--heavylock-report={report}")
+    r.assert_outcomes(passed=1)
+    crashed = [e for e in json.loads(report.read_text())["events"]
+               if e.get("outcome") == "crashed"]
+    assert [(e["kind"], e["nodeid"], e["worker"]) for e in crashed] == [
+        ("import", "tests/scripts/test_gen.py", "gw1")]
+    assert crashed[0]["acquired"] and crashed[0]["released"] >= crashed[0]["acquired"]
+    r.stdout.fnmatch_lines(["tests/scripts/test_gen.py: its worker gw1 died while importing "
+                            "it, holding the lock*"])
 
 
 def test_timeline_starts_at_the_first_test_and_names_bars(pytester, env):
