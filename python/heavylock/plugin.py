@@ -6,19 +6,23 @@ This module is the wiring: options, hooks and fixtures.  The work lives in
 heavy), ``locking`` (the wait for the lock) and ``report`` (what happened).
 
 A heavy test holds the lock from the start of its setup to the end of its
-teardown.  Settings: command line > environment > ini > default.
+teardown; a heavy test module holds it while it is imported (heavy work at
+import time is part of its tests).  Settings: command line > environment >
+ini > default.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from heavylock.locking import LockClient
-from heavylock.report import Recorder
+from heavylock.locking import LockClient, note_timer
+from heavylock.report import Recorder, rss
 from heavylock.selection import Selector
 from heavylock.settings import DEFAULT_MARKERS, Settings, addoptions
 
@@ -38,7 +42,11 @@ class _State:
         self.settings = Settings(config)
         self.selector = Selector(self.settings)
         self.client = LockClient(config, self.settings)
-        self.recorder = Recorder(self.settings)
+        self.reporting = bool(self.settings.report or self.settings.timeline)
+        # xdist workers spool their events where the controller can read them
+        # if they die (made by the controller for its first worker).
+        self.spool = getattr(config, "workerinput", {}).get("heavylock_spool")
+        self.recorder = Recorder(self.settings, self.spool)
         self.current = None       # event of the test holding the lock
         self.running = None       # event of the test in progress
 
@@ -51,9 +59,28 @@ class _State:
         if self.current is not None:
             self.client.release()
             self.current["released"] = now
+            after = rss()
+            if after is not None and self.current.get("rss_before") is not None:
+                self.current["rss_after"] = after
+                self.current["resident"] = after - self.current["rss_before"]
             self.current = None
         if event is not None:
             event["end"] = now
+            self.recorder.touch(event)
+
+    def pytest_runtest_logreport(self, report):
+        """Each test's outcome, for the report (kept by the process that
+        writes it: the xdist controller sees every worker's reports)."""
+        if self.reporting and not self.settings.worker:
+            self.recorder.logreport(report)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem, report, sched):
+        """xdist controller: a worker died while running `crashitem`; keep the
+        test in the report and the timeline.  (Returns None: the report is
+        xdist's to shape.)"""
+        node = getattr(report, "node", None)
+        self.recorder.crashed(crashitem, node.gateway.id if node is not None else "")
 
 
 def _state(config) -> _State:
@@ -72,8 +99,50 @@ def pytest_configure(config):
             "file lock, one at a time across processes and xdist workers")
     state = config.stash[STATE_KEY] = _State(config)
     config.pluginmanager.register(state, "heavylock-state")
-    if config.getoption("heavylock_timeline") and not hasattr(config, "workerinput"):
+    if state.settings.timeline and not hasattr(config, "workerinput"):
         state.recorder.start_sampling()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """Import a heavy test module under the lock, and measure the import."""
+    state = _state(collector.config)
+    # (pytest < 8: a Package is a Module whose collect() imports only __init__.py)
+    if (not isinstance(collector, pytest.Module) or isinstance(collector, pytest.Package)
+            or state.client.held):
+        yield
+        return
+    heavy, rule = state.selector.module_verdict(collector.path, collector.config.rootpath)
+    if not heavy:
+        yield
+        return
+    event = state.recorder.new_event(collector.nodeid, True, rule, kind="import")
+    worker = state.settings.worker
+    try:
+        event["wait_start"], event["acquired"] = state.client.acquire(
+            f"import {collector.nodeid}" + (f" [{worker}]" if worker else ""))
+    except pytest.fail.Exception as exc:
+        # The import must not run without the lock: this module's collection
+        # fails with the reason instead (raising here would be an internal error).
+        def refuse(msg=str(exc)):
+            pytest.fail(msg, pytrace=False)
+
+        collector.collect = refuse
+        event["end"] = time.time()
+        yield
+        return
+    state.recorder.touch(event)  # should this worker die while importing it
+    before, t0 = rss(), time.monotonic()
+    try:
+        yield
+    finally:
+        event["seconds"] = time.monotonic() - t0
+        after = rss()
+        if before is not None and after is not None:
+            event["rss_growth"] = after - before
+        event["released"] = event["end"] = time.time()  # before others may win
+        state.client.release()
+        state.recorder.touch(event)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -99,9 +168,18 @@ def pytest_report_collectionfinish(config, start_path, items):
     return lines
 
 
+def pytest_report_header(config):
+    settings = _state(config).settings
+    if settings.model_problem and settings.run_heavy:
+        return [f"heavylock: {settings.model_problem}; the lock is {settings.path}; tests "
+                "that request local_model_path fail until the model is there"]
+    return None
+
+
 def _skip_reason_for_model(settings):
     if not settings.run_heavy:
-        return ("heavy test skipped: opt in with RUN_HEAVY_INTEGRATION=1 (or --run-heavy) "
+        return ("heavy test skipped: opt in with RUN_HEAVY_INTEGRATION=1 (or "
+                "--heavylock-run-heavy) "
                 "and LOCAL_MODEL_PATH=/path/to/model.gguf")
     if not os.environ.get("LOCAL_MODEL_PATH"):
         return ("heavy test skipped: export LOCAL_MODEL_PATH=/path/to/model.gguf "
@@ -123,8 +201,10 @@ def pytest_runtest_setup(item):
             pytest.skip(reason)  # no need to wait for the lock just to skip
     worker = state.settings.worker
     label = f"{item.nodeid} [{worker}]" if worker else item.nodeid
-    event["wait_start"], event["acquired"] = state.client.acquire(label)
+    event["rss_before"] = rss()
+    event["wait_start"], event["acquired"] = state.client.acquire(label, item)
     state.current = event
+    state.recorder.touch(event)
 
 
 def pytest_sessionfinish(session):
@@ -132,18 +212,42 @@ def pytest_sessionfinish(session):
     if state is None:
         return
     state.client.close()
+    state.recorder.close()
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: hand our events to the controller
         state.recorder.to_workeroutput(workeroutput)
         return
     state.recorder.stop_sampling()
     state.recorder.write_files(session.config)
+    if state.spool:
+        shutil.rmtree(state.spool, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist controller: tell a new worker where to spool its events."""
+    state = _state(node.config)
+    if state.reporting:
+        if state.spool is None:
+            state.spool = tempfile.mkdtemp(prefix="heavylock-spool-")
+        node.workerinput["heavylock_spool"] = state.spool
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
-    """xdist controller: collect a worker's events."""
-    _state(node.config).recorder.from_workeroutput(getattr(node, "workeroutput", None))
+    """xdist controller: collect a worker's events; a worker that died
+    handed none over, so take them from its spool."""
+    state = _state(node.config)
+    if not state.recorder.from_workeroutput(getattr(node, "workeroutput", None)) and state.spool:
+        state.recorder.from_spool(state.spool, node.gateway.id)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_set_timer(item, settings):
+    """pytest-timeout arms a test's timer: remember it, so that a lock wait
+    can stop it (locking.timer_stopped).  Returns None: the timer is
+    pytest-timeout's to set."""
+    note_timer(item, settings)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -189,8 +293,10 @@ class _ExplicitLock:
         if state.client.held:
             return self
         event = state.recorder.new_event(self._item.nodeid + " (llm_lock)", True,
-                                         "llm_lock fixture")
-        event["wait_start"], event["acquired"] = state.client.acquire(event["nodeid"])
+                                         "llm_lock fixture", kind="block")
+        event["wait_start"], event["acquired"] = state.client.acquire(event["nodeid"],
+                                                                      self._item)
+        state.recorder.touch(event)
         self._event = event
         return self
 
@@ -199,6 +305,7 @@ class _ExplicitLock:
             event, self._event = self._event, None
             event["released"] = event["end"] = time.time()  # before others may win
             self._state.client.release()
+            self._state.recorder.touch(event)
         return False
 
 

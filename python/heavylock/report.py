@@ -1,6 +1,13 @@
-"""What happened in a run: one event per test (wait, hold, start, end), the
-sampled memory of the process tree, and what is made of them at the end:
-the terminal summary, the JSON report and the timeline."""
+"""What happened in a run: one event per test (wait, hold, start, end,
+outcome, memory before and after), one per heavy module import, the sampled
+memory of the process tree, and what is made of them at the end: the
+terminal summary, the JSON report and the timeline.
+
+xdist workers hand their events to the controller at the end of their
+session.  A worker that dies (SIGKILL, the OOM killer) hands nothing over,
+so when a report or timeline is asked for, each worker also appends every
+change of an event to a spool file, and the controller reads it when the
+worker goes down."""
 
 from __future__ import annotations
 
@@ -8,29 +15,107 @@ import json
 import os
 import threading
 import time
-from pathlib import Path
 
 from heavylock import backends
 
+SCHEMA = 1
+IMPORT_WARN_SECONDS = 1.0      # an import this slow is named after collection
+IMPORT_WARN_BYTES = 32 * 2**20  # and so is one that grew the process this much
+MiB = 2**20
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss():
+    """Resident memory of this process in bytes (mapped model files
+    included), or None where /proc is not there.  Read per heavy test, so it
+    must be cheap: /proc/self/statm is ~20 us, where walking the process tree
+    (tree_rss, for the sampler) is milliseconds on a busy machine."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def outcome_of(report):
+    """The test's outcome as this report tells it, or None when it tells
+    nothing new (a passed setup or teardown)."""
+    when = report.when
+    if when not in ("setup", "call", "teardown"):
+        return "crashed"  # xdist's report for a test whose worker died
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    if report.failed:
+        return "failed" if when == "call" else "error"
+    if report.skipped:
+        return "skipped"
+    return "passed" if when == "call" else None
+
 
 class Recorder:
-    def __init__(self, settings):
+    def __init__(self, settings, spool_dir=None):
         self.settings = settings
-        self.events = []          # this process's tests
+        self.events = []          # this process's tests and imports
         self.remote_events = []   # from xdist workers (controller only)
         self.memory = []          # (wall time, bytes) of this process tree
+        self.outcomes = {}        # nodeid -> outcome (the reporting process)
+        self.errors = []          # files that could not be written
         self._sampling = None
+        self._spool = None
+        if spool_dir and settings.worker:
+            self._spool = open(os.path.join(spool_dir, f"{settings.worker}.jsonl"), "a",
+                               encoding="utf-8")
 
     def new_event(self, nodeid, heavy, rule, **extra):
-        event = {"nodeid": nodeid, "worker": self.settings.worker, "heavy": heavy,
-                 "rule": rule, "start": time.time(), "wait_start": None, "acquired": None,
-                 "released": None, "end": None}
+        event = {"nodeid": nodeid, "kind": "test", "worker": self.settings.worker,
+                 "heavy": heavy, "rule": rule, "start": time.time(), "wait_start": None,
+                 "acquired": None, "released": None, "end": None}
         event.update(extra)
         self.events.append(event)
+        self.touch(event)
         return event
 
+    def touch(self, event):
+        """The event changed: keep the spool (if any) up to date."""
+        if self._spool is not None:
+            self._spool.write(json.dumps(event) + "\n")
+            self._spool.flush()
+
     def all_events(self):
-        return sorted(self.events + self.remote_events, key=lambda e: e["start"])
+        events = self.events + self.remote_events
+        for e in events:
+            if e.get("kind", "test") == "test" and e["nodeid"] in self.outcomes:
+                e["outcome"] = self.outcomes[e["nodeid"]]
+        return sorted(events, key=lambda e: e["start"])
+
+    def logreport(self, report):
+        outcome = outcome_of(report)
+        if outcome is not None and self.outcomes.get(report.nodeid) not in ("failed", "error"):
+            self.outcomes[report.nodeid] = outcome
+
+    def crashed(self, nodeid, worker):
+        """xdist: `worker` died while running `nodeid`.  Its last spooled
+        state stays, ended now; without one, the test is still listed."""
+        now = time.time()
+        for e in reversed(self.remote_events):
+            if e["nodeid"] == nodeid and e.get("kind", "test") == "test" and (
+                    e["end"] is None or e.get("outcome") == "crashed"):
+                break
+        else:
+            e = {"nodeid": nodeid, "kind": "test", "worker": worker, "heavy": None,
+                 "rule": None, "start": now, "wait_start": None, "acquired": None,
+                 "released": None, "end": None}
+            self.remote_events.append(e)
+        self._ended_by_crash(e, now)
+        self.outcomes[nodeid] = "crashed"
+
+    @staticmethod
+    def _ended_by_crash(e, now):
+        if e["end"] is None:
+            e["end"] = now
+        if e["acquired"] and not e["released"]:
+            e["released"] = e["end"]  # the kernel dropped the lock with the process
+        e["outcome"] = "crashed"
 
     # -- memory
 
@@ -44,9 +129,9 @@ class Recorder:
         def run():
             pid = os.getpid()
             while not stop.is_set():
-                rss = backends._native.tree_rss(pid)
-                if rss:
-                    self.memory.append((time.time(), rss))
+                b = backends._native.tree_rss(pid)
+                if b:
+                    self.memory.append((time.time(), b))
                 stop.wait(interval)
 
         t = threading.Thread(target=run, name="heavylock-memory", daemon=True)
@@ -69,47 +154,122 @@ class Recorder:
         data = (workeroutput or {}).get("heavylock_events")
         if data:
             self.remote_events.extend(json.loads(data))
+            return True
+        return False
+
+    def from_spool(self, spool_dir, worker):
+        """A worker died: take the last spooled state of each of its events."""
+        latest = {}
+        try:
+            with open(os.path.join(spool_dir, f"{worker}.jsonl"), encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        e = json.loads(line)
+                    except ValueError:
+                        continue  # the line it was writing when it died
+                    latest[(e.get("kind"), e["nodeid"], e["start"])] = e
+        except OSError:
+            return
+        now = time.time()
+        for e in latest.values():
+            if e["end"] is None:  # running when the worker died (a test or an import)
+                self._ended_by_crash(e, now)
+        self.remote_events.extend(latest.values())
+
+    def close(self):
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
     # -- at the end
 
     def write_files(self, config):
         events = self.all_events()
-        report = config.getoption("heavylock_report")
-        if report:
-            s = self.settings
-            Path(report).write_text(json.dumps(
-                {"lock": s.path, "source": s.path_source, "backend": s.backend,
-                 "events": events, "memory": self.memory}, indent=1))
-        timeline = config.getoption("heavylock_timeline")
-        if timeline:
+        s = self.settings
+        if s.report:
+            try:
+                with open(s.report, "w", encoding="utf-8") as f:
+                    json.dump({"schema": SCHEMA, "lock": s.path, "source": s.path_source,
+                               "backend": s.backend, "rules": list(s.rules),
+                               "resident_warn": s.resident_warn, "events": events,
+                               "memory": self.memory}, f, indent=1)
+            except OSError as exc:
+                self.errors.append(f"could not write the report {s.report}: {exc.strerror}")
+        if s.timeline:
             from heavylock import timeline as tl
 
-            tl.write(timeline, events, self.memory,
-                     title=f"heavylock timeline: {config.rootpath.name}")
+            try:
+                tl.write(s.timeline, events, self.memory,
+                         title=f"heavylock timeline: {config.rootpath.name}")
+            except OSError as exc:
+                self.errors.append(f"could not write the timeline {s.timeline}: "
+                                   f"{exc.strerror}")
+
+    def heavy_imports(self):
+        return [e for e in self.events + self.remote_events
+                if e.get("kind") == "import" and e.get("seconds") is not None
+                and (e["seconds"] >= IMPORT_WARN_SECONDS
+                     or (e.get("rss_growth") or 0) >= IMPORT_WARN_BYTES)]
+
+    def left_resident(self):
+        limit = self.settings.resident_warn
+        if not limit:
+            return []
+        return [e for e in self.events + self.remote_events
+                if e.get("kind", "test") == "test" and (e.get("resident") or 0) > limit]
 
     def summary(self, tr, config):
         everything = self.events + self.remote_events
-        events = [e for e in everything if e.get("acquired")]
-        if not events:
-            if any(e["heavy"] for e in everything):
+        tests = [e for e in everything if e.get("kind", "test") != "import"]
+        events = [e for e in tests if e.get("acquired")]
+        problems = (self.heavy_imports() or self.left_resident() or self.errors
+                    or any(e.get("outcome") == "crashed" for e in everything))
+        if not events and not problems:
+            if any(e["heavy"] for e in tests):
                 tr.write_sep("-", "heavylock")
                 tr.write_line("heavy tests were selected but none took the lock (all skipped)")
             return
-        waits = [(e["acquired"] - e["wait_start"], e["nodeid"]) for e in events]
-        holds = [((e["released"] or e["end"] or e["acquired"]) - e["acquired"], e["nodeid"])
-                 for e in events]
-        worst = max(waits)
         tr.write_sep("-", "heavylock")
         tr.write_line(f"lock: {self.settings.where()}")
-        tr.write_line(f"{len(events)} tests took the lock: waited "
-                      f"{sum(w for w, _ in waits):.2f} s in total, worst {worst[0]:.2f} s "
-                      f"({worst[1]}); held {sum(h for h, _ in holds):.2f} s in total")
-        tr.write_line("slowest holders:")
-        for held, nodeid in sorted(holds, reverse=True)[:5]:
-            tr.write_line(f"  {held:7.2f} s  {nodeid}")
+        if events:
+            waits = [(e["acquired"] - e["wait_start"], e["nodeid"]) for e in events]
+            holds = [((e["released"] or e["end"] or e["acquired"]) - e["acquired"],
+                      e["nodeid"]) for e in events]
+            worst = max(waits)
+            tr.write_line(f"{len(events)} tests took the lock: waited "
+                          f"{sum(w for w, _ in waits):.2f} s in total, worst {worst[0]:.2f} s "
+                          f"({worst[1]}); held {sum(h for h, _ in holds):.2f} s in total")
+            tr.write_line("slowest holders:")
+            for held, nodeid in sorted(holds, reverse=True)[:5]:
+                tr.write_line(f"  {held:7.2f} s  {nodeid}")
+        for e in sorted(self.left_resident(), key=lambda e: -e["resident"]):
+            where = f" [{e['worker']}]" if e.get("worker") else ""
+            tr.write_line(f"{e['nodeid']}{where} left {e['resident'] / MiB:.0f} MiB resident "
+                          "after release: the next heavy test on another worker adds a copy "
+                          "(free the model in the fixture's teardown; keep it out of module "
+                          "globals and caches)")
+        by_module = {}
+        for e in self.heavy_imports():
+            by_module.setdefault(e["nodeid"], []).append(e)
+        for nodeid, imports in sorted(by_module.items()):
+            workers = sorted(e["worker"] for e in imports if e.get("worker"))
+            where = f" (in {', '.join(workers)})" if workers else ""
+            tr.write_line(
+                f"importing {nodeid} took {max(e['seconds'] for e in imports):.1f} s and added "
+                f"{max(e.get('rss_growth') or 0 for e in imports) / MiB:.0f} MiB{where}: "
+                "heavy work at import time runs in every worker during collection, before any "
+                "test (imports under the lock are serialized); move the model load into a "
+                "fixture")
+        for e in everything:
+            if e.get("outcome") == "crashed":
+                what = "importing" if e.get("kind") == "import" else "running"
+                held = ", holding the lock" if e.get("acquired") else ""
+                tr.write_line(f"{e['nodeid']}: its worker {e.get('worker') or ''} died while "
+                              f"{what} it{held} (killed: out of memory?)")
         if self.memory:
             tr.write_line(f"peak memory of the process tree: "
-                          f"{max(b for _, b in self.memory) / 2**20:.0f} MiB")
-        timeline = config.getoption("heavylock_timeline")
-        if timeline:
-            tr.write_line(f"timeline: {os.path.abspath(timeline)}")
+                          f"{max(b for _, b in self.memory) / MiB:.0f} MiB")
+        if self.settings.timeline and not self.errors:
+            tr.write_line(f"timeline: {self.settings.timeline}")
+        for err in self.errors:
+            tr.write_line(f"heavylock: {err}", red=True)

@@ -1,7 +1,7 @@
 """Which tests are heavy: the seed's rules, first match decides.
 
 1. a heavy marker: ``@pytest.mark.llm`` (more names: ini ``heavylock_markers``);
-2. ``RUN_HEAVY_INTEGRATION`` is 1/true/yes (or ``--run-heavy``): every test;
+2. ``RUN_HEAVY_INTEGRATION`` is 1/true/yes (or ``--heavylock-run-heavy``): every test;
 3. the test file lies under ``tests/scripts/`` (ini ``heavylock_paths``);
 4. the test requests the ``local_model_path`` fixture;
 5. a token (``LocalLLMClient``, ``LocalLLMProvider``, ``LOCAL_MODEL_PATH``,
@@ -10,10 +10,17 @@
    through the fixtures those request in turn.  Autouse fixtures are not
    scanned (they run for every test).  Files that hold no token anywhere are
    skipped without parsing, and sources are cached per file and line.
+
+Their names, for ini ``heavylock_rules``: marker, env, path, fixture, token.
+
+Importing a test module is part of its tests: a module under a heavy path,
+or one whose import-time code names a token, is imported under the lock
+(``module_verdict``).
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 import linecache
 import os
@@ -76,6 +83,37 @@ class TokenScanner:
                 return t
         return None
 
+    def find_at_import(self, filename):
+        """The first token in the code a module runs when imported, or None."""
+        if not self._file_may_have(filename):
+            return None
+        text = "".join(linecache.getlines(filename))
+        try:
+            tree = ast.parse(text, filename)
+        except (SyntaxError, ValueError):
+            return None  # the import will report it
+        found = []
+
+        def visit(body):
+            for node in body:
+                if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef,
+                                     ast.AsyncFunctionDef)):
+                    continue
+                if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+                    continue  # a docstring runs nothing
+                if isinstance(node, ast.ClassDef):
+                    visit(node.body)  # a class body runs at import; its methods do not
+                    continue
+                if isinstance(node, ast.If) and "__main__" in (ast.get_source_segment(
+                        text, node.test) or ""):
+                    visit(node.orelse)  # `if __name__ == "__main__":` runs as a script only
+                    continue
+                seg = ast.get_source_segment(text, node) or ""
+                found.extend(t for t in self.tokens if t in seg)
+
+        visit(tree.body)
+        return found[0] if found else None
+
 
 def requested_fixtures(item):
     """Fixture definitions the test requests, followed transitively; autouse
@@ -112,22 +150,50 @@ class Selector:
             v = item.stash[VERDICT_KEY] = self._decide(item)
         return v
 
+    def _under_heavy_path(self, rel):
+        """The heavy folder that holds rootdir-relative "/"-separated `rel`, or None."""
+        if "path" not in self.settings.rules:
+            return None
+        rel = "/" + rel
+        for p in self.settings.paths:
+            if f"/{p}/" in rel:
+                return p
+        return None
+
+    def module_verdict(self, path, rootpath):
+        """(heavy, rule) for importing the test module at `path`: heavy when
+        it lies under a heavy folder, or when its import-time code (module
+        level and class bodies, not function bodies, not import statements:
+        naming a class loads nothing, calling it might) holds a token."""
+        try:
+            rel = os.path.relpath(str(path), str(rootpath)).replace(os.sep, "/")
+        except ValueError:  # another drive (Windows)
+            rel = str(path)
+        p = self._under_heavy_path(rel)
+        if p is not None:
+            return True, f"file under {p}/"
+        if "token" in self.settings.rules and self.settings.tokens:
+            tok = self.scanner.find_at_import(str(path))
+            if tok:
+                return True, f"token {tok} in import-time code"
+        return False, "no rule matched"
+
     def _decide(self, item):
         s = self.settings
-        for name in s.markers:
-            if item.get_closest_marker(name) is not None:
-                return True, f"marker @pytest.mark.{name}"
-        if s.run_heavy:
-            return True, "RUN_HEAVY_INTEGRATION / --run-heavy (every test)"
-        if s.paths:
-            rel = "/" + item.nodeid.split("::", 1)[0]  # relative to rootdir, "/"-separated
-            for p in s.paths:
-                if f"/{p}/" in rel:
-                    return True, f"file under {p}/"
+        rules = s.rules
+        if "marker" in rules:
+            for name in s.markers:
+                if item.get_closest_marker(name) is not None:
+                    return True, f"marker @pytest.mark.{name}"
+        if s.run_heavy and "env" in rules:
+            return True, "RUN_HEAVY_INTEGRATION / --heavylock-run-heavy (every test)"
+        p = self._under_heavy_path(item.nodeid.split("::", 1)[0])  # rootdir-relative
+        if p is not None:
+            return True, f"file under {p}/"
         fixtures = list(requested_fixtures(item))
-        if any(name == "local_model_path" for name, _ in fixtures):
+        if "fixture" in rules and any(name == "local_model_path" for name, _ in fixtures):
             return True, "uses fixture local_model_path"
-        if s.tokens:
+        if s.tokens and "token" in rules:
             fn = getattr(item, "obj", None)
             if fn is not None:
                 tok = self.scanner.find(fn)

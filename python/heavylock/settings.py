@@ -1,5 +1,7 @@
 """The plugin's settings: command line > environment > ini > default, each
-bad value a usage error that names where it came from."""
+bad value a usage error that names where it came from.  Every command-line
+option carries the ``--heavylock-`` prefix, so that none collides with a
+project's own (``--run-heavy`` is a common conftest option)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ from heavylock import backends
 DEFAULT_MARKERS = ["llm"]
 DEFAULT_PATHS = ["tests/scripts"]
 DEFAULT_TOKENS = ["LocalLLMClient", "LocalLLMProvider", "LOCAL_MODEL_PATH", "USE_LOCAL_LLM"]
+# The seed's selection rules, in the order they are tried (see selection.py).
+RULES = ("marker", "env", "path", "fixture", "token")
+RULE_PRESETS = {"all": RULES, "strict": ("marker", "env")}
+DEFAULT_RESIDENT_WARN_MIB = 64.0
 TRUE_VALUES = ("1", "true", "yes")
 FALSE_VALUES = ("0", "false", "no", "")
 
@@ -22,24 +28,33 @@ PATH_HELP = ("the lock file (default: $HEAVYLOCK_PATH, else .llm_load.lock next 
 TIMEOUT_HELP = ("fail a test's setup when it waited this many seconds for the lock "
                 "(default: wait as long as it takes, saying who holds it)")
 BACKEND_HELP = "lock backend: native, filelock, fcntl or pidfile (default: best available)"
+RULES_HELP = ("which selection rules apply: any of marker, env, path, fixture, token, or a "
+              "preset: all (the default) or strict (= marker env)")
+RESIDENT_HELP = ("warn when a heavy test leaves more than this many MiB resident after it "
+                 f"released the lock (default {DEFAULT_RESIDENT_WARN_MIB:g}; 0 turns it off)")
 
 
 def addoptions(parser):
     group = parser.getgroup("heavylock", "heavy-test serialization (heavylock)")
-    group.addoption("--run-heavy", action="store_true", default=None, help=RUN_HEAVY_HELP)
+    group.addoption("--heavylock-run-heavy", action="store_true", default=None,
+                    help=RUN_HEAVY_HELP)
     group.addoption("--heavylock-path", default=None, metavar="PATH", help=PATH_HELP)
     group.addoption("--heavylock-timeout", default=None, metavar="SECONDS", help=TIMEOUT_HELP)
     group.addoption("--heavylock-backend", default=None, metavar="NAME", help=BACKEND_HELP)
+    group.addoption("--heavylock-rules", default=None, metavar="RULES", help=RULES_HELP)
+    group.addoption("--heavylock-resident-warn", default=None, metavar="MIB", help=RESIDENT_HELP)
     group.addoption("--heavylock-explain", action="store_true", default=False,
                     help="show each test's verdict (heavy or light) and the rule that decided it")
     group.addoption("--heavylock-report", default=None, metavar="PATH",
-                    help="write every test's lock wait and hold times as JSON")
+                    help="write every test's outcome, lock wait and hold times as JSON")
     group.addoption("--heavylock-timeline", default=None, metavar="PATH",
                     help="draw the run (.svg or .html): tests per worker, lock waits, memory")
     parser.addini("heavylock_run_heavy", RUN_HEAVY_HELP, type="bool", default=False)
     parser.addini("heavylock_path", PATH_HELP, default="")
     parser.addini("heavylock_timeout", TIMEOUT_HELP, default="")
     parser.addini("heavylock_backend", BACKEND_HELP, default="")
+    parser.addini("heavylock_rules", RULES_HELP, type="args", default=["all"])
+    parser.addini("heavylock_resident_warn", RESIDENT_HELP, default="")
     parser.addini("heavylock_markers", "marker names that make a test heavy",
                   type="linelist", default=DEFAULT_MARKERS)
     parser.addini("heavylock_paths", "directories whose tests are heavy (relative paths)",
@@ -57,13 +72,13 @@ def setting(config, option, env, ini):
     if v is not None:
         return v, env
     v = config.getini(ini)
-    if v not in (None, ""):
+    if v not in (None, "", []):
         return v, f"ini option {ini}"
     return None, None
 
 
 def parse_run_heavy(config) -> bool:
-    if config.getoption("run_heavy"):
+    if config.getoption("heavylock_run_heavy"):
         return True
     v = os.environ.get("RUN_HEAVY_INTEGRATION")
     if v is not None:
@@ -78,8 +93,9 @@ def parse_run_heavy(config) -> bool:
     return bool(config.getini("heavylock_run_heavy"))
 
 
-def parse_timeout(config):
-    v, where = setting(config, "heavylock_timeout", "HEAVYLOCK_TIMEOUT", "heavylock_timeout")
+def parse_seconds(config, option, env, ini, what):
+    """A positive number of seconds, or None when unset."""
+    v, where = setting(config, option, env, ini)
     if v is None:
         return None
     try:
@@ -87,28 +103,112 @@ def parse_timeout(config):
     except ValueError:
         t = float("nan")
     if not t > 0 or t == float("inf"):
-        raise pytest.UsageError(f"{where}: invalid timeout {v!r}: expected a number of "
+        raise pytest.UsageError(f"{where}: invalid {what} {v!r}: expected a number of "
                                 "seconds greater than 0")
     return t
 
 
+def parse_timeout(config):
+    return parse_seconds(config, "heavylock_timeout", "HEAVYLOCK_TIMEOUT", "heavylock_timeout",
+                         "timeout")
+
+
+def parse_rules(config):
+    """The selection rules that apply, as a tuple in RULES order."""
+    v, where = setting(config, "heavylock_rules", None, "heavylock_rules")
+    if v is None:
+        return RULES
+    words = (v if isinstance(v, str) else " ".join(v)).replace(",", " ").split()
+    chosen = set()
+    for w in words:
+        name = w.strip().lower()
+        if name in RULE_PRESETS:
+            chosen.update(RULE_PRESETS[name])
+        elif name in RULES:
+            chosen.add(name)
+        else:
+            raise pytest.UsageError(
+                f"{where}: unknown rule {w!r}: expected any of {', '.join(RULES)}, or a "
+                f"preset: {', '.join(RULE_PRESETS)}")
+    return tuple(r for r in RULES if r in chosen)
+
+
+def parse_resident_warn(config):
+    """Bytes a heavy test may leave resident before it is named; 0 = off."""
+    v, where = setting(config, "heavylock_resident_warn", "HEAVYLOCK_RESIDENT_WARN",
+                       "heavylock_resident_warn")
+    if v is None:
+        return int(DEFAULT_RESIDENT_WARN_MIB * 2**20)
+    text = str(v).strip()
+    if text.lower().endswith("mib"):
+        text = text[:-3]
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = float("nan")
+    if not mib >= 0 or mib == float("inf"):
+        raise pytest.UsageError(f"{where}: invalid size {v!r}: expected a number of MiB "
+                                "(0 turns the warning off)")
+    return int(mib * 2**20)
+
+
+def missing_model_lock(config):
+    """When LOCAL_MODEL_PATH names a file that does not exist (yet): the lock
+    path next to it and the problem, for the tests that need the model.  A
+    fast run must not stop for a model that is still to be downloaded; the
+    seed puts the lock in the model's directory, which is created like the
+    default models/.  Returns (path, problem) or None."""
+    if "HEAVYLOCK_PATH" in os.environ:
+        return None
+    v = os.environ.get("LOCAL_MODEL_PATH")
+    if not v or os.path.lexists(v):
+        return None
+    model = os.path.abspath(v)
+    problem = (f"LOCAL_MODEL_PATH={v!r} does not exist (resolved against {os.getcwd()}); "
+               "download the model there or point LOCAL_MODEL_PATH at it")
+    return os.path.join(os.path.dirname(model), backends.LOCK_NAME), problem
+
+
 def resolve_lock_path(config):
-    """(path, where): --heavylock-path > HEAVYLOCK_PATH > LOCAL_MODEL_PATH >
-    ini heavylock_path > <rootdir>/models/.llm_load.lock."""
+    """(path, where, model problem or None): --heavylock-path > HEAVYLOCK_PATH >
+    LOCAL_MODEL_PATH > ini heavylock_path > <rootdir>/models/.llm_load.lock."""
     opt = config.getoption("heavylock_path")
     if opt is not None:
         if not opt:
             raise pytest.UsageError("--heavylock-path is empty; name a lock file")
-        return os.path.abspath(opt), "--heavylock-path"
+        return os.path.abspath(opt), "--heavylock-path", None
     ini = config.getini("heavylock_path")
     env_set = "HEAVYLOCK_PATH" in os.environ or "LOCAL_MODEL_PATH" in os.environ
     if ini and not env_set:
-        return str(config.rootpath / ini), f"ini option heavylock_path in {config.inipath}"
+        return str(config.rootpath / ini), f"ini option heavylock_path in {config.inipath}", None
     try:
         path, source, _why = backends.resolve_path(str(config.rootpath))
     except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    return path, source
+        missing = missing_model_lock(config)
+        if missing is None:
+            raise pytest.UsageError(str(exc)) from None
+        return missing[0], "LOCAL_MODEL_PATH (model not there yet)", missing[1]
+    return path, source, None
+
+
+def output_path(config, option):
+    """An output file's absolute path, its folder created now: a folder that
+    cannot be made is a usage error at start-up, not a traceback at the end
+    that loses the pass/fail summary."""
+    v = config.getoption(option)
+    if not v:
+        return None
+    path = os.path.abspath(v)
+    flag = "--" + option.replace("_", "-")
+    if os.path.isdir(path):
+        raise pytest.UsageError(f"{flag}={v!r} is a directory; name the file to write")
+    if not hasattr(config, "workerinput"):  # only the process that writes it
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as exc:
+            raise pytest.UsageError(f"{flag}={v!r}: cannot create its folder "
+                                    f"{os.path.dirname(path)}: {exc.strerror}") from None
+    return path
 
 
 class Settings:
@@ -122,10 +222,14 @@ class Settings:
             self.backend = backends.choose_backend(v, where or "HEAVYLOCK_BACKEND")
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
-        self.path, self.path_source = resolve_lock_path(config)
+        self.path, self.path_source, self.model_problem = resolve_lock_path(config)
+        self.rules = parse_rules(config)
+        self.resident_warn = parse_resident_warn(config)
         self.markers = [m for m in config.getini("heavylock_markers") if m]
         self.paths = [p.strip("/") for p in config.getini("heavylock_paths") if p.strip("/")]
         self.tokens = [t for t in config.getini("heavylock_tokens") if t]
+        self.report = output_path(config, "heavylock_report")
+        self.timeline = output_path(config, "heavylock_timeline")
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 
     def where(self):

@@ -1,14 +1,33 @@
 """Draw a run as a self-contained SVG (or HTML page holding it): one row per
 worker, one bar per test (heavy tests in their own colour), lock waits as
 hatched bars before them, and the sampled memory of the process tree as a
-curve beneath.  No scripts, no network."""
+curve beneath.  The time axis starts at the first test (or heavy import),
+not at pytest's start-up; test names are drawn on the bars wide enough to
+hold them (every bar has a tooltip).  No scripts, no network."""
 
 from __future__ import annotations
 
 from html import escape
 
-HEAVY, LIGHT, WAIT, MEM = "#c0392b", "#5dade2", "#f5b041", "#7d3c98"
+HEAVY, LIGHT, WAIT, MEM, IMPORT = "#c0392b", "#5dade2", "#f5b041", "#7d3c98", "#6e2c00"
 W, LEFT, ROW, MEM_H, TOP = 1200, 90, 26, 140, 40
+CHAR_W = 6.2   # average width of a character of the 11 px bar labels
+
+
+def short_name(e):
+    """What a bar says: the test's name within its file (an import: the file)."""
+    nodeid = e["nodeid"]
+    if e.get("kind") == "import":
+        return "import " + nodeid.rsplit("/", 1)[-1]
+    return nodeid.split("::", 1)[-1] if "::" in nodeid else nodeid
+
+
+def label(x0, x1, y, text):
+    """The bar's name inside it, when it fits."""
+    if (x1 - x0) < len(text) * CHAR_W + 6:
+        return ""
+    return (f'<text class="name" x="{x0 + 3:.1f}" y="{y + ROW * 0.62:.1f}" font-size="11" '
+            f'fill="white" pointer-events="none">{escape(text)}</text>')
 
 
 def render_svg(events, memory=(), title="heavylock timeline"):
@@ -17,9 +36,10 @@ def render_svg(events, memory=(), title="heavylock timeline"):
                      key=lambda w: (len(w), w))
     times = [e["start"] for e in events] + [e["end"] for e in events]
     times += [e["wait_start"] for e in events if e.get("wait_start")]
-    times += [t for t, _ in memory]
     t0, t1 = (min(times), max(times)) if times else (0.0, 1.0)
+    memory = [(t, b) for t, b in memory if t0 <= t <= t1]  # start-up is not the run
     span = max(t1 - t0, 1e-6)
+    ntests = sum(1 for e in events if e.get("kind", "test") == "test")
     plot_w = W - LEFT - 20
     rows_h = ROW * max(len(workers), 1)
     height = TOP + rows_h + 30 + MEM_H + 50
@@ -34,12 +54,14 @@ def render_svg(events, memory=(), title="heavylock timeline"):
            "</pattern></defs>",
            f'<rect width="{W}" height="{height}" fill="white"/>',
            f'<text x="{LEFT}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>',
-           f'<text x="{LEFT}" y="33" fill="#555">{len(events)} tests on {len(workers)} '
+           f'<text x="{LEFT}" y="33" fill="#555">{ntests} tests on {len(workers)} '
            f'worker(s), {span:.1f} s. '
            f'<tspan fill="{HEAVY}">&#9632; heavy (holds the lock)</tspan>  '
            f'<tspan fill="{LIGHT}">&#9632; light</tspan>  '
            f'<tspan fill="{WAIT}">&#9632; waiting for the lock</tspan>  '
-           f'<tspan fill="{MEM}">&#9644; memory of the process tree</tspan></text>']
+           f'<tspan fill="{IMPORT}">&#9632; heavy import</tspan>  '
+           f'<tspan fill="{MEM}">&#9644; memory of the process tree</tspan>  '
+           '<tspan>&#9633; black edge: worker crashed</tspan></text>']
     for i, w in enumerate(workers):
         y = TOP + i * ROW
         out.append(f'<g class="row" data-worker="{escape(w)}">')
@@ -49,7 +71,8 @@ def render_svg(events, memory=(), title="heavylock timeline"):
         for e in events:
             if (e.get("worker") or "main") != w:
                 continue
-            tip = escape(f"{e['nodeid']} ({e.get('rule', '')})")
+            tip = escape(f"{e['nodeid']} ({e.get('rule') or ''}"
+                         + (f", {e['outcome']}" if e.get("outcome") else "") + ")")
             if e.get("wait_start") and e.get("acquired") and e["acquired"] - e["wait_start"] > 0.005:
                 wx = x(e["wait_start"])
                 out.append(f'<rect class="wait" x="{wx:.1f}" y="{y + 4}" '
@@ -58,10 +81,20 @@ def render_svg(events, memory=(), title="heavylock timeline"):
                            f'{e["acquired"] - e["wait_start"]:.2f} s</title></rect>')
             start = e["acquired"] or e["start"]
             colour = HEAVY if e.get("acquired") else LIGHT
-            out.append(f'<rect class="test" x="{x(start):.1f}" y="{y + 3}" '
-                       f'width="{max(x(e["end"]) - x(start), 1):.1f}" height="{ROW - 6}" '
-                       f'fill="{colour}" stroke="white" stroke-width="0.5"><title>{tip}, '
+            kind = "import" if e.get("kind") == "import" else "test"
+            if kind == "import":
+                colour = IMPORT
+            crashed = e.get("outcome") == "crashed"
+            edge = 'stroke="black" stroke-width="2"' if crashed else \
+                'stroke="white" stroke-width="0.5"'
+            out.append(f'<rect class="{kind}{" crashed" if crashed else ""}" x="{x(start):.1f}" '
+                       f'y="{y + 3}" width="{max(x(e["end"]) - x(start), 1):.1f}" '
+                       f'height="{ROW - 6}" fill="{colour}" {edge}><title>{tip}, '
                        f'{e["end"] - start:.2f} s</title></rect>')
+            text = short_name(e) + (" (worker crashed)" if crashed else "")
+            name = label(x(start), x(e["end"]), y, text)
+            if name:
+                out.append(name)
         out.append("</g>")
     # memory curve
     base = TOP + rows_h + 30 + MEM_H

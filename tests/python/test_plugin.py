@@ -176,7 +176,7 @@ def test_run_heavy_flag_and_configurable_lists(pytester, env):
     r, v = explain(pytester)
     assert v["test_gpu"][0] and v["test_torch"][0] and v["test_integ"][0]
     assert not v["test_old_token"][0]  # replaced token list
-    r, v = explain(pytester, "--run-heavy")
+    r, v = explain(pytester, "--heavylock-run-heavy")
     assert v["test_old_token"][0]
     r = pytester.runpytest_subprocess("--markers")
     r.stdout.fnmatch_lines(["*@pytest.mark.gpu: heavy test*"])
@@ -191,9 +191,9 @@ def test_local_model_path_fixture(pytester, env, monkeypatch, tmp_path):
     """)
     r = pytester.runpytest_subprocess("-rs")
     r.assert_outcomes(skipped=1)
-    r.stdout.fnmatch_lines(["*opt in with RUN_HEAVY_INTEGRATION=1 (or --run-heavy) and "
-                            "LOCAL_MODEL_PATH=*"])
-    r = pytester.runpytest_subprocess("-rs", "--run-heavy")
+    r.stdout.fnmatch_lines(["*opt in with RUN_HEAVY_INTEGRATION=1 (or --heavylock-run-heavy) "
+                            "and LOCAL_MODEL_PATH=*"])
+    r = pytester.runpytest_subprocess("-rs", "--heavylock-run-heavy")
     r.assert_outcomes(skipped=1)
     r.stdout.fnmatch_lines(["*export LOCAL_MODEL_PATH=/path/to/model.gguf*"])
     model = tmp_path / "store" / "m.gguf"
@@ -205,10 +205,10 @@ def test_local_model_path_fixture(pytester, env, monkeypatch, tmp_path):
     r.assert_outcomes(passed=1)
     assert (model.parent / ".llm_load.lock").exists()  # the lock moved next to the model
     r.stdout.fnmatch_lines([f"lock: {model.parent}/.llm_load.lock (from LOCAL_MODEL_PATH*"])
-    monkeypatch.setenv("LOCAL_MODEL_PATH", str(tmp_path / "gone.gguf"))
+    monkeypatch.setenv("LOCAL_MODEL_PATH", str(model.parent))
     r = pytester.runpytest_subprocess()
-    assert r.ret == pytest.ExitCode.USAGE_ERROR
-    r.stderr.fnmatch_lines([f"*LOCAL_MODEL_PATH='{tmp_path}/gone.gguf' does not exist*"])
+    assert r.ret == pytest.ExitCode.USAGE_ERROR  # a directory is a mistake, not a future file
+    r.stderr.fnmatch_lines([f"*LOCAL_MODEL_PATH='{model.parent}' is a directory*"])
 
 
 @pytest.mark.parametrize("where,setting", [
@@ -294,11 +294,12 @@ def test_external_flock_holder_blocks_and_is_named(pytester, env, cli):
     wait_for(lambda: subprocess.run([cli, "status", "--lock", str(lock)],
                                     capture_output=True).returncode == 1, what="flock to hold")
     seen_held_at = time.time()  # the holder exits about 2.5 s after it started
-    r = pytester.runpytest_subprocess("-s")
+    r = pytester.runpytest_subprocess()
     holder.wait()
     r.assert_outcomes(passed=1)
-    r.stderr.fnmatch_lines([f"heavylock: waiting for {lock}, held by pid {holder.pid} "
-                            f"(flock {lock} sleep 2.5)*"])
+    # on a line of its own, through pytest's terminal writer (not after "test_h.py ")
+    r.stdout.fnmatch_lines(["test_h.py ", f"heavylock: waiting for {lock}, held by pid "
+                            f"{holder.pid} (flock {lock} sleep 2.5)*"])
     (start, _end, _pid), = intervals(env, "heavy")
     assert start >= seen_held_at + 1.0  # it really waited for the holder
 
