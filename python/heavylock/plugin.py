@@ -19,6 +19,8 @@ import pytest
 
 from heavylock.locking import LockClient
 from heavylock.report import Recorder
+from heavylock.scheduler import Lane
+from heavylock.scheduler import addoptions as add_lane_options
 from heavylock.selection import Selector
 from heavylock.settings import DEFAULT_MARKERS, Settings, addoptions
 
@@ -27,6 +29,7 @@ STATE_KEY = pytest.StashKey["_State"]()
 
 def pytest_addoption(parser):
     addoptions(parser)
+    add_lane_options(parser)
 
 
 class _State:
@@ -72,6 +75,9 @@ def pytest_configure(config):
             "file lock, one at a time across processes and xdist workers")
     state = config.stash[STATE_KEY] = _State(config)
     config.pluginmanager.register(state, "heavylock-state")
+    # The heavy lane: xdist's scheduler for --dist load, and the verdicts'
+    # way from the workers to it.
+    config.pluginmanager.register(Lane(config, state.selector, state.recorder), "heavylock-lane")
     if config.getoption("heavylock_timeline") and not hasattr(config, "workerinput"):
         state.recorder.start_sampling()
 

@@ -19,6 +19,7 @@ class Recorder:
         self.events = []          # this process's tests
         self.remote_events = []   # from xdist workers (controller only)
         self.memory = []          # (wall time, bytes) of this process tree
+        self.notes = []           # summary lines from other parts (the lane)
         self._sampling = None
 
     def new_event(self, nodeid, heavy, rule, **extra):
@@ -101,6 +102,8 @@ class Recorder:
         worst = max(waits)
         tr.write_sep("-", "heavylock")
         tr.write_line(f"lock: {self.settings.where()}")
+        for line in self.notes:
+            tr.write_line(line)
         tr.write_line(f"{len(events)} tests took the lock: waited "
                       f"{sum(w for w, _ in waits):.2f} s in total, worst {worst[0]:.2f} s "
                       f"({worst[1]}); held {sum(h for h, _ in holds):.2f} s in total")

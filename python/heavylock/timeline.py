@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from html import escape
 
-HEAVY, LIGHT, WAIT, MEM = "#c0392b", "#5dade2", "#f5b041", "#7d3c98"
+HEAVY, LIGHT, WAIT, MEM, LANE = "#c0392b", "#5dade2", "#f5b041", "#7d3c98", "#fbeee6"
 W, LEFT, ROW, MEM_H, TOP = 1200, 90, 26, 140, 40
 
 
@@ -15,6 +15,7 @@ def render_svg(events, memory=(), title="heavylock timeline"):
     events = [e for e in events if e.get("start") and e.get("end")]
     workers = sorted({e.get("worker") or "main" for e in events},
                      key=lambda w: (len(w), w))
+    lanes = {e.get("worker") or "main" for e in events if e.get("lane")}  # heavy lane rows
     times = [e["start"] for e in events] + [e["end"] for e in events]
     times += [e["wait_start"] for e in events if e.get("wait_start")]
     times += [t for t, _ in memory]
@@ -42,8 +43,11 @@ def render_svg(events, memory=(), title="heavylock timeline"):
            f'<tspan fill="{MEM}">&#9644; memory of the process tree</tspan></text>']
     for i, w in enumerate(workers):
         y = TOP + i * ROW
-        out.append(f'<g class="row" data-worker="{escape(w)}">')
-        out.append(f'<text x="8" y="{y + ROW * 0.65:.1f}">{escape(w)}</text>')
+        out.append(f'<g class="row{" lane" if w in lanes else ""}" data-worker="{escape(w)}">')
+        if w in lanes:
+            out.append(f'<rect x="0" y="{y}" width="{W}" height="{ROW}" fill="{LANE}"/>')
+        out.append(f'<text x="8" y="{y + ROW * 0.65:.1f}">{escape(w)}'
+                   f'{" (lane)" if w in lanes else ""}</text>')
         out.append(f'<line x1="{LEFT}" x2="{W - 20}" y1="{y + ROW - 1}" y2="{y + ROW - 1}" '
                    'stroke="#eee"/>')
         for e in events:
