@@ -221,8 +221,6 @@ class LaneScheduling:
         if node in self.lanes:
             self.lanes.remove(node)
         if not pending:
-            self._assign_lanes()
-            self._dispatch_all()
             return None
         crashed = self.collection[pending[0]]
         self.crashed.append((crashed, _wid(node), pending[0] in self.heavy))
@@ -253,10 +251,8 @@ class LaneScheduling:
         self.heavy_queue = self._longest_first(sorted(self.heavy))
         self.light_queue = [i for i in range(len(self.collection)) if i not in self.heavy]
         self._assign_lanes()
-        for node in self.lanes:
-            self._send(node, self._take_heavy(2))
-        self._first_light_chunks()
-        self._dispatch_all()
+        self._first_light_chunks()  # lanes take none while heavy work is queued
+        self._dispatch_all()        # which sends the lanes their first heavy tests
 
     def mark_test_complete(self, node, item_index, duration=0):
         self.node2pending[node].remove(item_index)

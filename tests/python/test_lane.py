@@ -180,7 +180,7 @@ def test_every_test_heavy_one_lane_carries_everything(pytester, env, monkeypatch
 CRASH = module("""
     import signal
 
-    @pytest.mark.parametrize("i", range(16))
+    @pytest.mark.parametrize("i", range(24))
     def test_light(request, i):
         run("light", request, 0.1)
 
@@ -199,7 +199,7 @@ def test_lane_worker_killed_mid_test_nothing_lost_nothing_twice(pytester, env):
     pytester.makepyfile(test_crash=CRASH)
     report = pytester.path / "report.json"
     r = run(pytester, "-n", "3", f"--heavylock-report={report}", timeout=90)
-    r.assert_outcomes(passed=21, failed=1)
+    r.assert_outcomes(passed=29, failed=1)
     r.stdout.fnmatch_lines(["*worker 'gw?' crashed while running 'test_crash.py::test_heavy?1?'*"])
     starts = [name for _, _, _, name in records(env, "start")]
     assert sorted(starts) == sorted(f"test_crash.py::test_heavy[{i}]" for i in range(6))
@@ -208,11 +208,14 @@ def test_lane_worker_killed_mid_test_nothing_lost_nothing_twice(pytester, env):
         f"test_crash.py::test_heavy[{i}]" for i in (0, 2, 3, 4, 5))
     assert overlaps(heavy) == []
     light = [n for *_, n in records(env, "light")]
-    assert sorted(light) == sorted(set(light)) and len(light) == 16
+    assert sorted(light) == sorted(set(light)) and len(light) == 24
     # the heavy tests after the crash ran in one new lane
     dead = next(pid for _, _, pid, n in records(env, "start") if n.endswith("[1]"))
     after = {pid for _, _, pid, n in heavy if pid != dead}
     assert len(after) == 1
+    # on a live worker (one that ran light tests before the crash), not the replacement
+    crash_time = next(a for a, _, _, n in records(env, "start") if n.endswith("[1]"))
+    assert any(pid in after and a < crash_time for a, _, pid, _ in records(env, "light"))
     r.stdout.fnmatch_lines(["*worker gw? crashed while running test_crash.py::test_heavy?1? "
                             "(reported as failed); the lane moved on to gw?"])
     events = json.loads(report.read_text())["events"]
