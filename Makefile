@@ -9,7 +9,7 @@ HEAVYLOCK := $(BUILD)/heavylock
 SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.build meson.options
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
-.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup
+.PHONY: all build test test-c test-py test-asan check-win demo bench bench-lane bench-lane-quick clean example-setup
 
 all: build
 
@@ -87,6 +87,14 @@ demo: example-setup
 
 bench: build $(VENV)/.pkg
 	$(PY) bench/handoff.py --heavylock $(HEAVYLOCK)
+
+# The heavy lane vs the lock alone, no plugin and xdist's loadgroup (a few
+# minutes); the quick form takes under a minute.
+bench-lane: $(VENV)/.pkg
+	$(PY) bench/lane.py
+
+bench-lane-quick: $(VENV)/.pkg
+	$(PY) bench/lane.py --quick
 
 clean:
 	rm -rf build $(VENV)

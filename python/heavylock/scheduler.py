@@ -125,17 +125,20 @@ class Verdicts:
         except OSError:
             pass
 
-    def read(self, worker_ids, collection):
-        """({nodeid: rule} or None, why not)."""
+    def read(self, worker_ids=None, collection=None):
+        """({nodeid: rule} or None, why not), from the named workers' files
+        (any worker's when None) that cover the whole collection."""
         if self.directory is None:
             return None, "no verdict directory was set up"
+        if worker_ids is None:
+            worker_ids = sorted(n[:-5] for n in os.listdir(self.directory) if n.endswith(".json"))
         for wid in worker_ids:
             try:
                 with open(os.path.join(self.directory, f"{wid}.json"), encoding="utf-8") as f:
                     data = json.load(f)
             except (OSError, ValueError):
                 continue
-            if data.get("count") != len(collection):
+            if collection is not None and data.get("count") != len(collection):
                 continue
             return dict(data.get("heavy") or {}), None
         return None, (f"no worker's verdicts reached the controller through {self.directory} "
@@ -470,6 +473,8 @@ class Lane:
         if self.sched is not None:
             coll = self.sched.collection or []
             self.heavy = {coll[i]: rule for i, rule in self.sched.heavy.items()}
+        elif self.verdicts.directory is not None:  # xdist scheduled: still learn what was heavy
+            self.heavy = self.verdicts.read()[0] or {}
         self._save_durations()
         self._mark_events()
         self.recorder.notes.extend(self._notes())
@@ -514,7 +519,7 @@ class Lane:
         dist = self.config.getoption("dist")
         sched = self.sched
         if sched is None:
-            if not ran_heavy and not waited:
+            if not ran_heavy:
                 return []
             why = (f"the lane is off ({self.on_where})" if not self.on
                    else f"--dist {dist}: heavylock left the scheduling to pytest-xdist")
