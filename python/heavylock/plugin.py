@@ -3,7 +3,8 @@ and xdist workers, under the file lock ``models/.llm_load.lock``.
 
 This module is the wiring: options, hooks and fixtures.  The work lives in
 ``settings`` (what the user asked for), ``selection`` (which tests are
-heavy), ``locking`` (the wait for the lock) and ``report`` (what happened).
+heavy), ``locking`` (the wait for the lock), ``report`` (what happened) and
+``scheduler`` (the heavy lane under pytest-xdist).
 
 A heavy test holds the lock from the start of its setup to the end of its
 teardown.  Settings: command line > environment > ini > default.

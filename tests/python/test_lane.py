@@ -91,7 +91,7 @@ def test_heavy_tests_run_in_one_lane_while_light_tests_fill_the_rest(pytester, e
     monkeypatch.setenv("HEAVYLOCK_CLI", cli)
     monkeypatch.setenv("HEAVYLOCK_PATH", str(pytester.path / "models" / ".llm_load.lock"))
     pytester.makepyfile(test_mix=MIXED)
-    r = run(pytester, "-n", "4")
+    r = run(pytester, "-n", "4", "--heavylock-report=r.json", "--heavylock-timeline=t.svg")
     r.assert_outcomes(passed=40)
     heavy, light = records(env, "heavy"), records(env, "light")
     assert len(heavy) == 4 and len(light) == 36
@@ -110,6 +110,13 @@ def test_heavy_tests_run_in_one_lane_while_light_tests_fill_the_rest(pytester, e
     assert [pid for _, _, pid, _ in records(env, "model")] == list(lane)
     r.stdout.fnmatch_lines(["*heavy lane: gw? ran 4 heavy tests (*), longest first; "
                             "light tests ran on *gw?, gw?, gw?"])
+    # the report and the timeline mark the lane
+    events = json.loads((pytester.path / "r.json").read_text())["events"]
+    lane_workers = {e["worker"] for e in events if e.get("lane")}
+    assert len(lane_workers) == 1 and all(e["lane"] for e in events if e["heavy"])
+    svg = (pytester.path / "t.svg").read_text()
+    assert svg.count('class="row lane"') == 1
+    assert f'class="row lane" data-worker="{lane_workers.pop()}"' in svg
 
 
 DURATIONS = module("""
