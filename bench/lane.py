@@ -17,7 +17,10 @@ peak RSS of the process tree (sampled every 20 ms) / (the tree's baseline,
 the peak of that empty run, + one model).  "model copies" counts the
 session fixture's setups.  Not a test: nothing gates CI on these figures.
 
-Usage: python bench/lane.py [--quick] [--reps N]
+Usage: python bench/lane.py [--quick] [--reps N] [--python PATH]
+(--python: run the suites under another interpreter that has heavylock,
+pytest and pytest-xdist installed, e.g. a venv of tests/compat.sh, to see
+loadgroup on a pytest where it still groups.)
 """
 
 from __future__ import annotations
@@ -116,6 +119,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a short form for CI (< 1 minute)")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--python", default=sys.executable,
+                    help="the interpreter that runs pytest (default: this one)")
     p = ap.parse_args()
     if p.quick:
         p.heavy, p.heavy_s, p.light, p.light_s, p.model_mib = 4, 0.5, 48, 0.05, 100
@@ -124,8 +129,9 @@ def main():
         p.heavy, p.heavy_s, p.light, p.light_s, p.model_mib = 8, 1.0, 240, 0.05, 300
         orders, p.reps = [False, True], p.reps or 2
     workers, slots = 4, 1
-    import pytest
-    import xdist
+    versions = subprocess.run(
+        [p.python, "-c", "import pytest, xdist; print(pytest.__version__, xdist.__version__)"],
+        capture_output=True, text=True, check=True).stdout.split()
 
     tmp = tempfile.mkdtemp(prefix="heavylock-bench-lane-")
     t0 = time.perf_counter()
@@ -137,7 +143,7 @@ def main():
     model = p.model_mib * 2**20
     print(f"heavy lane benchmark: {p.heavy} heavy tests of {p.heavy_s:g} s sharing a "
           f"{p.model_mib} MiB session fixture, {p.light} light tests of {p.light_s * 1000:.0f} ms, "
-          f"-n {workers}; pytest {pytest.__version__}, pytest-xdist {xdist.__version__}, "
+          f"-n {workers}; pytest {versions[0]}, pytest-xdist {versions[1]}, "
           f"Python {sys.version.split()[0]}; {p.reps} rep(s), alternated; medians\n")
     rows = []
     for heavy_first in orders:
@@ -148,7 +154,7 @@ def main():
                if k not in ("RUN_HEAVY_INTEGRATION", "PYTEST_ADDOPTS", "HEAVYLOCK_LANE",
                             "HEAVYLOCK_SLOTS")}
         env.update(HEAVYLOCK_PATH=os.path.join(root, ".llm_load.lock"), BENCH_MODEL_LOG=log)
-        base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers)]
+        base = [p.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers)]
         res = {name: {"wall": [], "peak": [], "startup": [], "baseline": [], "copies": []}
                for name, _ in CONFIGS}
         for _ in range(p.reps):
