@@ -171,7 +171,7 @@ class LaneScheduling:
         self.light_queue = []
         self.lanes = []            # nodes that take heavy work now
         self.lane_ids = []         # every worker that ever was a lane, in order
-        self.crashed = []          # (nodeid, worker id, heavy)
+        self.crashed = []          # {"nodeid", "worker", "heavy", "rerun"}
         self.why_no_verdicts = None
 
     # -- the protocol's properties
@@ -226,11 +226,11 @@ class LaneScheduling:
         if not pending:
             return None
         crashed = self.collection[pending[0]]
-        self.crashed.append((crashed, _wid(node), pending[0] in self.heavy))
+        self.crashed.append({"nodeid": crashed, "worker": _wid(node),
+                             "heavy": pending[0] in self.heavy, "rerun": False})
         rest = pending[1:]
         self.heavy_queue[:0] = [i for i in rest if i in self.heavy]
         self.light_queue[:0] = [i for i in rest if i not in self.heavy]
-        self._assign_lanes()
         self._dispatch_all()
         return crashed
 
@@ -239,7 +239,6 @@ class LaneScheduling:
     def schedule(self):
         assert self.collection_is_completed
         if self.collection is not None:  # a replacement worker joined
-            self._assign_lanes()
             self._dispatch_all()
             return
         if not self._same_collections():
@@ -263,6 +262,10 @@ class LaneScheduling:
         self._shutdown_idle()
 
     def mark_test_pending(self, item):
+        """A plugin's pytest_handlecrashitem asks for a crashed test again
+        (pytest-rerunfailures does)."""
+        for c in self.crashed:
+            c["rerun"] = c["rerun"] or c["nodeid"] == item
         i = self.collection.index(item)
         (self.heavy_queue if i in self.heavy else self.light_queue).insert(0, i)
         self._dispatch_all()
@@ -375,8 +378,11 @@ class LaneScheduling:
         self._send(node, self._take_light(num))
 
     def _dispatch_all(self):
+        """After anything that changes who is alive or what is queued (a
+        crash, a replacement worker, a test put back by a rerun plugin)."""
         if self.collection is None:
             return
+        self._assign_lanes()
         for node in list(self.node2pending):
             self._dispatch(node)
         self._shutdown_idle()
@@ -502,11 +508,11 @@ class Lane:
         if self.sched is None:
             return
         now = time.time()
-        for nodeid, wid, heavy in self.sched.crashed:
+        for c in self.sched.crashed:
             self.recorder.remote_events.append({
-                "nodeid": nodeid, "worker": wid, "heavy": heavy, "lane": wid in lanes,
-                "rule": "worker crashed while running it", "crashed": True,
-                "start": self.started.get(nodeid, now),
+                "nodeid": c["nodeid"], "worker": c["worker"], "heavy": c["heavy"],
+                "lane": c["worker"] in lanes, "rule": "worker crashed while running it",
+                "crashed": True, "start": self.started.get(c["nodeid"], now),
                 "wait_start": None, "acquired": None, "released": None, "end": now})
 
     def _notes(self):
@@ -548,8 +554,9 @@ class Lane:
             lines.append(f"heavy lane: {', '.join(lane_ids)} ran {len(ran_heavy)} heavy tests "
                          f"({heavy_time:.2f} s), longest first; light tests ran on "
                          f"{', '.join(light_workers) or 'no other worker'}")
-        for nodeid, wid, heavy in sched.crashed:
-            lines.append(f"worker {wid} crashed while running {nodeid} (reported as failed)"
-                         + (f"; the lane moved on to {lane_ids[-1]}" if heavy and lane_ids[-1] != wid
-                            else ""))
+        for c in sched.crashed:
+            moved = c["heavy"] and lane_ids[-1] != c["worker"]
+            lines.append(f"worker {c['worker']} crashed while running {c['nodeid']} "
+                         f"({'queued again' if c['rerun'] else 'reported as failed'})"
+                         + (f"; the lane moved on to {lane_ids[-1]}" if moved else ""))
         return lines

@@ -291,3 +291,42 @@ def test_bad_lane_settings_name_their_source(pytester, env, monkeypatch, args, e
     r = run(pytester, *args)
     assert r.ret == pytest.ExitCode.USAGE_ERROR
     r.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_a_crashed_heavy_test_queued_again_reaches_a_new_lane(pytester, env):
+    """pytest_handlecrashitem may put the crashed test back (as
+    pytest-rerunfailures does); it was the last heavy test, so no lane is
+    left: one must be found for it, or the run never ends."""
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.hookimpl(optionalhook=True)
+        def pytest_handlecrashitem(crashitem, report, sched):
+            sched.mark_test_pending(crashitem)
+            report.outcome = "rerun"
+    """)
+    pytester.makepyfile(test_rerun=module("""
+        import signal
+
+        @pytest.mark.parametrize("i", range(12))
+        def test_light(request, i):
+            run("light", request, 0.1)
+
+        @pytest.mark.llm
+        @pytest.mark.parametrize("i", range(3))
+        def test_heavy(request, model, i):
+            t0 = time.time()
+            record("start", request.node.nodeid, t0, t0)
+            flag = os.environ["IV_LOG"] + ".killed"
+            if i == 2 and not os.path.exists(flag):
+                open(flag, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            run("heavy", request, 0.1)
+    """))
+    r = run(pytester, "-n", "3", timeout=60)
+    r.assert_outcomes(passed=15)
+    heavy = records(env, "heavy")
+    assert sorted(n for *_, n in heavy) == [f"test_rerun.py::test_heavy[{i}]" for i in range(3)]
+    assert overlaps(heavy) == []
+    r.stdout.fnmatch_lines(["*worker gw? crashed while running test_rerun.py::test_heavy?2? "
+                            "(queued again); the lane moved on to gw?"])
