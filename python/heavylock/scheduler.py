@@ -361,7 +361,9 @@ class LaneScheduling:
             return
         pending = self.node2pending[node]
         if node in self.lanes and self.heavy_queue:
-            self._send(node, self._take_heavy(2 - len(pending)))
+            # two deep: the next heavy test is known when one starts (a worker
+            # promoted after a crash may still hold more light tests)
+            self._send(node, self._take_heavy(max(0, 2 - len(pending))))
             return
         if not self.light_queue:
             return

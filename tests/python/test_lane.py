@@ -330,3 +330,85 @@ def test_a_crashed_heavy_test_queued_again_reaches_a_new_lane(pytester, env):
     assert overlaps(heavy) == []
     r.stdout.fnmatch_lines(["*worker gw? crashed while running test_rerun.py::test_heavy?2? "
                             "(queued again); the lane moved on to gw?"])
+
+
+# -- the scheduler alone, driven by fake workers (the protocol xdist's DSession uses)
+
+class FakeNode:
+    def __init__(self, wid):
+        self.gateway = type("G", (), {"id": wid})()
+        self.shutting_down = False
+        self.sent = []
+
+    def send_runtest_some(self, indices):
+        assert not self.shutting_down, "work sent after shutdown"
+        self.sent.extend(indices)
+
+    def shutdown(self):
+        self.shutting_down = True
+
+
+def make_scheduler(n_nodes, heavy, n_tests, past=None, slots=1):
+    from types import SimpleNamespace
+
+    from heavylock.scheduler import LaneScheduling
+
+    collection = [f"t.py::test_{i}" for i in range(n_tests)]
+    verdicts = SimpleNamespace(read=lambda ids, coll: (
+        {collection[i]: "marker" for i in heavy}, None))
+    lane = SimpleNamespace(slots=slots, verdicts=verdicts, past_durations=lambda: past or {})
+    config = SimpleNamespace(option=SimpleNamespace(maxschedchunk=None),
+                             getvalue=lambda name: ["popen"] * n_nodes)
+    sched = LaneScheduling(config, None, lane)
+    nodes = [FakeNode(f"gw{i}") for i in range(n_nodes)]
+    for node in nodes:
+        sched.add_node(node)
+        sched.add_node_collection(node, collection)
+    sched.schedule()
+    return sched, nodes, collection
+
+
+def drive(sched, nodes, heavy, done, crash=None):
+    """Complete tests worker by worker, first pending first; a worker runs a
+    test only once it knows the next one or is shut down.  Checks on every
+    step: no worker but a lane ever holds heavy work, a lane at most two."""
+    steps = 0
+    while sched.has_pending:  # xdist shuts the workers down at tests_finished; they drain
+        steps += 1
+        assert steps < 10000, "the run never ends"
+        progressed = False
+        for node in list(sched.node2pending):
+            pending = sched.node2pending[node]
+            if crash and crash[0] is node and pending and pending[0] == crash[1]:
+                sched.remove_node(node)
+                crash = None
+                progressed = True
+                continue
+            if pending and (len(pending) >= 2 or node.shutting_down):
+                done.append(pending[0])
+                sched.mark_test_complete(node, pending[0], 0.01)
+                progressed = True
+            held = [i for i in sched.node2pending.get(node, []) if i in heavy]
+            assert not held or node in sched.lanes, f"{node.gateway.id} holds heavy {held}"
+            assert len(held) <= 2
+        assert progressed, "every worker is waiting"
+
+
+def test_scheduler_a_promoted_lane_stays_two_deep_and_nothing_is_lost():
+    heavy = set(range(30, 36))
+    sched, nodes, coll = make_scheduler(3, heavy, 36)
+    assert [n.gateway.id for n in sched.lanes] == ["gw0"]
+    assert nodes[0].sent == [30, 31]  # the heavy queue starts at once, two deep
+    done = []
+    drive(sched, nodes, heavy, done, crash=(nodes[0], 30))
+    assert sorted(done) == [i for i in range(36) if i != 30]  # 30 crashed; nothing twice
+    assert sched.lane_ids[0] == "gw0" and len(sched.lane_ids) == 2
+
+
+def test_scheduler_longest_first_unknown_first():
+    heavy = {1, 3, 5, 7}
+    past = {"t.py::test_3": 0.5, "t.py::test_5": 2.0}
+    sched, nodes, coll = make_scheduler(2, heavy, 8, past=past)
+    done = []
+    drive(sched, nodes, heavy, done)
+    assert [i for i in done if i in heavy] == [1, 7, 5, 3]
