@@ -122,6 +122,7 @@ def main():
     ap.add_argument("--python", default=sys.executable,
                     help="the interpreter that runs pytest (default: this one)")
     p = ap.parse_args()
+    p.python = os.path.abspath(p.python)  # the runs change directory (no realpath: venvs)
     if p.quick:
         p.heavy, p.heavy_s, p.light, p.light_s, p.model_mib = 4, 0.5, 48, 0.05, 100
         orders, p.reps = [False], p.reps or 1
@@ -192,9 +193,17 @@ def main():
     group = {r[1]: r for r in rows if r[0].startswith("--dist loadgroup")}
     for r in lane:
         g = group[r[1]]
+        if g[8] > 1:
+            verdict = (f"loadgroup did not keep the group on one worker here ({g[8]} model "
+                       "copies; pytest-xdist #1386): no peer to beat on this pytest")
+        else:
+            ahead = r[4] <= g[4] * 1.02 and r[7] <= g[7] * 1.02  # within 2%: a tie
+            verdict = f"{'ahead of or level with' if ahead else 'BEHIND'} loadgroup"
         print(f"lane, heavy collected {r[1]}: makespan {r[4]:.2f}x (target <= 1.05x), "
-              f"peak {r[7]:.2f}x (target <= 1.05x); loadgroup {g[4]:.2f}x, {g[7]:.2f}x -> "
-              f"{'ahead' if r[4] <= g[4] and r[7] <= g[7] else 'NOT ahead'} of loadgroup")
+              f"peak {r[7]:.2f}x (target <= 1.05x); loadgroup {g[4]:.2f}x, {g[7]:.2f}x: "
+              f"{verdict}")
+    print("(the bound assumes one heavy test at a time: a run with several model copies "
+          "can beat it, at the price of the memory)")
 
 
 if __name__ == "__main__":
