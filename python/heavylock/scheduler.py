@@ -547,14 +547,20 @@ class Lane:
                                key=lambda w: (len(w), w))
         lines = []
         n_all = len(sched.collection)
+        skipped = sum(1 for r in ran_heavy if r["call"] is None)
+        skipped = f", {skipped} of them skipped" if skipped else ""
+        order = ("longest first" if self.past_durations()
+                 else "in collection order (no durations cached yet)")
         if len(sched.heavy) == n_all:
-            idle = len(self.sched.node2collection) - len(lane_ids)
-            lines.append(f"every test is heavy ({next(iter(sched.heavy.values()))}): one lane, "
+            idle = len(sched.node2collection) - len(lane_ids)
+            lanes = "one lane" if len(lane_ids) == 1 else f"{len(lane_ids)} lanes"
+            lines.append(f"every test is heavy ({next(iter(sched.heavy.values()))}): {lanes}, "
                          f"{', '.join(lane_ids)}, ran all {n_all} tests one at a time "
-                         f"({heavy_time:.2f} s); the other {max(idle, 0)} worker(s) sat idle")
+                         f"({heavy_time:.2f} s{skipped}); the other {max(idle, 0)} worker(s) "
+                         "sat idle")
         else:
             lines.append(f"heavy lane: {', '.join(lane_ids)} ran {len(ran_heavy)} heavy tests "
-                         f"({heavy_time:.2f} s), longest first; light tests ran on "
+                         f"({heavy_time:.2f} s{skipped}), {order}; light tests ran on "
                          f"{', '.join(light_workers) or 'no other worker'}")
         for c in sched.crashed:
             moved = c["heavy"] and lane_ids[-1] != c["worker"]

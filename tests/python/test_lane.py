@@ -108,7 +108,8 @@ def test_heavy_tests_run_in_one_lane_while_light_tests_fill_the_rest(pytester, e
     assert len(before) <= 6, f"{len(before)} light tests started before the first heavy one"
     # one model: the session fixture was set up once, in the lane
     assert [pid for _, _, pid, _ in records(env, "model")] == list(lane)
-    r.stdout.fnmatch_lines(["*heavy lane: gw? ran 4 heavy tests (*), longest first; "
+    r.stdout.fnmatch_lines(["*heavy lane: gw? ran 4 heavy tests (*), in collection order "
+                            "(no durations cached yet); "
                             "light tests ran on *gw?, gw?, gw?"])
     # the report and the timeline mark the lane
     events = json.loads((pytester.path / "r.json").read_text())["events"]
@@ -146,6 +147,7 @@ def test_longest_heavy_test_from_an_earlier_run_starts_first(pytester, env, monk
     r.assert_outcomes(passed=12)
     order = [name.split("[")[1] for _, _, _, name in records(env, "heavy")]
     assert order == ["0.05]", "0.5]", "0.25]", "0.1]"]
+    r.stdout.fnmatch_lines(["*heavy lane: gw? ran 4 heavy tests (*), longest first; *"])
 
 
 def test_two_slots_two_lanes_one_model_each(pytester, env):
