@@ -10,7 +10,7 @@ SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.bui
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
 .PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup \
-        stress stress-short fuzz test-valgrind check-dist-c
+        stress stress-short fuzz test-valgrind check-dist-c bench-lane bench-lane-quick
 
 all: build
 
@@ -117,6 +117,14 @@ demo: example-setup
 
 bench: build $(VENV)/.pkg
 	$(PY) bench/handoff.py --heavylock $(HEAVYLOCK)
+
+# The heavy lane vs the lock alone, no plugin and xdist's loadgroup (a few
+# minutes); the quick form takes under a minute.
+bench-lane: $(VENV)/.pkg
+	$(PY) bench/lane.py
+
+bench-lane-quick: $(VENV)/.pkg
+	$(PY) bench/lane.py --quick
 
 clean:
 	rm -rf build $(VENV)

@@ -3,7 +3,8 @@ and xdist workers, under the file lock ``models/.llm_load.lock``.
 
 This module is the wiring: options, hooks and fixtures.  The work lives in
 ``settings`` (what the user asked for), ``selection`` (which tests are
-heavy), ``locking`` (the wait for the lock) and ``report`` (what happened).
+heavy), ``locking`` (the wait for the lock), ``report`` (what happened) and
+``scheduler`` (the heavy lane under pytest-xdist).
 
 A heavy test holds the lock from the start of its setup to the end of its
 teardown; a heavy test module holds it while it is imported (heavy work at
@@ -23,6 +24,8 @@ import pytest
 
 from heavylock.locking import LockClient, note_timer
 from heavylock.report import Recorder, rss
+from heavylock.scheduler import Lane
+from heavylock.scheduler import addoptions as add_lane_options
 from heavylock.selection import Selector
 from heavylock.settings import DEFAULT_MARKERS, Settings, addoptions
 
@@ -31,6 +34,7 @@ STATE_KEY = pytest.StashKey["_State"]()
 
 def pytest_addoption(parser):
     addoptions(parser)
+    add_lane_options(parser)
 
 
 class _State:
@@ -99,6 +103,9 @@ def pytest_configure(config):
             "file lock, one at a time across processes and xdist workers")
     state = config.stash[STATE_KEY] = _State(config)
     config.pluginmanager.register(state, "heavylock-state")
+    # The heavy lane: xdist's scheduler for --dist load, and the verdicts'
+    # way from the workers to it.
+    config.pluginmanager.register(Lane(config, state.selector, state.recorder), "heavylock-lane")
     if state.settings.timeline and not hasattr(config, "workerinput"):
         state.recorder.start_sampling()
 

@@ -60,6 +60,7 @@ class Recorder:
         self.memory = []          # (wall time, bytes) of this process tree
         self.outcomes = {}        # nodeid -> outcome (the reporting process)
         self.errors = []          # files that could not be written
+        self.notes = []           # summary lines from other parts (the lane)
         self._sampling = None
         self._spool = None
         if spool_dir and settings.worker:
@@ -231,6 +232,8 @@ class Recorder:
             return
         tr.write_sep("-", "heavylock")
         tr.write_line(f"lock: {self.settings.where()}")
+        for line in self.notes:
+            tr.write_line(line)
         if events:
             waits = [(e["acquired"] - e["wait_start"], e["nodeid"]) for e in events]
             holds = [((e["released"] or e["end"] or e["acquired"]) - e["acquired"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 from html import escape
 
 HEAVY, LIGHT, WAIT, MEM, IMPORT = "#c0392b", "#5dade2", "#f5b041", "#7d3c98", "#6e2c00"
+LANE = "#fbeee6"
 W, LEFT, ROW, MEM_H, TOP = 1200, 90, 26, 140, 40
 CHAR_W = 6.2   # average width of a character of the 11 px bar labels
 
@@ -34,6 +35,7 @@ def render_svg(events, memory=(), title="heavylock timeline"):
     events = [e for e in events if e.get("start") and e.get("end")]
     workers = sorted({e.get("worker") or "main" for e in events},
                      key=lambda w: (len(w), w))
+    lanes = {e.get("worker") or "main" for e in events if e.get("lane")}  # heavy lane rows
     times = [e["start"] for e in events] + [e["end"] for e in events]
     times += [e["wait_start"] for e in events if e.get("wait_start")]
     t0, t1 = (min(times), max(times)) if times else (0.0, 1.0)
@@ -64,8 +66,11 @@ def render_svg(events, memory=(), title="heavylock timeline"):
            '<tspan>&#9633; black edge: worker crashed</tspan></text>']
     for i, w in enumerate(workers):
         y = TOP + i * ROW
-        out.append(f'<g class="row" data-worker="{escape(w)}">')
-        out.append(f'<text x="8" y="{y + ROW * 0.65:.1f}">{escape(w)}</text>')
+        out.append(f'<g class="row{" lane" if w in lanes else ""}" data-worker="{escape(w)}">')
+        if w in lanes:
+            out.append(f'<rect x="0" y="{y}" width="{W}" height="{ROW}" fill="{LANE}"/>')
+        out.append(f'<text x="8" y="{y + ROW * 0.65:.1f}">{escape(w)}'
+                   f'{" (lane)" if w in lanes else ""}</text>')
         out.append(f'<line x1="{LEFT}" x2="{W - 20}" y1="{y + ROW - 1}" y2="{y + ROW - 1}" '
                    'stroke="#eee"/>')
         for e in events:

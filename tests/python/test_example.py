@@ -61,7 +61,10 @@ def test_real_model_loads_never_overlap_and_use_less_memory(tmp_path):
     opt_in = {"RUN_HEAVY_INTEGRATION": "1", "LOCAL_MODEL_PATH": MODEL}
     loads = tmp_path / "loads"
     timeline = tmp_path / "timeline.svg"
-    rc, out, peak_with = run_app("-n", "4", "-p", "xdist", f"--heavylock-timeline={timeline}",
+    # the lock alone, across workers (the heavy lane, the default, would put every
+    # test on one worker: make demo shows that run)
+    rc, out, peak_with = run_app("-n", "4", "-p", "xdist", "--heavylock-lane=off",
+                                 f"--heavylock-timeline={timeline}",
                                  env_extra={**opt_in, "LLM_APP_LOAD_LOG": str(loads)},
                                  sample=True)
     assert rc == 0, out

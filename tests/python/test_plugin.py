@@ -255,7 +255,9 @@ def test_xdist_heavy_never_overlap_light_do(pytester, env):
     pytest.importorskip("xdist")  # a test dependency: requirements-dev.txt installs it
     pytester.makepyfile(test_mix=HEAVY_AND_LIGHT)
     report = pytester.path / "report.json"
-    r = pytester.runpytest_subprocess("-n", "4", "-p", "xdist", f"--heavylock-report={report}")
+    # The lock alone, across workers (the heavy lane would put them all on one).
+    r = pytester.runpytest_subprocess("-n", "4", "-p", "xdist", "--heavylock-lane=off",
+                                      f"--heavylock-report={report}")
     r.assert_outcomes(passed=12)
     heavy = intervals(env, "heavy")
     light = intervals(env, "light")
