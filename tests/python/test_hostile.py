@@ -34,6 +34,9 @@ def held_by_flock(tmp_path):
     lock = tmp_path / "x.lock"
     lock.write_bytes(b"")
     p = subprocess.Popen(["flock", str(lock), "sleep", "60"], start_new_session=True)
+    ino = f":{os.stat(lock).st_ino} "
+    wait_for(lambda: any(ino in line and "FLOCK" in line for line in open("/proc/locks")),
+             what="flock(1) to hold")
     yield lock, p
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
