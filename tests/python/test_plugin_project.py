@@ -182,6 +182,7 @@ def test_holder_in_the_parent_chain_fails_at_once(pytester, env, cli):
         def test_heavy(): pass
     """)
     lock = pytester.path / "models" / ".llm_load.lock"
+    lock.parent.mkdir()  # an explicit --lock into a missing directory is an error, as in flock(1)
     p = subprocess.Popen([cli, "run", "--lock", str(lock), "--label", "outer", "--",
                           sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
                          cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
