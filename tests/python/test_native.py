@@ -208,3 +208,27 @@ def test_gguf_info_and_memory(tmp_path):
     assert _native.mem_available() > 0
     assert _native.tree_rss(os.getpid()) > 1 << 20
     assert heavylock.available_backend() == "native"
+
+
+def test_library_errors_become_the_right_python_exceptions(tmp_path):
+    # One mapping for every call: -errno -> the OSError subclass for it,
+    # HL_E* codes -> their own kinds, each naming the path.
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError) as exc:
+        _native.Lock(str(tmp_path / "file" / "x.lock"))
+    assert exc.value.filename == str(tmp_path / "file" / "x.lock")
+    with pytest.raises(OSError, match="not a regular file") as exc:
+        _native.Lock(str(tmp_path))
+    assert exc.value.errno == errno.EINVAL and exc.value.filename == str(tmp_path)
+    lk = _native.Lock(str(tmp_path / "l.lock"))
+    with pytest.raises(RuntimeError, match="not held"):
+        lk.release()
+    with pytest.raises(ValueError, match="NaN"):
+        lk.acquire(float("nan"))
+    with pytest.raises(ValueError, match="NUL"):
+        lk.set_label("a\0b")
+    assert lk.acquire(float("inf")) is True  # inf is "forever", not an overflow
+    lk.close()
+    lk.close()  # closing twice is fine
+    with pytest.raises(ValueError, match="closed"):
+        lk.path
