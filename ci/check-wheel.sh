@@ -56,7 +56,7 @@ assert heavylock.__file__.startswith(sys.prefix), heavylock.__file__
 assert n.__file__.endswith("_native.abi3.so"), n.__file__
 print("== installed:", heavylock.__file__, "backend", heavylock.available_backend())
 EOF
-PATH=$nocc HEAVYLOCK_CLI=$V/heavylock "$NICE" python -m pytest -q -p no:cacheprovider -n 2 \
+PATH=$nocc HEAVYLOCK_CLI=$V/heavylock "$NICE" python -m pytest -q -p no:cacheprovider \
   tests/test_plugin.py tests/test_api.py tests/test_threads.py tests/test_native.py
 
 # ---- 3. the sdist, with a compiler ----
