@@ -6,7 +6,9 @@
 #      plugin, API, thread and extension tests run against it from outside
 #      the source tree;
 #   3. the sdist installed into another fresh venv (with a compiler) and
-#      smoke-tested.
+#      smoke-tested;
+#   4. the sdist installed where there is no C compiler: the pure-Python
+#      package on the filelock backend, which says so once.
 # Needs network access for pip (pytest, meson-python, ... into the venvs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,4 +77,24 @@ print("== sdist install works:", heavylock.__file__)
 EOF
 )
 "$S/heavylock" --version
+
+# ---- 4. the sdist where there is no C compiler: the pure-Python half ----
+"$PYTHON" -m venv "$work/nocc-venv"
+N=$work/nocc-venv/bin
+for name in python python3; do
+  printf '#!/bin/sh\nexec "%s" "$@"\n' "$N/python" > "$nocc/$name"
+done
+rm -f "$nocc/heavylock"
+(cd "$work" && PATH=$nocc python -m pip install -q "$sdist" filelock)
+(cd "$work" && PATH=$nocc python -W always - <<'EOF' 2>&1 | tee "$work/nocc.out"
+import os, sys, tempfile, heavylock
+assert heavylock.__file__.startswith(sys.prefix), heavylock.__file__
+p = os.path.join(tempfile.mkdtemp(), "m", ".llm_load.lock")
+with heavylock.open_lock(p, timeout=1) as lk:
+    assert lk.held and lk.name == "filelock", lk
+print("== sdist without a compiler works:", lk.name)
+EOF
+)
+grep -q "FallbackWarning: heavylock: the native extension could not be loaded (No module named 'heavylock._native')" \
+  "$work/nocc.out"
 echo "check-wheel: OK"

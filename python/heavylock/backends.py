@@ -38,7 +38,7 @@ from types import ModuleType, TracebackType
 from typing import Any, ClassVar, Dict, Optional, Tuple, Type, TypeVar, Union
 
 try:
-    from heavylock import _native as _native_mod
+    import heavylock._native as _native_mod
 except ImportError as exc:  # no compiler at install time, or a broken build
     _native: Optional[ModuleType] = None
     _NATIVE_ERROR: Optional[str] = str(exc)
@@ -498,7 +498,7 @@ def _say_fallback(backend: str) -> None:
     _fallback_said = True
     warnings.warn(f"heavylock: the native extension could not be loaded ({_NATIVE_ERROR}); "
                   f"using the pure-Python '{backend}' backend (no holder records)",
-                  FallbackWarning, stacklevel=3)
+                  FallbackWarning, stacklevel=4)
 
 
 def choose_backend(value: Optional[str], source: str = "HEAVYLOCK_BACKEND") -> str:
