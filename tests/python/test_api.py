@@ -2,6 +2,7 @@
 finalizers and the pure-Python fallback (issue #12, issue #8 item 6)."""
 
 import asyncio
+import errno
 import gc
 import os
 import pickle
@@ -59,7 +60,7 @@ def test_every_backend_is_a_context_manager(lockfile, backend):
     assert lk.acquire(0) is True  # the primitive keeps its bool
     with pytest.raises(OSError) as exc:
         lk.acquire(0)  # one hold per handle, on every backend
-    assert exc.value.errno == 35 and "already holds" in str(exc.value)
+    assert exc.value.errno == errno.EDEADLK and "already holds" in str(exc.value)
     lk.release()
     lk.close()
 
@@ -246,6 +247,7 @@ def test_cancelled_wait_leaves_nothing_locked(lockfile, backend):
 
 USER_CODE = """
 import asyncio
+import errno
 import heavylock
 from heavylock import aio
 
