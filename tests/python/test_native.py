@@ -15,7 +15,7 @@ import heavylock
 from heavylock import backends
 from heavylock import _native
 
-from helpers import overlaps, read_intervals
+from helpers import overlaps, read_intervals, wait_for
 
 
 def test_acquire_release_and_record(lockfile):
@@ -93,18 +93,34 @@ except KeyboardInterrupt:
 """
 
 
+HOLD_UNTIL_STDIN_CLOSES = """
+import sys
+from heavylock import _native
+lk = _native.Lock(sys.argv[1])
+assert lk.acquire(0)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
 @pytest.mark.parametrize("timeout", ["none", "60"])
 def test_ctrl_c_interrupts_a_wait(lockfile, timeout):
-    holder = _native.Lock(str(lockfile))
-    assert holder.acquire()
+    # The holder is a sibling process: a waiter whose parent holds the lock
+    # may be told at once that its wait would never end.
+    lockfile.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_UNTIL_STDIN_CLOSES, str(lockfile)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
     p = subprocess.Popen([sys.executable, "-c", WAIT_FOREVER, str(lockfile), timeout],
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "waiting"
-    time.sleep(0.2)
+    wait_for(lambda: any(w["pid"] == p.pid for w in _native.status(str(lockfile))["waiters"]),
+             what="the child to wait")
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=10) == 3
     assert p.stdout.readline().strip() == "interrupted"
-    holder.release()
+    holder.stdin.close()
+    assert holder.wait(10) == 0
 
 
 def test_errors_name_the_path(tmp_path):
