@@ -186,8 +186,18 @@ PyDoc_STRVAR(acquire_doc,
 "another handle; RuntimeError when another thread is waiting on this handle;\n"
 "OSError for anything else.");
 
-/* Acquire with the GIL released, looping on EINTR; 1 got it, 0 busy or
- * timed out, -1 with an exception set.  The caller holds the handle. */
+/* A signal only interrupts the core's wait when it lands inside a blocking
+ * system call (-EINTR).  One that lands between two of them (while the
+ * timed wait re-arms its watch or tries the lock) is noticed by nobody: the
+ * core keeps waiting, Python sees the Ctrl-C only when the wait ends, up to
+ * the whole timeout later.  So a timed wait is cut into slices of at most
+ * this many seconds, with PyErr_CheckSignals() between them.  (The waits
+ * without a deadline block in flock(2), as CPython's fcntl.flock does.) */
+#define SIGNAL_SLICE 0.5
+
+/* Acquire with the GIL released, looping on EINTR and on slices; 1 got it,
+ * 0 busy or timed out, -1 with an exception set.  The caller holds the
+ * handle. */
 static int do_acquire(LockObject *self, double timeout) {
   if (hl_lock_held(self->lock)) {
     raise_hl(-EDEADLK, hl_lock_path(self->lock), "this handle already holds the lock");
@@ -199,17 +209,22 @@ static int do_acquire(LockObject *self, double timeout) {
   int rc;
   for (;;) {
     double left = timeout;
+    int sliced = 0;
     if (timeout > 0) {
       left = deadline - monotonic();
       if (left <= 0) {
         rc = HL_ETIMEDOUT;
         break;
       }
+      if (left > SIGNAL_SLICE) {
+        left = SIGNAL_SLICE;
+        sliced = 1;
+      }
     }
     Py_BEGIN_ALLOW_THREADS
     rc = hl_lock_acquire(self->lock, left);
     Py_END_ALLOW_THREADS
-    if (rc != -EINTR)
+    if (rc != -EINTR && !(sliced && rc == HL_ETIMEDOUT))
       break;
     if (PyErr_CheckSignals() < 0)
       return -1;

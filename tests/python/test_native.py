@@ -81,9 +81,12 @@ def test_gil_released_while_waiting(lockfile):
 
 
 WAIT_FOREVER = """
-import sys
+import signal, sys, threading, time
 from heavylock import _native
 lk = _native.Lock(sys.argv[1])
+if len(sys.argv) > 3:  # the signal goes to another thread: the wait sees no EINTR
+    threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 print("waiting", flush=True)
 try:
     lk.acquire(None if sys.argv[2] == "none" else float(sys.argv[2]))
@@ -103,15 +106,20 @@ sys.stdin.read()
 """
 
 
-@pytest.mark.parametrize("timeout", ["none", "60"])
-def test_ctrl_c_interrupts_a_wait(lockfile, timeout):
+@pytest.mark.parametrize("timeout,where", [("none", "main"), ("60", "main"),
+                                           ("60", "other-thread")])
+def test_ctrl_c_interrupts_a_wait(lockfile, timeout, where):
+    # "other-thread": the kernel hands SIGINT to a thread that is not
+    # waiting, so the wait is never interrupted by EINTR; before the waits
+    # were sliced, Ctrl-C was noticed only when the 60 s ran out.
     # The holder is a sibling process: a waiter whose parent holds the lock
     # may be told at once that its wait would never end.
     lockfile.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_UNTIL_STDIN_CLOSES, str(lockfile)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
-    p = subprocess.Popen([sys.executable, "-c", WAIT_FOREVER, str(lockfile), timeout],
+    p = subprocess.Popen([sys.executable, "-c", WAIT_FOREVER, str(lockfile), timeout]
+                         + ([where] if where != "main" else []),
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "waiting"
     wait_for(lambda: any(w["pid"] == p.pid for w in _native.status(str(lockfile))["waiters"]),
