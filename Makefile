@@ -9,7 +9,7 @@ HEAVYLOCK := $(BUILD)/heavylock
 SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.build meson.options
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
-.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup dist
+.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup
 
 all: build
 
@@ -29,6 +29,18 @@ build: $(BUILD)/build.ninja $(SOURCES)
 $(VENV)/.pkg: $(VENV)/.deps $(SOURCES) $(PYSOURCES)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pip install -q --no-build-isolation --no-deps .
 	touch $@
+
+# sdist + wheel.  The extension is on the limited API 3.10, so the wheel is
+# retagged cp310-abi3 (meson-python tags it with the building interpreter),
+# repaired by auditwheel to a manylinux tag, and both are checked by twine.
+.PHONY: dist
+dist: $(VENV)/.deps
+	rm -rf dist build/dist
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m build --no-isolation --outdir build/dist .
+	$(PY) -m wheel tags --python-tag cp310 --remove build/dist/*.whl
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m auditwheel repair -w dist build/dist/*.whl
+	cp build/dist/*.tar.gz dist/
+	$(PY) -m twine check --strict dist/*
 
 test-c: build
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --print-errorlogs
@@ -88,16 +100,5 @@ demo: example-setup
 bench: build $(VENV)/.pkg
 	$(PY) bench/handoff.py --heavylock $(HEAVYLOCK)
 
-# sdist + wheel.  The extension is on the limited API 3.10, so the wheel is
-# retagged cp310-abi3 (meson-python tags it with the building interpreter),
-# repaired by auditwheel to a manylinux tag, and both are checked by twine.
-dist: $(VENV)/.deps
-	rm -rf dist build/dist
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m build --no-isolation --outdir build/dist .
-	$(PY) -m wheel tags --python-tag cp310 --remove build/dist/*.whl
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m auditwheel repair -w dist build/dist/*.whl
-	cp build/dist/*.tar.gz dist/
-	$(PY) -m twine check --strict dist/*
-
 clean:
-	rm -rf build dist $(VENV)
+	rm -rf build $(VENV)
