@@ -31,6 +31,18 @@ $(VENV)/.pkg: $(VENV)/.deps $(SOURCES) $(PYSOURCES)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pip install -q --no-build-isolation --no-deps .
 	touch $@
 
+# sdist + wheel.  The extension is on the limited API 3.10, so the wheel is
+# retagged cp310-abi3 (meson-python tags it with the building interpreter),
+# repaired by auditwheel to a manylinux tag, and both are checked by twine.
+.PHONY: dist
+dist: $(VENV)/.deps
+	rm -rf dist build/dist
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m build --no-isolation --outdir build/dist .
+	$(PY) -m wheel tags --python-tag cp310 --remove build/dist/*.whl
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m auditwheel repair -w dist build/dist/*.whl
+	cp build/dist/*.tar.gz dist/
+	$(PY) -m twine check --strict dist/*
+
 test-c: build
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --print-errorlogs
 

@@ -9,32 +9,119 @@
 
 All but ``pidfile`` take an exclusive flock(2) on the same file, so they
 exclude each other (and util-linux ``flock(1)``).  ``HEAVYLOCK_BACKEND``
-forces one.  Every backend offers the same small interface::
+forces one.  Every backend is a :class:`BaseLock`::
 
-    lk = open_lock(path)           # or open_lock(path, "fcntl")
+    lk = open_lock(path)           # or open_lock(path, "fcntl", timeout=30)
     lk.acquire(timeout)            # True, or False when busy / timed out
+    with lk: ...                   # waits lk.timeout (None: forever), else Timeout
+    with lk.lock(5): ...           # waits 5 s, else Timeout(path, holder)
     lk.set_label("nodeid")         # shown by `heavylock status`
     lk.release(); lk.close()
+
+Two ways to wait, on purpose: ``acquire(timeout) -> bool`` is the primitive
+(the pytest plugin waits in slices with it and says who is in the way);
+``lock(timeout)`` and ``with`` raise :class:`Timeout`, as filelock users
+expect.  A handle is one hold of the lock: ``acquire`` on a handle that
+already holds it raises ``OSError(EDEADLK)``; to queue for the lock from
+several threads, open one handle per thread.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 import warnings
+import weakref
+from types import ModuleType, TracebackType
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type, TypeVar, Union
 
 try:
-    from heavylock import _native
-except ImportError:  # pragma: no cover - exercised by forcing a backend
-    _native = None
+    import heavylock._native as _native_mod
+except ImportError as exc:  # no compiler at install time, or a broken build
+    _native: Optional[ModuleType] = None
+    _NATIVE_ERROR: Optional[str] = str(exc)
+else:
+    _native = _native_mod
+    _NATIVE_ERROR = None
 
 BACKENDS = ("native", "filelock", "fcntl", "pidfile")
 LOCK_NAME = ".llm_load.lock"
 
+PathArg = Union[str, "os.PathLike[str]"]
+_L = TypeVar("_L", bound="BaseLock")
+
 
 class PidfileWarning(UserWarning):
     """The PID-file backend is in use: the lock is not crash- or race-safe."""
+
+
+class FallbackWarning(UserWarning):
+    """The native extension could not be loaded; a pure-Python backend serves."""
+
+
+class Timeout(TimeoutError):
+    """The lock at :attr:`path` was not acquired in time.
+
+    :attr:`holder` says who holds it ("held by pid 4242 (tests/test_chat.py::
+    test_reply) for 12 s"), :attr:`timeout` how long we waited (0: one try).
+    """
+
+    def __init__(self, path: str, holder: str, timeout: Optional[float]) -> None:
+        waited = "one try" if not timeout else f"waiting {timeout:g} s"
+        self.message = f"could not take the lock {path} after {waited}: {holder}"
+        super().__init__(errno.ETIMEDOUT, self.message)
+        self.path = path
+        self.holder = holder
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> Tuple[Any, ...]:  # picklable (xdist sends errors across)
+        return (type(self), (self.path, self.holder, self.timeout))
+
+
+def _proc_locks_holder(path: str) -> Optional[int]:
+    """The pid holding a flock on `path` per /proc/locks (Linux), else None."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF"; waiters start with "->"
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == want:
+            try:
+                return int(parts[4])
+            except ValueError:
+                return None
+    return None
+
+
+def describe_holder(path: PathArg) -> str:
+    """Who holds the lock at ``path``, in one line for people."""
+    p = os.fspath(path)
+    if _native is not None:
+        try:
+            return str(_native.describe_holder(p))
+        except (OSError, ValueError):
+            pass
+    pid = _proc_locks_holder(p)
+    if pid is None:
+        return "held by another process"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").strip()
+        shown = "".join(c if c.isprintable() else "?"
+                        for c in cmd.decode("utf-8", "replace"))[:200]
+        return f"held by pid {pid} ({shown})" if shown else f"held by pid {pid}"
+    except OSError:
+        return f"held by pid {pid}"
 
 
 def _open_flags() -> int:
@@ -51,50 +138,139 @@ def _check_path(path: str) -> None:
     except FileNotFoundError:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         return
-    import stat
-
     if stat.S_ISLNK(st.st_mode):
         raise OSError(errno.ELOOP, "lock path is a symbolic link (refused)", path)
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EINVAL, "lock path is not a regular file", path)
 
 
-class NativeLock:
+def _already_held(path: str) -> OSError:
+    return OSError(errno.EDEADLK, "this handle already holds the lock", path)
+
+
+class _Default:
+    """Marker: "use the handle's own timeout"."""
+
+
+_DEFAULT: Any = _Default()
+
+
+class Held:
+    """What :meth:`BaseLock.lock` returns: the lock, held; leaving a ``with``
+    block on it releases."""
+
+    def __init__(self, lock: BaseLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> BaseLock:
+        return self.lock
+
+    def __exit__(self, et: Optional[Type[BaseException]], ev: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        if self.lock.held:
+            self.lock.release()
+
+
+class BaseLock:
+    """One handle on the lock file at :attr:`path` (see the module doc)."""
+
+    name: ClassVar[str] = "base"
+    path: str
+    #: How long ``with lock:`` and ``lock()`` wait: None forever, 0 one try.
+    timeout: Optional[float]
+
+    def __init__(self, path: str, timeout: Optional[float] = None) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def acquire(self, timeout: Optional[float] = None) -> bool:
+        """Take the lock: None or negative waits as long as it takes, 0 tries
+        once, >0 waits that many seconds.  False when busy or out of time."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Let the lock go (RuntimeError when this handle does not hold it)."""
+        raise NotImplementedError
+
+    def set_label(self, label: Optional[str]) -> None:
+        """Label shown by ``heavylock status`` (native backend only)."""
+
+    @property
+    def held(self) -> bool:
+        """True while this handle holds the lock."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release if held; the handle is not used again."""
+        raise NotImplementedError
+
+    def lock(self, timeout: Optional[float] = _DEFAULT) -> Held:
+        """Take the lock or raise :class:`Timeout` naming the holder.
+        ``timeout`` defaults to :attr:`timeout`.  ``with lk.lock(5): ...``"""
+        t = self.timeout if timeout is _DEFAULT else timeout
+        if not self.acquire(t):
+            raise Timeout(self.path, describe_holder(self.path), t)
+        return Held(self)
+
+    def __enter__(self: _L) -> _L:
+        self.lock()
+        return self
+
+    def __exit__(self, et: Optional[Type[BaseException]], ev: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        if self.held:
+            self.release()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r} {'held' if self.held else 'free'}>"
+
+
+class NativeLock(BaseLock):
     name = "native"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, timeout: Optional[float] = None) -> None:
+        if _native is None:
+            raise RuntimeError(f"the native extension heavylock._native could not be "
+                               f"imported: {_NATIVE_ERROR}")
+        super().__init__(path, timeout)
+        # The C handle releases in its deallocator, so a dropped handle
+        # never keeps the lock.
         self._lock = _native.Lock(path)
-        self.path = path
 
-    def acquire(self, timeout: float | None = None) -> bool:
-        return self._lock.acquire(timeout)
+    def acquire(self, timeout: Optional[float] = None) -> bool:
+        return bool(self._lock.acquire(timeout))
 
     def release(self) -> None:
         self._lock.release()
 
-    def set_label(self, label: str | None) -> None:
+    def set_label(self, label: Optional[str]) -> None:
         self._lock.set_label(label)
 
     @property
     def held(self) -> bool:
-        return self._lock.held
+        return bool(self._lock.held)
 
     def close(self) -> None:
         self._lock.close()
 
 
-class FilelockLock:
+class FilelockLock(BaseLock):
     name = "filelock"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, timeout: Optional[float] = None) -> None:
         import filelock
 
         _check_path(path)
-        self.path = path
-        self._lock = filelock.FileLock(path)
+        super().__init__(path, timeout)
+        # Not thread-local: the handle, not the thread, holds the lock (the
+        # asyncio wrapper acquires in a worker thread and releases in the
+        # loop's).  filelock releases in its own finalizer.
+        self._lock = filelock.FileLock(path, thread_local=False)
         self._timeout_exc = filelock.Timeout
 
-    def acquire(self, timeout: float | None = None) -> bool:
+    def acquire(self, timeout: Optional[float] = None) -> bool:
+        if self.held:
+            raise _already_held(self.path)
         try:
             self._lock.acquire(timeout=-1 if timeout is None or timeout < 0 else timeout,
                                poll_interval=0.005)
@@ -103,37 +279,48 @@ class FilelockLock:
         return True
 
     def release(self) -> None:
+        if not self.held:
+            raise RuntimeError("release of a lock that is not held")
         self._lock.release()
-
-    def set_label(self, label: str | None) -> None:
-        pass  # no holder record: status still names the pid from /proc/locks
 
     @property
     def held(self) -> bool:
-        return self._lock.is_locked
+        return bool(self._lock.is_locked)
 
     def close(self) -> None:
         if self.held:
             self._lock.release(force=True)
 
 
-class FcntlLock:
+def _close_fd(fd: int) -> None:
+    # Close only: closing our descriptor lets the lock go when it is the
+    # last reference to the open file description, and never takes it from
+    # a forked child or parent that shares it (LOCK_UN would).
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+class FcntlLock(BaseLock):
     """``fcntl.flock`` with bounded backoff polling when there is a deadline."""
 
     name = "fcntl"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, timeout: Optional[float] = None) -> None:
         import fcntl
 
         _check_path(path)
-        self._fcntl = fcntl
-        self.path = path
-        self._fd: int | None = None
+        super().__init__(path, timeout)
+        self._fcntl: Any = fcntl
+        self._fd: Optional[int] = None
+        self._pid = os.getpid()
+        self._finalizer: Optional[weakref.finalize[[int], FcntlLock]] = None
 
-    def acquire(self, timeout: float | None = None) -> bool:
+    def acquire(self, timeout: Optional[float] = None) -> bool:
         fcntl = self._fcntl
         if self._fd is not None:
-            raise OSError(errno.EDEADLK, "this handle already holds the lock", self.path)
+            raise _already_held(self.path)
         _check_path(self.path)
         fd = os.open(self.path, _open_flags(), 0o666)
         try:
@@ -157,47 +344,74 @@ class FcntlLock:
             os.close(fd)
             raise
         self._fd = fd
+        self._pid = os.getpid()
+        # A held handle that is garbage collected lets the lock go (#8.6).
+        self._finalizer = weakref.finalize(self, _close_fd, fd)
         return True
 
     def release(self) -> None:
         if self._fd is None:
             raise RuntimeError("release of a lock that is not held")
+        if os.getpid() != self._pid:
+            raise RuntimeError("release in a forked child: the lock belongs to the parent "
+                               "process")
         fd, self._fd = self._fd, None
-        self._fcntl.flock(fd, self._fcntl.LOCK_UN)
-        os.close(fd)
-
-    def set_label(self, label: str | None) -> None:
-        pass
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        try:
+            self._fcntl.flock(fd, self._fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None and os.getpid() == self._pid
 
     def close(self) -> None:
-        if self._fd is not None:
+        if self._fd is None:
+            return
+        if os.getpid() == self._pid:
             self.release()
+        else:  # a forked child drops its reference, the parent keeps the lock
+            fd, self._fd = self._fd, None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            _close_fd(fd)
 
 
-class PidfileLock:
+def _unlink_if_ours(path: str, pid: int) -> None:
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(pid) or os.getpid() != pid:
+                return
+        os.unlink(path)
+    except (OSError, ValueError):
+        pass
+
+
+class PidfileLock(BaseLock):
     """Create-exclusive PID file.  Not crash-safe: a holder killed hard leaves
     the file behind (it is taken over once its pid is gone), and two
     processes can both decide it is stale.  Last resort only."""
 
     name = "pidfile"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, timeout: Optional[float] = None) -> None:
         warnings.warn(
             f"heavylock: using the PID-file lock at {path}: it is NOT crash-safe and NOT "
             "safe across processes; build the native extension or install filelock",
             PidfileWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-        self.path = path + ".pid"
+        super().__init__(path + ".pid", timeout)
         self._held = False
+        self._finalizer: Optional[weakref.finalize[[str, int], PidfileLock]] = None
 
     def _try(self) -> bool:
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(self.path,
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0))
         except FileExistsError:
             try:
                 with open(self.path) as f:
@@ -208,15 +422,18 @@ class PidfileLock:
                     os.unlink(self.path)
                 except FileNotFoundError:
                     pass
-            except (OSError, PermissionError):
+            except OSError:
                 pass
             return False
         with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()}\n")
         self._held = True
+        self._finalizer = weakref.finalize(self, _unlink_if_ours, self.path, os.getpid())
         return True
 
-    def acquire(self, timeout: float | None = None) -> bool:
+    def acquire(self, timeout: Optional[float] = None) -> bool:
+        if self._held:
+            raise _already_held(self.path)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         delay = 0.001
@@ -231,13 +448,13 @@ class PidfileLock:
         if not self._held:
             raise RuntimeError("release of a lock that is not held")
         self._held = False
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-
-    def set_label(self, label: str | None) -> None:
-        pass
 
     @property
     def held(self) -> bool:
@@ -248,8 +465,8 @@ class PidfileLock:
             self.release()
 
 
-_CLASSES = {"native": NativeLock, "filelock": FilelockLock, "fcntl": FcntlLock,
-            "pidfile": PidfileLock}
+_CLASSES: Dict[str, Type[BaseLock]] = {"native": NativeLock, "filelock": FilelockLock,
+                                       "fcntl": FcntlLock, "pidfile": PidfileLock}
 
 
 def available_backend() -> str:
@@ -270,34 +487,58 @@ def available_backend() -> str:
         return "pidfile"
 
 
-def choose_backend(value: str | None, source: str = "HEAVYLOCK_BACKEND") -> str:
+_fallback_said = False
+
+
+def _say_fallback(backend: str) -> None:
+    """Once per process: the extension is missing, and which backend serves."""
+    global _fallback_said
+    if _fallback_said:
+        return
+    _fallback_said = True
+    warnings.warn(f"heavylock: the native extension could not be loaded ({_NATIVE_ERROR}); "
+                  f"using the pure-Python '{backend}' backend (no holder records)",
+                  FallbackWarning, stacklevel=4)
+
+
+def choose_backend(value: Optional[str], source: str = "HEAVYLOCK_BACKEND") -> str:
     """Validate a requested backend name (None/"" = the best available)."""
     if not value:
-        return available_backend()
+        name = available_backend()
+        if _native is None:
+            _say_fallback(name)
+        return name
     name = value.strip().lower()
     if name not in BACKENDS:
         raise ValueError(f"{source}={value!r} is not a lock backend; "
                          f"expected one of {', '.join(BACKENDS)}")
     if name == "native" and _native is None:
         raise ValueError(f"{source}={value!r}: the native extension heavylock._native "
-                         "could not be imported")
+                         f"could not be imported ({_NATIVE_ERROR})")
     return name
 
 
-def open_lock(path: str, backend: str | None = None):
+def open_lock(path: PathArg, backend: Optional[str] = None, *,
+              timeout: Optional[float] = None, label: Optional[str] = None) -> BaseLock:
     """Open a lock handle on ``path`` with ``backend`` (default: the
-    ``HEAVYLOCK_BACKEND`` variable, else the best available)."""
+    ``HEAVYLOCK_BACKEND`` variable, else the best available).  ``timeout``
+    is how long ``with`` waits (None: forever); ``label`` goes into the
+    holder record."""
     if backend is None:
         backend = choose_backend(os.environ.get("HEAVYLOCK_BACKEND"))
-    return _CLASSES[backend](os.fspath(path))
+    lk = _CLASSES[backend](os.fspath(path), timeout)
+    if label is not None:
+        lk.set_label(label)
+    return lk
 
 
-def resolve_path(root: str | None = None) -> tuple[str, str, str]:
+def resolve_path(root: Optional[PathArg] = None) -> Tuple[str, str, str]:
     """Where the lock lives: ``(path, source, why)``; ValueError names a bad
     variable.  The native core decides; this Python twin serves only when
     the extension cannot load."""
     if _native is not None:
-        return _native.resolve_path(None if root is None else os.fspath(root))
+        path, source, why = _native.resolve_path(None if root is None else os.fspath(root))
+        return path, source, why
     v = os.environ.get("HEAVYLOCK_PATH")
     if v is not None:
         if not v:
@@ -319,14 +560,15 @@ def resolve_path(root: str | None = None) -> tuple[str, str, str]:
                              "model file (e.g. a .gguf)")
         return (os.path.join(os.path.dirname(os.path.abspath(v)), LOCK_NAME), "LOCAL_MODEL_PATH",
                 f"LOCAL_MODEL_PATH is set to '{v}': the lock lives next to the model")
-    base = root or "."
+    base = os.fspath(root) if root else "."
     return (os.path.join(os.path.abspath(os.path.join(base, "models")), LOCK_NAME), "default",
             f"neither HEAVYLOCK_PATH nor LOCAL_MODEL_PATH is set: models/{LOCK_NAME} "
             f"under '{base}'")
 
 
-def status(path: str) -> dict:
+def status(path: PathArg) -> Dict[str, Any]:
     """Who holds the lock at ``path`` and who waits (see ``heavylock status``)."""
     if _native is None:
         raise RuntimeError("status needs the native extension heavylock._native")
-    return _native.status(os.fspath(path))
+    return dict(_native.status(os.fspath(path)))
+

@@ -15,7 +15,7 @@ import heavylock
 from heavylock import backends
 from heavylock import _native
 
-from helpers import overlaps, read_intervals
+from helpers import overlaps, read_intervals, wait_for
 
 
 def test_acquire_release_and_record(lockfile):
@@ -81,9 +81,12 @@ def test_gil_released_while_waiting(lockfile):
 
 
 WAIT_FOREVER = """
-import sys
+import signal, sys, threading, time
 from heavylock import _native
 lk = _native.Lock(sys.argv[1])
+if len(sys.argv) > 3:  # the signal goes to another thread: the wait sees no EINTR
+    threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 print("waiting", flush=True)
 try:
     lk.acquire(None if sys.argv[2] == "none" else float(sys.argv[2]))
@@ -93,18 +96,39 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.parametrize("timeout", ["none", "60"])
-def test_ctrl_c_interrupts_a_wait(lockfile, timeout):
-    holder = _native.Lock(str(lockfile))
-    assert holder.acquire()
-    p = subprocess.Popen([sys.executable, "-c", WAIT_FOREVER, str(lockfile), timeout],
+HOLD_UNTIL_STDIN_CLOSES = """
+import sys
+from heavylock import _native
+lk = _native.Lock(sys.argv[1])
+assert lk.acquire(0)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("timeout,where", [("none", "main"), ("60", "main"),
+                                           ("60", "other-thread")])
+def test_ctrl_c_interrupts_a_wait(lockfile, timeout, where):
+    # "other-thread": the kernel hands SIGINT to a thread that is not
+    # waiting, so the wait is never interrupted by EINTR; before the waits
+    # were sliced, Ctrl-C was noticed only when the 60 s ran out.
+    # The holder is a sibling process: a waiter whose parent holds the lock
+    # may be told at once that its wait would never end.
+    lockfile.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_UNTIL_STDIN_CLOSES, str(lockfile)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    p = subprocess.Popen([sys.executable, "-c", WAIT_FOREVER, str(lockfile), timeout]
+                         + ([where] if where != "main" else []),
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "waiting"
-    time.sleep(0.2)
+    wait_for(lambda: any(w["pid"] == p.pid for w in _native.status(str(lockfile))["waiters"]),
+             what="the child to wait")
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=10) == 3
     assert p.stdout.readline().strip() == "interrupted"
-    holder.release()
+    holder.stdin.close()
+    assert holder.wait(10) == 0
 
 
 def test_errors_name_the_path(tmp_path):
@@ -208,3 +232,27 @@ def test_gguf_info_and_memory(tmp_path):
     assert _native.mem_available() > 0
     assert _native.tree_rss(os.getpid()) > 1 << 20
     assert heavylock.available_backend() == "native"
+
+
+def test_library_errors_become_the_right_python_exceptions(tmp_path):
+    # One mapping for every call: -errno -> the OSError subclass for it,
+    # HL_E* codes -> their own kinds, each naming the path.
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError) as exc:
+        _native.Lock(str(tmp_path / "file" / "x.lock"))
+    assert exc.value.filename == str(tmp_path / "file" / "x.lock")
+    with pytest.raises(OSError, match="not a regular file") as exc:
+        _native.Lock(str(tmp_path))
+    assert exc.value.errno == errno.EINVAL and exc.value.filename == str(tmp_path)
+    lk = _native.Lock(str(tmp_path / "l.lock"))
+    with pytest.raises(RuntimeError, match="not held"):
+        lk.release()
+    with pytest.raises(ValueError, match="NaN"):
+        lk.acquire(float("nan"))
+    with pytest.raises(ValueError, match="NUL"):
+        lk.set_label("a\0b")
+    assert lk.acquire(float("inf")) is True  # inf is "forever", not an overflow
+    lk.close()
+    lk.close()  # closing twice is fine
+    with pytest.raises(ValueError, match="closed"):
+        lk.path
