@@ -342,6 +342,13 @@ typedef struct hl_gguf_s {
   char architecture[64];      /* general.architecture, "" if absent            */
   char name[256];             /* general.name, "" if absent                    */
   uint64_t context_length;    /* <arch>.context_length, 0 if absent            */
+  /* For the KV cache estimate; 0 when absent (or per-layer arrays). */
+  uint64_t block_count;       /* <arch>.block_count                            */
+  uint64_t embedding_length;  /* <arch>.embedding_length                       */
+  uint64_t head_count;        /* <arch>.attention.head_count                   */
+  uint64_t head_count_kv;     /* <arch>.attention.head_count_kv (else head_count) */
+  uint64_t key_length;        /* <arch>.attention.key_length                   */
+  uint64_t value_length;      /* <arch>.attention.value_length                 */
 } hl_gguf_t;
 
 /*
@@ -362,10 +369,12 @@ typedef struct hl_gguf_estimate_s {
 /*
  * Expected peak memory of running the model at `path`, from its GGUF
  * header: tensor data, plus an f16 KV cache of
- *   2 (K and V) x block_count x context_length x head_count_kv x head_dim
- *   x 2 bytes, head_dim = embedding_length / head_count,
- * (for the context length `n_ctx`, or the model's own when n_ctx is 0),
- * plus a compute allowance.  Missing attention keys leave the KV cache 0.
+ *   block_count x n_ctx x head_count_kv x (key_length + value_length) x 2 B
+ * (key_length = value_length = embedding_length / head_count when the model
+ * does not say; n_ctx = the model's context_length when 0 is passed), plus
+ * a compute allowance of 64 MiB + 5% of the weights.  It is an estimate for
+ * admission, on the high side (the model's full context); missing attention
+ * keys leave the KV cache 0.
  * 0 or -errno / HL_EFORMAT (as hl_gguf_read).
  */
 int hl_gguf_estimate(const char *path, uint64_t n_ctx, hl_gguf_estimate_t *est);

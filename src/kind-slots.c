@@ -120,11 +120,13 @@ static int ofd_lock(int fd, off_t off, short type, int wait) {
   return -errno; /* -EINTR from a signal passes out */
 }
 
-/* Does another open file description lock byte `off`? */
+/* Does another open file description lock byte `off`?  Asked with a read
+ * lock, which works on a read-only descriptor (status) and conflicts with
+ * the write locks that entries are held by. */
 static int ofd_live(int fd, off_t off) {
   struct flock fl;
   memset(&fl, 0, sizeof(fl));
-  fl.l_type = F_WRLCK;
+  fl.l_type = F_RDLCK;
   fl.l_whence = SEEK_SET;
   fl.l_start = off;
   fl.l_len = 1;
