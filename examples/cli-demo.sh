@@ -6,6 +6,7 @@ HL=${1:-heavylock}
 dir=$(mktemp -d)
 lock=$dir/models/.llm_load.lock
 trap 'rm -rf "$dir"' EXIT
+mkdir -p "$dir/models" # an explicit --lock into a missing directory is refused (66)
 
 echo "== lock path policy (no variables set): "
 (cd "$dir" && "$HL" path)

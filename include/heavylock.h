@@ -66,7 +66,12 @@ extern "C" {
 #define HL_EFORKED    (-30006) /* handle was opened by the parent process   */
 #define HL_ENOTHELD   (-30007) /* release of a lock this handle does not hold */
 #define HL_EFORMAT    (-30008) /* file is not in the expected format (GGUF)  */
-#define HL_ESELF      (-30009) /* held by this process through another
+#define HL_ELOST      (-30009) /* lock file deleted or replaced while held   */
+
+/* Longest lock path accepted (bytes, without the NUL); longer is refused
+ * with -ENAMETOOLONG, never cut (a cut path names another file). */
+#define HL_PATH_MAX 4096
+#define HL_ESELF      (-30010) /* held by this process through another
                                   descriptor, or by its parent: waiting
                                   would never end                          */
 
@@ -83,25 +88,36 @@ typedef struct hl_status_s hl_status_t; /* see "Holder records and status" */
 
 /*
  * Open a handle on the lock at `path`.  Creates the file (mode 0666 & ~umask)
- * and its missing parent directories.  Refuses a symbolic link (HL_ESYMLINK)
- * and anything that is not a regular file (HL_ENOTREG), without opening,
- * truncating or following it.  When the file exists but cannot be opened for
+ * and its missing parent directories.  Refuses a symbolic link as the last
+ * component (HL_ESYMLINK) and anything that is not a regular file
+ * (HL_ENOTREG), without opening, truncating or following it.  Symbolic links
+ * in the *directories* above it are followed, as flock(1) and filelock do
+ * (a models/ directory that links to a big disk is common); the lock is then
+ * the file the resolved path names.  A path of HL_PATH_MAX bytes or more is
+ * -ENAMETOOLONG.  When the file exists but cannot be opened for
  * writing (read-only directory or file), it is opened read-only: locking
  * works, only the holder record is not written.
+ *
+ * A lock file that is neither empty nor a holder record (another tool's
+ * file, or a model named by mistake) is locked but never truncated or
+ * written: hl_lock_flags() reports HL_FLAG_OTHER_CONTENT.
  * On failure *lockp is NULL and nothing was created except, possibly, parent
  * directories.
  */
 int hl_lock_open(hl_lock_t **lockp, const char *path);
 
 /*
- * Take the lock (see "Timeouts").  Returns 0, HL_EBUSY, HL_ETIMEDOUT,
+ * Take the lock (see "Timeouts": +infinity waits forever like -1, NaN is
+ * -EINVAL, timeouts above 1e9 s are clamped).  Returns 0, HL_EBUSY, HL_ETIMEDOUT,
  * -EINTR (a signal arrived while waiting: nothing is held; call again with
  * what is left of the timeout), -EDEADLK (this thread already holds, or is
  * waiting for, the same lock file through this or another handle: waiting
  * would never end), HL_EFORKED (handle belongs to the parent), or -errno.
  * After winning, it checks that the path still names the file it locked (a
- * tool may have deleted or replaced it) and starts over if not; then it
- * writes the holder record.
+ * tool may have deleted or replaced it) and starts over if not.  On Linux it
+ * also checks the kernel's lock table for a holder that still holds a
+ * deleted or replaced file that had this path, and waits for that holder
+ * (HL_EBUSY on a try-once).  Then it writes the holder record.
  */
 int hl_lock_acquire(hl_lock_t *lock, double timeout);
 
@@ -109,7 +125,10 @@ int hl_lock_acquire(hl_lock_t *lock, double timeout);
  * Release the lock: clears the holder record, unlocks and closes the file
  * (the close is what wakes waiters that use inotify).  Returns 0,
  * HL_ENOTHELD, or HL_EFORKED when called in a forked child: a child never
- * releases its parent's lock.
+ * releases its parent's lock.  If the path no longer names the file that was
+ * held (deleted or replaced meanwhile), it still releases and returns 0, and
+ * sets HL_FLAG_LOST for the caller to warn about: the lock did not exclude
+ * newcomers that came after the change.
  */
 int hl_lock_release(hl_lock_t *lock);
 
@@ -119,7 +138,10 @@ void hl_lock_close(hl_lock_t *lock);
 /*
  * Free-text label stored in the holder record (e.g. a pytest node id); at
  * most HL_LABEL_MAX-1 bytes are kept.  When the lock is held, the record is
- * rewritten at once.  NULL clears it.
+ * rewritten at once.  NULL clears it.  A label cut to fit is cut at a UTF-8
+ * character boundary; control bytes become spaces and bytes that are not
+ * UTF-8 become '?' (records are always valid UTF-8).  Returns 0, or HL_ELOST
+ * when held and the path no longer names the held file (HL_FLAG_LOST).
  */
 int hl_lock_set_label(hl_lock_t *lock, const char *label);
 
@@ -177,6 +199,11 @@ int hl_lock_set_wait_callback(hl_lock_t *lock, hl_wait_cb cb, void *arg,
 /* The kind that serves the handle now: "flock", "slots", "pg". */
 const char *hl_lock_kind(const hl_lock_t *lock);
 
+/* What happened to the current (or last) hold, as a set of flags: */
+#define HL_FLAG_OTHER_CONTENT 1 /* the file has other content: no record written */
+#define HL_FLAG_LOST 2          /* the file was deleted or replaced while held   */
+int hl_lock_flags(const hl_lock_t *lock);
+
 int hl_lock_held(const hl_lock_t *lock);          /* 1 when this handle holds it */
 const char *hl_lock_path(const hl_lock_t *lock);  /* as given to hl_lock_open   */
 /* The descriptor while held, else -1 (for passing the lock to a child). */
@@ -210,6 +237,8 @@ typedef struct hl_record_s {
  * symlink and without blocking on a FIFO.  Returns 0 when a well-formed record
  * was found, -ENOENT when the file is missing, HL_EFORMAT when the file is
  * empty or holds something else (another tool wrote it), or -errno.
+ * Whatever the file holds, the string fields come back as valid UTF-8
+ * without control bytes (others become '?') and `acquired` is finite.
  */
 int hl_record_read(const char *path, hl_record_t *rec);
 
@@ -249,6 +278,9 @@ struct hl_status_s {
   int nwaiters;
   hl_waiter_t waiters[HL_MAX_WAITERS];
   const char *method;         /* "proc-locks" or "probe"                      */
+  int other_content;          /* the file holds something that is not a record */
+  int deleted_file;           /* the holder holds a deleted or replaced file
+                                 that had this path (Linux)                   */
   /* Slots and memory (kind.h).  For an exclusive lock held by one process
    * nholders is 1 and holders[0] repeats holder_pid/record. */
   const char *kind;           /* "flock", "slots", "pg"                       */
@@ -265,7 +297,9 @@ struct hl_status_s {
  * table (/proc/locks) is the truth: it names the holder's pid even when the
  * holder is flock(1) or filelock and wrote no record, and lists blocked
  * waiters; waiters that watch the file with inotify (heavylock's timed waits)
- * are found in /proc/PID/fdinfo.  Elsewhere a shared try-lock probes whether
+ * are found in /proc/PID/fdinfo.  When the process that took the lock has
+ * died and a child it passed the descriptor to holds it (heavylock run),
+ * holder_pid names that child.  Elsewhere a shared try-lock probes whether
  * the lock is held.  Never creates or modifies the file.  A missing file is
  * "free".  Returns 0 or -errno.
  */

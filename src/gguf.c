@@ -106,12 +106,13 @@ static uint64_t rd_value(rd_t *r, uint32_t t, int depth) {
 
 int hl_gguf_read(const char *path, hl_gguf_t *info) {
   memset(info, 0, sizeof(*info));
-  FILE *f = fopen(path, "rb");
-  if (f == NULL)
-    return -errno;
+  FILE *f;
+  int rc = hl__os_fopen_regular(path, &f); /* a FIFO must not hang us */
+  if (rc < 0)
+    return rc;
   rd_t r = {f, 0};
   char magic[4];
-  int rc = HL_EFORMAT;
+  rc = HL_EFORMAT;
   if (!rd(&r, magic, 4) || memcmp(magic, "GGUF", 4) != 0)
     goto out;
   info->version = rd_u32(&r);

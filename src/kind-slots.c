@@ -623,7 +623,7 @@ static int slots_relabel(void *state, const hl__ask_t *ask) {
 
 static int slots_identity(void *state, uint64_t id[2]) {
   slots_state_t *ss = state;
-  if (ss->fd < 0)
+  if (ss->id.dev == 0 && ss->id.ino == 0)
     return -EBADF;
   id[0] = ss->id.dev;
   id[1] = ss->id.ino;

@@ -144,6 +144,10 @@ typedef struct hl__kind_s {
   /* Free the state.  `owner` is 1 in the process that opened it (release
    * first if held), 0 in a forked child (close descriptors only). */
   void (*close)(void *state, int owner);
+
+  /* Optional (NULL = 0): HL_FLAG_* of the current or last hold, for
+   * hl_lock_flags (e.g. HL_FLAG_LOST: the lock went away while held). */
+  int (*flags)(void *state);
 } hl__kind_t;
 
 /* The kinds.  kind.c lists them for the registry; the build defines

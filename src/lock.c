@@ -41,11 +41,19 @@ typedef struct flock_state_s {
   hl__watch_t *watch;     /* for timed waits; kept until close (see os.h) */
   int watching;           /* the watch is armed for this wait            */
   int poll_ms;            /* backoff when there is no watch              */
+  int flags;              /* HL_FLAG_* of the current or last hold       */
   hl_record_t self;       /* this process's identity, read once per pid   */
 } flock_state_t;
 
 /* Without a watch, poll with backoff from 1 ms up to this. */
 #define POLL_MAX_MS 50
+/* Longer timeouts are clamped to this (about 31 years): the arithmetic on
+ * deadlines stays exact, and "forever" is spelled -1 or infinity. */
+#define TIMEOUT_MAX 1e9
+/* The first line of every holder record: a file that starts otherwise is
+ * not ours to write. */
+#define RECORD_MAGIC "heavylock-holder 1\n"
+#define RECORD_MAGIC_LEN 19
 
 const char *hl_version(void) { return HL_VERSION_STRING; }
 
@@ -60,6 +68,7 @@ const char *hl_strerror(int err) {
   case HL_EFORKED: return "lock handle belongs to the parent process";
   case HL_ENOTHELD: return "lock is not held by this handle";
   case HL_EFORMAT: return "file is not in the expected format";
+  case HL_ELOST: return "lock file was deleted or replaced while held";
   case HL_ESELF:
     return "held by this process through another descriptor, or by its parent: "
            "waiting would never end";
@@ -151,6 +160,8 @@ int hl_lock_open(hl_lock_t **lockp, const char *target) {
   *lockp = NULL;
   if (target == NULL || target[0] == '\0')
     return -EINVAL;
+  if (strlen(target) >= HL_PATH_MAX)
+    return -ENAMETOOLONG; /* never cut: a cut path names another file */
   hl_lock_t *lk = calloc(1, sizeof(*lk));
   if (lk == NULL)
     return -ENOMEM;
@@ -314,6 +325,8 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
     return -EDEADLK;
   if (isnan(timeout))
     return -EINVAL;
+  if (timeout > TIMEOUT_MAX && !isinf(timeout))
+    timeout = TIMEOUT_MAX;
   const hl__kind_t *k = lk->kind;
   int forever = timeout < 0 || isinf(timeout);
   double start = hl__os_monotonic();
@@ -381,10 +394,16 @@ void hl_lock_close(hl_lock_t *lk) {
 }
 
 int hl_lock_set_label(hl_lock_t *lk, const char *label) {
+  /* Cut at a character boundary, never inside a UTF-8 sequence. */
   snprintf(lk->ask.label, sizeof(lk->ask.label), "%s", label ? label : "");
+  hl__utf8_clean(lk->ask.label, ' ');
   if (lk->held && lk->owner_pid == hl__os_getpid())
-    (void)lk->kind->relabel(lk->state, &lk->ask);
+    return lk->kind->relabel(lk->state, &lk->ask);
   return 0;
+}
+
+int hl_lock_flags(const hl_lock_t *lk) {
+  return lk->kind->flags ? lk->kind->flags(lk->state) : 0;
 }
 
 int hl_lock_held(const hl_lock_t *lk) { return lk->held; }
@@ -431,15 +450,15 @@ static int flock_open(const char *path, void **statep) {
   return 0;
 }
 
-/* Make `s` fit on one record line. */
+/* Make `s` fit on one record line, as valid UTF-8: control bytes become
+ * spaces, bytes that are not UTF-8 become '?', and a sequence cut at the end
+ * of the buffer is dropped (status readers decode records strictly). */
 static void one_line(char *s) {
-  for (; *s; s++)
-    if ((unsigned char)*s < 0x20 || *s == 0x7f)
-      *s = ' ';
+  hl__utf8_clean(s, ' ');
 }
 
 static void write_record(flock_state_t *lk, const hl__ask_t *ask) {
-  if (lk->readonly)
+  if (lk->readonly || (lk->flags & HL_FLAG_OTHER_CONTENT))
     return;
   /* Reading /proc for our identity is done once (per pid: a forked child
    * that acquires has its own), not on every handoff. */
@@ -489,6 +508,65 @@ static int flock_still_ours(flock_state_t *fs) {
   return 0;
 }
 
+/* The path names our file; but if an older holder still holds the file that
+ * had this path before it was deleted or replaced, the two of us would run
+ * at once.  The kernel still knows it (see os.h).  1 = such a holder runs:
+ * let go (done here) and wait for it. */
+static int flock_ghost(flock_state_t *fs) {
+  long ghost = 0;
+  if (hl__os_ghost_holder(fs->path, &fs->id, &ghost) <= 0)
+    return 0;
+  hl__os_unlock(fs->fd);
+  flock_drop_fd(fs);
+  return 1;
+}
+
+/* A lock file that is neither empty nor a holder record belongs to someone
+ * else: HEAVYLOCK_PATH=model.gguf is an easy slip, and flock(1) and filelock
+ * leave such a file alone.  Lock it, but never truncate or write it.  Read
+ * through the locked descriptor, so what is judged is what would be written. */
+static int other_content(flock_state_t *fs) {
+  char head[RECORD_MAGIC_LEN];
+  long n = hl__os_read_fd(fs->fd, head, sizeof(head));
+  if (n == 0)
+    return 0;
+  return n != RECORD_MAGIC_LEN || memcmp(head, RECORD_MAGIC, RECORD_MAGIC_LEN) != 0;
+}
+
+/* Does the path still name the file this handle holds?  If not, someone
+ * deleted or replaced it while we held it, and newcomers may lock the new
+ * file: the holder is told (HL_FLAG_LOST), since it is the one to warn. */
+static int check_lost(flock_state_t *fs) {
+  hl__fileid_t now;
+  if (hl__os_fileid_path(fs->path, &now) == 0 && same_file(&now, &fs->id))
+    return 0;
+  fs->flags |= HL_FLAG_LOST;
+  return HL_ELOST;
+}
+
+/* Won: the record, unless the file is someone else's. */
+static void flock_won(flock_state_t *fs, const hl__ask_t *ask) {
+  fs->held = 1;
+  fs->flags = (!fs->readonly && other_content(fs)) ? HL_FLAG_OTHER_CONTENT : 0;
+  write_record(fs, ask);
+}
+
+/* Wait, polling, until no holder of a deleted/replaced file with our path is
+ * left (its release sends no event on the new file).  -EINTR passes out. */
+static int wait_ghost(flock_state_t *fs) {
+  int poll_ms = 1;
+  for (;;) {
+    long pid = 0;
+    if (hl__os_ghost_holder(fs->path, NULL, &pid) <= 0)
+      return 0;
+    int rc = hl__os_sleep_ms(poll_ms);
+    if (rc == -EINTR)
+      return rc;
+    if (poll_ms < POLL_MAX_MS)
+      poll_ms *= 2;
+  }
+}
+
 static int flock_ensure_open(flock_state_t *fs) {
   if (fs->fd >= 0)
     return 0;
@@ -522,11 +600,17 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
     if (rc < 0)
       return rc; /* HL_EBUSY or an error; the descriptor stays for the wait */
     if (flock_still_ours(fs)) {
-      fs->held = 1;
+      if (flock_ghost(fs)) {
+        /* The ghost's release sends no event on our file: poll for it. */
+        fs->watching = 0;
+        if (fs->poll_ms == 0)
+          fs->poll_ms = 1;
+        return HL_EBUSY;
+      }
       if (fs->watching)
         hl__os_watch_disarm(fs->watch);
       fs->watching = 0;
-      write_record(fs, ask);
+      flock_won(fs, ask);
       return 0;
     }
   }
@@ -555,8 +639,12 @@ static int flock_blocking(void *state, const hl__ask_t *ask) {
     if ((rc = hl__os_lock_wait(fs->fd)) < 0)
       return rc;
     if (flock_still_ours(fs)) {
-      fs->held = 1;
-      write_record(fs, ask);
+      if (flock_ghost(fs)) {
+        if ((rc = wait_ghost(fs)) < 0)
+          return rc;
+        continue;
+      }
+      flock_won(fs, ask);
       return 0;
     }
   }
@@ -574,7 +662,8 @@ static void flock_cancel(void *state) {
 
 static int flock_release(void *state) {
   flock_state_t *fs = state;
-  if (!fs->readonly)
+  (void)check_lost(fs); /* the caller reads HL_FLAG_LOST and warns */
+  if (!fs->readonly && !(fs->flags & (HL_FLAG_OTHER_CONTENT | HL_FLAG_LOST)))
     (void)hl__os_write_all(fs->fd, "", 0); /* clear our record while we hold it */
   int rc = hl__os_unlock(fs->fd);
   /* The close is what wakes waiters that use inotify. */
@@ -585,14 +674,18 @@ static int flock_release(void *state) {
 }
 
 static int flock_relabel(void *state, const hl__ask_t *ask) {
+  if (check_lost(state) < 0)
+    return HL_ELOST;
   write_record(state, ask);
   return 0;
 }
 
+static int flock_flags(void *state) { return ((flock_state_t *)state)->flags; }
+
 static int flock_identity(void *state, uint64_t id[2]) {
   flock_state_t *fs = state;
-  if (fs->fd < 0)
-    return -EBADF;
+  if (fs->id.dev == 0 && fs->id.ino == 0)
+    return -EBADF; /* never opened (the last file's id stays valid) */
   id[0] = fs->id.dev;
   id[1] = fs->id.ino;
   return 0;
@@ -629,6 +722,7 @@ const hl__kind_t hl__kind_flock = {
     .fd = flock_fd,
     .status = flock_status,
     .close = flock_close,
+    .flags = flock_flags,
 };
 
 /* ---- records ---- */
@@ -681,15 +775,31 @@ int hl_record_read(const char *path, hl_record_t *rec) {
       break;
     line = end + 1;
   }
+  /* A record is text from whoever could write the file: make every field
+   * safe to show and to decode (valid UTF-8, no control bytes, a cut
+   * sequence at the field's end dropped) and every number finite. */
+  hl__utf8_clean(rec->host, '?');
+  hl__utf8_clean(rec->boot_id, '?');
+  hl__utf8_clean(rec->label, '?');
+  hl__utf8_clean(rec->cmd, '?');
+  if (!isfinite(rec->acquired))
+    rec->acquired = 0;
   return have_pid ? 0 : HL_EFORMAT;
 }
 
 /* The flock kind's status; also the first half of the slots kind's. */
 int hl__flock_status(const char *path, hl_status_t *st, int flags) {
   hl__fileid_t id;
+  long ghost = 0;
   int rc = hl__os_fileid_path(path, &id);
-  if (rc == -ENOENT)
-    return 0; /* no file, nobody can hold it */
+  if (rc == -ENOENT) {
+    /* No file; but a holder may still hold the one that was deleted. */
+    if (hl__os_ghost_holder(path, NULL, &ghost) > 0) {
+      st->held = 1, st->holder_pid = ghost, st->deleted_file = 1;
+      st->method = "proc-locks";
+    }
+    return 0;
+  }
   if (rc < 0)
     return rc;
   st->method = "proc-locks";
@@ -703,6 +813,12 @@ int hl__flock_status(const char *path, hl_status_t *st, int flags) {
   } else if (rc < 0) {
     return rc;
   }
+  if (!st->held && hl__os_ghost_holder(path, &id, &ghost) > 0) {
+    /* The file at the path is free, but the lock was deleted or replaced
+     * under a holder that still runs: newcomers wait for it (lock.c). */
+    st->held = 1, st->holder_pid = ghost, st->deleted_file = 1;
+    return 0;
+  }
 
   if (st->held && st->holder_pid) {
     st->holders[0].pid = st->holder_pid;
@@ -711,17 +827,26 @@ int hl__flock_status(const char *path, hl_status_t *st, int flags) {
     st->nholders = 1;
   }
   hl_record_t rec;
-  if (hl_record_read(path, &rec) != 0)
+  rc = hl_record_read(path, &rec);
+  if (rc == HL_EFORMAT) {
+    char head[1];
+    st->other_content = hl__os_read_head(path, head, 1) > 0;
+  }
+  if (rc != 0)
     return 0;
+  st->other_content = 0;
   /* Trust the record only if the kernel agrees on who holds the lock and the
-   * process is the one that wrote it (same pid, same start time). */
+   * process is the one that wrote it: same pid and same start time.  A
+   * record without a start time is not trusted where start times are known
+   * (anyone who can write the file could name the holder's pid). */
+  unsigned long long real_start = hl__os_proc_start(rec.pid);
   int live = st->held && hl__os_proc_alive(rec.pid) &&
              (st->holder_pid == 0 || st->holder_pid == rec.pid) &&
-             (rec.start == 0 || rec.start == hl__os_proc_start(rec.pid));
+             (real_start == 0 || rec.start == real_start);
   if (live) {
     st->has_record = 1;
     st->record = rec;
-    st->held_for = hl__os_wallclock() - rec.acquired;
+    st->held_for = rec.acquired > 0 ? hl__os_wallclock() - rec.acquired : -1;
     if (st->holder_pid == 0)
       st->holder_pid = rec.pid;
     hl_holder_t *h = &st->holders[0];
@@ -729,6 +854,7 @@ int hl__flock_status(const char *path, hl_status_t *st, int flags) {
     h->exclusive = 1;
     h->held_for = st->held_for;
     snprintf(h->host, sizeof(h->host), "%.63s", rec.host);
+    hl__utf8_clean(h->host, '?');
     snprintf(h->label, sizeof(h->label), "%s", rec.label);
     st->nholders = 1;
   } else {
@@ -763,5 +889,6 @@ int hl_holder_describe(const hl_status_t *st, char *buf, size_t len) {
     n += (size_t)snprintf(buf + n, len - n, " (%s)", what);
   if (n < len && st->held_for >= 0)
     snprintf(buf + n, len - n, " for %.0f s", st->held_for);
+  hl__utf8_clean(buf, ' '); /* a cut above may have split a character */
   return 1;
 }

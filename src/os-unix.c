@@ -60,12 +60,16 @@ static struct {
     {"pwrite", (hl__sysfn)pwrite, (hl__sysfn)pwrite},
     {"ftruncate", (hl__sysfn)ftruncate, (hl__sysfn)ftruncate},
     {"fstat", (hl__sysfn)fstat, (hl__sysfn)fstat},
+#ifdef __linux__
+    {"inotify_init1", (hl__sysfn)inotify_init1, (hl__sysfn)inotify_init1},
+#endif
 };
 #define sys_open ((int (*)(const char *, int, ...))syscalls[0].cur)
 #define sys_flock ((int (*)(int, int))syscalls[1].cur)
 #define sys_pwrite ((ssize_t(*)(int, const void *, size_t, off_t))syscalls[2].cur)
 #define sys_ftruncate ((int (*)(int, off_t))syscalls[3].cur)
 #define sys_fstat ((int (*)(int, struct stat *))syscalls[4].cur)
+#define sys_inotify_init1 ((int (*)(int))syscalls[5].cur)
 
 int hl__os_set_syscall(const char *name, void (*fn)(void)) {
   for (size_t i = 0; i < sizeof(syscalls) / sizeof(syscalls[0]); i++) {
@@ -236,7 +240,7 @@ hl__watch_t *hl__os_watch_open(void) {
   hl__watch_t *w = malloc(sizeof(*w));
   if (w == NULL)
     return NULL;
-  w->fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+  w->fd = sys_inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
   w->wd = -1;
   if (w->fd < 0) {
     free(w);
@@ -322,6 +326,42 @@ int hl__os_write_all(intptr_t fd, const char *buf, size_t len) {
   return 0;
 }
 
+long hl__os_read_fd(intptr_t fd, char *buf, size_t len) {
+  size_t off = 0;
+  while (off < len) {
+    ssize_t n = pread((int)fd, buf + off, len - off, (off_t)off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return -errno;
+    if (n == 0)
+      break;
+    off += (size_t)n;
+  }
+  return (long)off;
+}
+
+int hl__os_fopen_regular(const char *path, FILE **out) {
+  *out = NULL;
+  int fd = robust_open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0);
+  if (fd < 0)
+    return fd;
+  struct stat st;
+  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return HL_ENOTREG;
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  FILE *f = fdopen(fd, "rb");
+  if (f == NULL) {
+    int rc = -errno;
+    close(fd);
+    return rc;
+  }
+  *out = f;
+  return 0;
+}
+
 long hl__os_read_head(const char *path, char *buf, size_t len) {
   int fd = robust_open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK, 0);
   if (fd == -ELOOP)
@@ -349,6 +389,8 @@ long hl__os_read_head(const char *path, char *buf, size_t len) {
 /* ---- clocks, identity, registry ---- */
 
 int hl__os_sleep_ms(int ms) {
+  if (ms < 0)
+    ms = 0; /* nanosleep refuses a negative time (EINVAL): never spin on it */
   struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
   return nanosleep(&ts, NULL) < 0 ? -errno : 0;
 }

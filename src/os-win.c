@@ -239,6 +239,28 @@ int hl__os_write_all(intptr_t fd, const char *buf, size_t len) {
   return 0;
 }
 
+long hl__os_read_fd(intptr_t fd, char *buf, size_t len) {
+  OVERLAPPED at; /* offset 0, without moving anyone's file pointer */
+  memset(&at, 0, sizeof(at));
+  DWORD n = 0;
+  if (!ReadFile((HANDLE)fd, buf, (DWORD)len, &n, &at))
+    return GetLastError() == ERROR_HANDLE_EOF ? 0 : map_error(GetLastError());
+  return (long)n;
+}
+
+int hl__os_fopen_regular(const char *path, FILE **out) {
+  *out = NULL;
+  int kind = hl__os_path_kind(path);
+  if (kind < 0)
+    return kind;
+  if (kind == 0)
+    return -ENOENT;
+  if (kind != 1)
+    return HL_ENOTREG;
+  *out = fopen(path, "rb");
+  return *out ? 0 : -errno;
+}
+
 long hl__os_read_head(const char *path, char *buf, size_t len) {
   HANDLE h;
   int rc = open_existing(path, GENERIC_READ, &h);

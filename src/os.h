@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 typedef struct hl__fileid_s {
   uint64_t dev;
@@ -48,6 +49,9 @@ int hl__os_watch_wait(hl__watch_t *w, int ms);
  * milliseconds), so a handle keeps its watch until hl_lock_close. */
 void hl__os_watch_close(hl__watch_t *w);
 
+/* Read at most `len` bytes from offset 0 of an open file; bytes or -errno. */
+long hl__os_read_fd(intptr_t fd, char *buf, size_t len);
+
 /* Replace the file's contents (the caller holds the lock). */
 int hl__os_write_all(intptr_t fd, const char *buf, size_t len);
 
@@ -72,12 +76,32 @@ int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick);
 /* quick: holders only, skip the slow scan of /proc for inotify waiters. */
 /* Parent of `pid`, 0 when unknown. */
 long hl__os_parent_pid(long pid);
+/* Lock file deleted or replaced under its holder.  A holder keeps its flock
+ * on the old inode, which no path names any more, so a newcomer that opens
+ * the path gets a fresh inode and "wins": two holders.  The kernel still
+ * lists the old lock (/proc/locks), and the holder's descriptor reads as
+ * "PATH (deleted)" (/proc/PID/fd).  Returns 1 and the holder's pid when a
+ * live flock is held on a deleted file that had `path` (other than `cur`,
+ * which may be NULL), 0 when none is, or where this cannot be known.  It
+ * runs on every acquisition, so it looks only at the descriptors of the
+ * process that took each lock (tens of microseconds). */
+int hl__os_ghost_holder(const char *path, const hl__fileid_t *cur, long *pid);
+
 /* Fallback: does a shared try-lock fail?  1 held, 0 free, -errno. */
 int hl__os_probe_held(const char *path);
 
 /* Read at most `len` bytes from the start of the file, no symlink follow, no
  * FIFO block.  Returns bytes read or -errno (HL_ESYMLINK, HL_ENOTREG). */
 long hl__os_read_head(const char *path, char *buf, size_t len);
+
+/* Open a file for reading only if it is a regular file (a FIFO must not
+ * block us: it is opened non-blocking and refused).  0, HL_ENOTREG, -errno. */
+int hl__os_fopen_regular(const char *path, FILE **f);
+
+/* Make `s` valid UTF-8 in place: control characters (C0, DEL, C1) become
+ * `ctl`, bytes that are not UTF-8 become '?', and a sequence cut short at
+ * the end is dropped.  Never lengthens the string. */
+void hl__utf8_clean(char *s, char ctl);
 
 /* What is at `path` (following symlinks): 0 nothing, 1 regular file,
  * 2 directory, 3 something else; -errno when it cannot be told. */

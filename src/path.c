@@ -45,7 +45,13 @@ int hl_path_resolve(const char *root, hl_path_t *out) {
       return fail(out, "HEAVYLOCK_PATH",
                   "%s='%s' is a directory; name the lock file itself, e.g. %s/" LOCK_NAME, v, v);
     out->source = "HEAVYLOCK_PATH";
-    if ((rc = hl__os_abspath(v, out->path, sizeof(out->path))) < 0)
+    if ((rc = hl__os_abspath(v, out->path, sizeof(out->path))) == -ENAMETOOLONG) {
+      char n[32];
+      snprintf(n, sizeof(n), "%zu", strlen(v));
+      return fail(out, "HEAVYLOCK_PATH",
+                  "%s is %s bytes long (as an absolute path it must stay under 4096)%s", n, "");
+    }
+    if (rc < 0)
       return rc;
     snprintf(out->why, sizeof(out->why), "HEAVYLOCK_PATH is set to '%s'", v);
     return 0;
@@ -66,7 +72,13 @@ int hl_path_resolve(const char *root, hl_path_t *out) {
       return fail(out, "LOCAL_MODEL_PATH",
                   "%s='%s' is a directory; it must name the model file (e.g. a .gguf)%s", v, "");
     char dir[sizeof(out->path)];
-    if ((rc = hl__os_abspath(v, dir, sizeof(dir))) < 0)
+    if ((rc = hl__os_abspath(v, dir, sizeof(dir))) == -ENAMETOOLONG) {
+      char n[32];
+      snprintf(n, sizeof(n), "%zu", strlen(v));
+      return fail(out, "LOCAL_MODEL_PATH",
+                  "%s is %s bytes long (as an absolute path it must stay under 4096)%s", n, "");
+    }
+    if (rc < 0)
       return rc;
     char *slash = strrchr(dir, HL__SEP);
     if (slash == dir)

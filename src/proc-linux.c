@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -60,9 +61,12 @@ int hl_proc_cmdline(long pid, char *buf, size_t len) {
   while (n > 0 && buf[n - 1] == '\0')
     n--;
   for (long i = 0; i < n; i++)
-    if (buf[i] == '\0' || (unsigned char)buf[i] < 0x20)
+    if (buf[i] == '\0')
       buf[i] = ' ';
   buf[n] = '\0';
+  /* Arguments are whatever bytes a program was given: show them as valid
+   * UTF-8 without control characters, like every other field we print. */
+  hl__utf8_clean(buf, ' ');
   return 0;
 }
 
@@ -144,43 +148,191 @@ long hl__os_parent_pid(long pid) {
   return ppid;
 }
 
+/* One lock line, as in /proc/locks or after "lock:" in fdinfo. */
+typedef struct {
+  int blocked;
+  long pid;
+  unsigned maj, min;
+  unsigned long long ino;
+} lock_line_t;
+
+/* Parse "1: FLOCK  ADVISORY  WRITE 4301 fe:00:2148681 0 EOF"; 1 when it is
+ * a FLOCK line. */
+static int parse_lock_line(const char *line, lock_line_t *l) {
+  const char *p = strchr(line, ':');
+  if (p == NULL)
+    return 0;
+  p++;
+  while (*p == ' ')
+    p++;
+  l->blocked = 0;
+  if (strncmp(p, "->", 2) == 0) {
+    l->blocked = 1;
+    p += 2;
+  }
+  char type[16], adv[16], mode[16];
+  if (sscanf(p, "%15s %15s %15s %ld %x:%x:%llu", type, adv, mode, &l->pid, &l->maj, &l->min,
+             &l->ino) != 7)
+    return 0;
+  return strcmp(type, "FLOCK") == 0;
+}
+
+/* Does descriptor `fd` of `pid` hold a flock on (maj:min, ino)?  Its fdinfo
+ * lists the locks that belong to that open file ("lock:" lines; a blocked
+ * waiter has none).  With `link`, the descriptor must also point at that
+ * path, which is checked first (one readlink, no fdinfo read). */
+static int fd_holds(long pid, const char *fd, const lock_line_t *want, const char *link) {
+  char path[320], info[4096];
+  if (link) {
+    char target[HL_PATH_MAX + 16];
+    snprintf(path, sizeof(path), "/proc/%ld/fd/%s", pid, fd);
+    ssize_t n = readlink(path, target, sizeof(target) - 1);
+    if (n <= 0)
+      return 0;
+    target[n] = '\0';
+    if (strcmp(target, link) != 0)
+      return 0;
+  }
+  snprintf(path, sizeof(path), "/proc/%ld/fdinfo/%s", pid, fd);
+  if (read_small(path, info, sizeof(info)) <= 0)
+    return 0;
+  for (char *p = strstr(info, "lock:"); p; p = strstr(p + 5, "lock:")) {
+    lock_line_t l;
+    if (parse_lock_line(p + 5, &l) && !l.blocked && l.maj == want->maj && l.min == want->min &&
+        l.ino == want->ino)
+      return 1;
+  }
+  return 0;
+}
+
+/* The process that holds the flock `want` through one of its descriptors
+ * (pointing at `link`, when given), or 0.  /proc/locks names the process
+ * that *took* the lock; when it has died and a child inherited the
+ * descriptor (heavylock run, flock(1)), the child is found by scanning
+ * every process, but only when `scan_all`: that costs milliseconds. */
+static long lock_owner(const lock_line_t *want, const char *link, int scan_all) {
+  DIR *proc = NULL;
+  long pid = want->pid;
+  struct dirent *de = NULL;
+  for (;;) {
+    char dpath[64];
+    snprintf(dpath, sizeof(dpath), "/proc/%ld/fd", pid);
+    DIR *fds = opendir(dpath);
+    if (fds != NULL) {
+      struct dirent *fe;
+      while ((fe = readdir(fds)) != NULL) {
+        if (fe->d_name[0] != '.' && fd_holds(pid, fe->d_name, want, link)) {
+          closedir(fds);
+          if (proc)
+            closedir(proc);
+          return pid;
+        }
+      }
+      closedir(fds);
+    }
+    if (!scan_all)
+      return 0;
+    if (proc == NULL && (proc = opendir("/proc")) == NULL)
+      return 0;
+    do
+      de = readdir(proc);
+    while (de && (!isdigit((unsigned char)de->d_name[0]) ||
+                  strtol(de->d_name, NULL, 10) == want->pid));
+    if (de == NULL) {
+      closedir(proc);
+      return 0;
+    }
+    pid = strtol(de->d_name, NULL, 10);
+  }
+}
+
 int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick) {
   FILE *f = fopen("/proc/locks", "re");
   if (f == NULL)
     return -ENOSYS;
   char line[512];
+  lock_line_t l, held = {0};
   unsigned want_major = major((dev_t)id->dev), want_minor = minor((dev_t)id->dev);
   while (fgets(line, sizeof(line), f)) {
-    char *p = strchr(line, ':');
-    if (p == NULL)
+    if (!parse_lock_line(line, &l))
       continue;
-    p++;
-    int blocked = 0;
-    char type[16], adv[16], mode[16];
-    long pid;
-    unsigned maj, min;
-    unsigned long long ino;
-    while (*p == ' ')
-      p++;
-    if (strncmp(p, "->", 2) == 0) {
-      blocked = 1;
-      p += 2;
-    }
-    if (sscanf(p, "%15s %15s %15s %ld %x:%x:%llu", type, adv, mode, &pid, &maj, &min, &ino) != 7)
+    if (l.maj != want_major || l.min != want_minor || l.ino != id->ino)
       continue;
-    if (strcmp(type, "FLOCK") != 0 || maj != want_major || min != want_minor || ino != id->ino)
-      continue;
-    if (blocked) {
-      add_waiter(st, pid, 'b');
+    if (l.blocked) {
+      add_waiter(st, l.pid, 'b');
     } else {
       st->held = 1;
       if (st->holder_pid == 0)
-        st->holder_pid = pid;
+        st->holder_pid = l.pid, held = l;
     }
   }
   fclose(f);
+  if (st->held && !hl__os_proc_alive(st->holder_pid)) {
+    long owner = lock_owner(&held, NULL, 1);
+    if (owner)
+      st->holder_pid = owner;
+  }
   if (!quick)
     scan_inotify_waiters(id, st);
+  return 0;
+}
+
+int hl__os_ghost_holder(const char *path, const hl__fileid_t *cur, long *pid) {
+  /* Candidates first, from the lock table alone: exclusive flocks on the
+   * lock's device, other than the file we hold.  Usually there are none,
+   * and this costs one read of /proc/locks. */
+  struct stat ds;
+  const char *slash = strrchr(path, '/');
+  const char *name = slash ? slash + 1 : path;
+  char dir[4096];
+  if (slash == path)
+    snprintf(dir, sizeof(dir), "/");
+  else
+    snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+  dev_t dev;
+  if (cur)
+    dev = (dev_t)cur->dev;
+  else if (stat(dir, &ds) == 0)
+    dev = ds.st_dev;
+  else
+    return 0;
+  FILE *f = fopen("/proc/locks", "re");
+  if (f == NULL)
+    return 0;
+  char line[512];
+  lock_line_t cand[16];
+  int n = 0;
+  unsigned maj = major(dev), min = minor(dev);
+  while (n < 16 && fgets(line, sizeof(line), f)) {
+    lock_line_t l;
+    if (!parse_lock_line(line, &l) || l.blocked || !strstr(line, " WRITE ") || l.maj != maj ||
+        l.min != min || (cur && l.ino == cur->ino))
+      continue;
+    cand[n++] = l;
+  }
+  fclose(f);
+  if (n == 0)
+    return 0;
+  /* What the holder's descriptor reads as: the directory resolved as the
+   * kernel prints it (symlinks followed), the name, " (deleted)". */
+  char want[4200];
+  char *real = realpath(dir, NULL);
+  if (real == NULL)
+    return 0;
+  int len = snprintf(want, sizeof(want), "%s/%s (deleted)", strcmp(real, "/") ? real : "", name);
+  free(real);
+  if (len <= 0 || (size_t)len >= sizeof(want))
+    return 0;
+  for (int i = 0; i < n; i++) {
+    /* Only the taker's descriptors, compared by name first.  (A deleted
+     * file held only through a descriptor inherited from a taker that died
+     * is not found: finding it would mean scanning every process.) */
+    long owner = lock_owner(&cand[i], want, 0);
+    if (owner) {
+      *pid = owner;
+      return 1;
+    }
+  }
   return 0;
 }
 

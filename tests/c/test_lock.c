@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -99,6 +100,20 @@ static pid_t spawn_holder(const char *path, const char *label, double hold) {
   ASSERT_EQ(read(p[0], &c, 1), 1);
   close(p[0]);
   return pid;
+}
+
+/* Poll status until at least `n` waiters are seen (bounded): orders a test
+ * by what the lock table says, not by a sleep. */
+static void wait_waiters(const char *path, int n) {
+  hl_status_t st;
+  double end = now() + 10;
+  do {
+    ASSERT_EQ(hl_status(path, &st), 0);
+    if (st.nwaiters >= n)
+      return;
+    usleep(5000);
+  } while (now() < end);
+  ASSERT(!"waiters never showed up in status");
 }
 
 static int reap(pid_t pid) {
@@ -476,7 +491,7 @@ static void test_replaced_file(void) {
     _exit(0);
   }
   close(p[1]);
-  usleep(100000);
+  wait_waiters(lockpath, 1); /* the waiter is queued on the old inode */
   char tmp[400];
   snprintf(tmp, sizeof(tmp), "%s.new", lockpath);
   FILE *f = fopen(tmp, "w");
@@ -763,6 +778,428 @@ static void test_eintr(void) {
   hl_lock_close(lk);
 }
 
+
+/* ---- hardening (issue 8) ---- */
+
+static void read_all(const char *path, char **data, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  ASSERT(f != NULL);
+  fseek(f, 0, SEEK_END);
+  *n = (size_t)ftell(f);
+  fseek(f, 0, SEEK_SET);
+  *data = malloc(*n + 1);
+  ASSERT(*data != NULL);
+  ASSERT_EQ(fread(*data, 1, *n, f), *n);
+  fclose(f);
+}
+
+/* A file with content at the lock path (a model named by mistake) is locked
+ * but never truncated or written, through a whole acquire/label/release. */
+static void test_other_content(void) {
+  char path[400];
+  snprintf(path, sizeof(path), "%s/model.gguf", dir);
+  size_t n = 1 << 20;
+  char *orig = malloc(n);
+  ASSERT(orig != NULL);
+  for (size_t i = 0; i < n; i++)
+    orig[i] = (char)(i * 7 + 3);
+  write_file(path, orig, n);
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, path), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  ASSERT(hl_lock_flags(lk) & HL_FLAG_OTHER_CONTENT);
+  ASSERT_EQ(hl_lock_set_label(lk, "relabel"), 0);
+  hl_status_t st;
+  ASSERT_EQ(hl_status(path, &st), 0);
+  ASSERT_EQ(st.held, 1);
+  ASSERT_EQ(st.other_content, 1);
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 1.0), 0);
+  hl_lock_close(lk);
+  char *now_data;
+  size_t now_n;
+  read_all(path, &now_data, &now_n);
+  ASSERT_EQ(now_n, n);
+  ASSERT(memcmp(now_data, orig, n) == 0);
+  free(now_data);
+  /* an empty file and a stale record of ours are still written */
+  write_file(path, "heavylock-holder 1\npid=1\n", 25);
+  ASSERT_EQ(hl_lock_open(&lk, path), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  ASSERT_EQ(hl_lock_flags(lk), 0);
+  hl_record_t rec;
+  ASSERT_EQ(hl_record_read(path, &rec), 0);
+  ASSERT_EQ(rec.pid, getpid());
+  hl_lock_close(lk);
+  free(orig);
+}
+
+struct ivl {
+  double from, to;
+  int flags, rc;
+};
+
+/* The lock file is deleted (or replaced) while held: a newcomer must not get
+ * the lock until the old holder lets go; status names the old holder; the
+ * holder learns that its file was lost.  Judged from recorded intervals. */
+static void deleted_or_replaced(int replace) {
+  struct ivl *iv = mmap(NULL, 2 * sizeof(*iv), PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT(iv != MAP_FAILED);
+  memset(iv, 0, 2 * sizeof(*iv));
+  int go[2], ready[2];
+  ASSERT(pipe(go) == 0 && pipe(ready) == 0);
+  pid_t holder = fork();
+  if (holder == 0) {
+    hl_lock_t *lk;
+    char c;
+    close(go[1]); /* so that the parent's death (a failed assertion) ends us */
+    close(ready[0]);
+    if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, -1) < 0)
+      _exit(1);
+    iv[0].from = now();
+    if (write(ready[1], "x", 1) != 1 || read(go[0], &c, 1) != 1)
+      _exit(2);
+    usleep(300000); /* still in the critical section while the newcomer tries */
+    iv[0].to = now();
+    iv[0].rc = hl_lock_release(lk);
+    iv[0].flags = hl_lock_flags(lk);
+    hl_lock_close(lk);
+    _exit(0);
+  }
+  char c;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  if (replace) {
+    char tmp[400];
+    snprintf(tmp, sizeof(tmp), "%s.new", lockpath);
+    write_file(tmp, "", 0);
+    ASSERT_EQ(rename(tmp, lockpath), 0);
+  } else {
+    ASSERT_EQ(unlink(lockpath), 0);
+  }
+  /* status still sees the holder, on the file that is gone */
+  hl_status_t st;
+  ASSERT_EQ(hl_status(lockpath, &st), 0);
+  ASSERT_EQ(st.held, 1);
+  ASSERT_EQ(st.holder_pid, holder);
+  ASSERT_EQ(st.deleted_file, 1);
+  /* a try-once newcomer is told it is busy */
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  hl_lock_close(lk);
+  /* a waiting newcomer gets it only after the holder released */
+  pid_t newcomer = fork();
+  if (newcomer == 0) {
+    hl_lock_t *o;
+    if (hl_lock_open(&o, lockpath) < 0)
+      _exit(1);
+    iv[1].rc = hl_lock_acquire(o, replace ? 20.0 : -1);
+    iv[1].from = now();
+    iv[1].to = now();
+    hl_lock_close(o);
+    _exit(0);
+  }
+  usleep(50000);
+  ASSERT_EQ(write(go[1], "x", 1), 1);
+  ASSERT_EQ(reap(holder), 0);
+  ASSERT_EQ(reap(newcomer), 0);
+  ASSERT_EQ(iv[1].rc, 0);
+  ASSERT(iv[1].from >= iv[0].to); /* no overlap */
+  ASSERT_EQ(iv[0].rc, 0);
+  ASSERT(iv[0].flags & HL_FLAG_LOST); /* the holder was told */
+  munmap(iv, 2 * sizeof(*iv));
+}
+
+static void test_deleted_while_held(void) { deleted_or_replaced(0); }
+static void test_replaced_while_held(void) { deleted_or_replaced(1); }
+
+/* A holder that unlocks without closing (flock -u) sends no close event:
+ * only the bounded re-check wakes a timed waiter.  Fails if the re-check is
+ * gone or slow (RECHECK_MS 100000). */
+static void test_unlock_without_close(void) {
+  double *t = mmap(NULL, 2 * sizeof(double), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                   -1, 0);
+  ASSERT(t != MAP_FAILED);
+  int go[2], ready[2];
+  ASSERT(pipe(go) == 0 && pipe(ready) == 0);
+  pid_t holder = fork();
+  if (holder == 0) {
+    hl_lock_t *lk;
+    char c;
+    close(go[1]); /* so that the parent's death (a failed assertion) ends us */
+    close(ready[0]);
+    if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, -1) < 0)
+      _exit(1);
+    if (write(ready[1], "x", 1) != 1 || read(go[0], &c, 1) != 1)
+      _exit(2);
+    t[0] = now();
+    flock((int)hl_lock_fd(lk), LOCK_UN); /* unlock, keep the file open */
+    while (read(go[0], &c, 1) > 0) { /* until the parent closes or dies */
+    }
+    _exit(0);
+  }
+  char c;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  pid_t waiter = fork();
+  if (waiter == 0) {
+    hl_lock_t *lk;
+    if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, 60) < 0)
+      _exit(1);
+    t[1] = now();
+    hl_lock_close(lk);
+    _exit(0);
+  }
+  wait_waiters(lockpath, 1); /* it watches the file */
+  usleep(150000);            /* and has passed its first re-check */
+  ASSERT_EQ(write(go[1], "x", 1), 1);
+  ASSERT_EQ(reap(waiter), 0);
+  close(go[1]);
+  reap(holder);
+  ASSERT(t[1] >= t[0]);
+  ASSERT(t[1] - t[0] < 5.0); /* generous: the re-check is 100 ms */
+  munmap(t, 2 * sizeof(double));
+}
+
+static int fake_inotify_init1_enosys(int flags) {
+  (void)flags;
+  errno = ENOSYS;
+  return -1;
+}
+
+static double cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Timeouts: NaN refused, infinity is forever, a timeout of 30 days (above
+ * the 24.8 days where milliseconds overflow an int) still sleeps and wakes
+ * on release, with a watch and without one (polling). */
+static void test_huge_timeouts(void) {
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0.0 / 0.0), -EINVAL);
+  ASSERT_EQ(hl_lock_acquire(lk, 1.0 / 0.0), 0);
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 1e300), 0);
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  hl_lock_close(lk);
+  for (int nowatch = 0; nowatch < 2; nowatch++) {
+    double *t = mmap(NULL, 3 * sizeof(double), PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ASSERT(t != MAP_FAILED);
+    int go[2];
+    ASSERT(pipe(go) == 0);
+    pid_t holder = spawn_holder(lockpath, NULL, 1.0);
+    pid_t waiter = fork();
+    if (waiter == 0) {
+      if (nowatch)
+        hl__os_set_syscall("inotify_init1", (void (*)(void))fake_inotify_init1_enosys);
+      hl_lock_t *o;
+      if (hl_lock_open(&o, lockpath) < 0)
+        _exit(1);
+      double c0 = cpu_now();
+      if (hl_lock_acquire(o, 30.0 * 86400) < 0)
+        _exit(2);
+      t[1] = now();
+      t[2] = cpu_now() - c0;
+      hl_lock_close(o);
+      _exit(0);
+    }
+    ASSERT_EQ(reap(holder), 0);
+    t[0] = now(); /* released by now */
+    ASSERT_EQ(reap(waiter), 0);
+    ASSERT(t[1] - t[0] < 3.0); /* woke on release */
+    ASSERT(t[2] < 0.5);        /* slept: it did not spin a CPU for the second */
+    munmap(t, 3 * sizeof(double));
+  }
+}
+
+static int has_bad_byte(const char *s) {
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+    if (*p < 0x20 || *p == 0x7f)
+      return 1;
+  return 0;
+}
+
+/* Valid UTF-8 (a strict decoder's view). */
+static int valid_utf8(const char *str) {
+  const unsigned char *s = (const unsigned char *)str;
+  while (*s) {
+    int n = *s < 0x80 ? 1 : (*s & 0xe0) == 0xc0 ? 2 : (*s & 0xf0) == 0xe0 ? 3
+            : (*s & 0xf8) == 0xf0 ? 4 : 0;
+    if (n == 0 || (n == 2 && *s < 0xc2))
+      return 0;
+    for (int i = 1; i < n; i++)
+      if ((s[i] & 0xc0) != 0x80)
+        return 0;
+    s += n;
+  }
+  return 1;
+}
+
+/* Hostile records: control bytes, bytes that are not UTF-8, labels cut in
+ * the middle of a character, and a record that names the live holder's pid
+ * with start=0 (a forgery: it must not be trusted). */
+static void test_hostile_records(void) {
+  hl_record_t rec;
+  char path[400], buf[2048];
+  snprintf(path, sizeof(path), "%s/forged.lock", dir);
+  int n = snprintf(buf, sizeof(buf),
+                   "heavylock-holder 1\npid=%ld\nstart=0\nacquired=nan\nhost=h\x1b]0;pwn\x07\n"
+                   "label=\x1b[2J\xff\xfe bad \xc2\x9b x\ncmd=rm -rf \xe2\x82\n",
+                   (long)getpid());
+  write_file(path, buf, (size_t)n);
+  ASSERT_EQ(hl_record_read(path, &rec), 0);
+  ASSERT(!has_bad_byte(rec.host) && !has_bad_byte(rec.label) && !has_bad_byte(rec.cmd));
+  ASSERT(valid_utf8(rec.host) && valid_utf8(rec.label) && valid_utf8(rec.cmd));
+  ASSERT(strstr(rec.label, "bad") != NULL);
+  ASSERT(rec.acquired == 0);
+  /* a 511-byte cut through 3-byte characters ends on a boundary */
+  char label[2048] = "heavylock-holder 1\npid=77\nlabel=";
+  size_t o = strlen(label);
+  for (int i = 0; i < 400; i++)
+    o += (size_t)snprintf(label + o, sizeof(label) - o, "\xe2\x82\xac"); /* euro signs */
+  write_file(path, label, o);
+  ASSERT_EQ(hl_record_read(path, &rec), 0);
+  ASSERT(valid_utf8(rec.label));
+  ASSERT_EQ(strlen(rec.label), 510); /* 170 whole characters */
+  /* the holder description cuts the label too (at 150 bytes): whole characters */
+  hl_status_t dst;
+  memset(&dst, 0, sizeof(dst));
+  dst.held = dst.has_record = 1;
+  dst.holder_pid = 77;
+  dst.record = rec;
+  dst.held_for = -1;
+  char dbuf[256];
+  for (size_t cut = 20; cut <= sizeof(dbuf); cut += 7) {
+    hl_holder_describe(&dst, dbuf, cut);
+    ASSERT(valid_utf8(dbuf));
+  }
+  /* and through set_label */
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  ASSERT_EQ(hl_lock_set_label(lk, label + 32), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  ASSERT_EQ(hl_record_read(lockpath, &rec), 0);
+  ASSERT(valid_utf8(rec.label));
+  ASSERT(strlen(rec.label) >= 500);
+  hl_lock_set_label(lk, "\x1b[31mred\xff");
+  ASSERT_EQ(hl_record_read(lockpath, &rec), 0);
+  ASSERT(!has_bad_byte(rec.label) && valid_utf8(rec.label));
+  hl_lock_close(lk);
+  /* forgery: a holder (pid known to the kernel) with a record that has its
+   * pid but start=0, written behind its back */
+  pid_t holder = spawn_holder(lockpath, "genuine", 30);
+  n = snprintf(buf, sizeof(buf), "heavylock-holder 1\npid=%ld\nstart=0\nlabel=forged\n",
+               (long)holder);
+  int fd = open(lockpath, O_WRONLY | O_TRUNC);
+  ASSERT(fd >= 0);
+  ASSERT_EQ(write(fd, buf, (size_t)n), n);
+  close(fd);
+  hl_status_t st;
+  ASSERT_EQ(hl_status(lockpath, &st), 0);
+  ASSERT_EQ(st.held, 1);
+  ASSERT_EQ(st.holder_pid, holder);
+  ASSERT_EQ(st.has_record, 0); /* not trusted */
+  char desc[256];
+  hl_holder_describe(&st, desc, sizeof(desc));
+  ASSERT(strstr(desc, "forged") == NULL);
+  kill(holder, SIGKILL);
+  reap(holder);
+}
+
+/* Paths: over HL_PATH_MAX refused whole (nothing created), a symlink in a
+ * parent directory followed (the lock is the real file), a FIFO given to the
+ * GGUF reader refused without hanging. */
+static void test_path_kinds(void) {
+  size_t n = HL_PATH_MAX + 100;
+  char *longp = malloc(n + 1);
+  ASSERT(longp != NULL);
+  snprintf(longp, n + 1, "%s/", dir);
+  for (size_t i = strlen(longp); i < n; i++)
+    longp[i] = (i % 100 == 0) ? '/' : 'a';
+  longp[n] = '\0';
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, longp), -ENAMETOOLONG);
+  ASSERT(lk == NULL);
+  char first[400];
+  snprintf(first, sizeof(first), "%.*s", (int)(strchr(longp + strlen(dir) + 1, '/') - longp),
+           longp);
+  ASSERT(access(first, F_OK) != 0); /* no directory was created for it */
+  free(longp);
+
+  char real[400], link[400], via[420], direct[420];
+  snprintf(real, sizeof(real), "%s/realdir", dir);
+  snprintf(link, sizeof(link), "%s/linkdir", dir);
+  ASSERT_EQ(mkdir(real, 0755), 0);
+  ASSERT_EQ(symlink(real, link), 0);
+  snprintf(via, sizeof(via), "%s/x.lock", link);
+  snprintf(direct, sizeof(direct), "%s/x.lock", real);
+  ASSERT_EQ(hl_lock_open(&lk, via), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    hl_lock_t *o;
+    if (hl_lock_open(&o, direct) < 0)
+      _exit(2);
+    _exit(hl_lock_acquire(o, 0) == HL_EBUSY ? 0 : 1);
+  }
+  ASSERT_EQ(reap(pid), 0);
+  hl_status_t st;
+  ASSERT_EQ(hl_status(direct, &st), 0);
+  ASSERT_EQ(st.held, 1);
+  hl_lock_close(lk);
+
+  char fifo[400];
+  snprintf(fifo, sizeof(fifo), "%s/model.gguf", dir);
+  ASSERT_EQ(mkfifo(fifo, 0600), 0);
+  hl_gguf_t g;
+  double t0 = now();
+  ASSERT_EQ(hl_gguf_read(fifo, &g), HL_ENOTREG);
+  ASSERT(now() - t0 < 1.0);
+}
+
+/* A holder that took the lock and died after passing the descriptor to a
+ * child (heavylock run whose parent was killed): status names the child. */
+static void test_inherited_holder(void) {
+  int p[2], life[2];
+  ASSERT(pipe(p) == 0 && pipe(life) == 0);
+  pid_t taker = fork();
+  if (taker == 0) {
+    hl_lock_t *lk;
+    close(life[1]);
+    if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, -1) < 0)
+      _exit(1);
+    pid_t child = fork();
+    if (child == 0) {
+      char c; /* holds the inherited descriptor until we close life[1] or die */
+      while (read(life[0], &c, 1) > 0) {
+      }
+      _exit(0);
+    }
+    if (write(p[1], &child, sizeof(child)) != sizeof(child))
+      _exit(2);
+    _exit(0); /* dies without releasing: the child keeps the lock */
+  }
+  pid_t child;
+  ASSERT_EQ(read(p[0], &child, sizeof(child)), sizeof(child));
+  ASSERT_EQ(reap(taker), 0);
+  hl_status_t st;
+  ASSERT_EQ(hl_status(lockpath, &st), 0);
+  ASSERT_EQ(st.held, 1);
+  ASSERT_EQ(st.holder_pid, child);
+  ASSERT_EQ(st.has_record, 0);
+  ASSERT_EQ(st.stale_record, 1);
+  close(life[1]); /* the grandchild (not ours to reap) exits */
+  close(life[0]);
+  double end = now() + 5;
+  while (now() < end && hl_status(lockpath, &st) == 0 && st.held)
+    usleep(10000);
+  ASSERT_EQ(st.held, 0);
+}
+
 static const struct {
   const char *name;
   void (*fn)(void);
@@ -772,7 +1209,9 @@ static const struct {
     T(fork_child_cannot_release), T(killed_holder), T(mutual_exclusion), T(hostile_paths),
     T(creates_parent_dirs), T(readonly_fallback), T(flock_failure_injected),
     T(write_failure_injected), T(replaced_file), T(status), T(record_garbage), T(path_policy),
-    T(gguf), T(memory), T(eintr),
+    T(gguf), T(memory), T(eintr), T(other_content), T(deleted_while_held),
+    T(replaced_while_held), T(unlock_without_close), T(huge_timeouts), T(hostile_records),
+    T(path_kinds), T(inherited_holder),
 #undef T
 };
 

@@ -21,6 +21,7 @@ def run(cli, *args, **kw):
 
 def hold(cli, lock, *extra, label=None):
     """Start `heavylock run` holding the lock until killed; wait until it holds."""
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
     args = [cli, "run", "--lock", str(lock)]
     if label:
         args += ["--label", label]
@@ -35,6 +36,7 @@ def kill_group(p):
 
 
 def test_mutual_exclusion_many_processes(cli, lockfile, tmp_path):
+    lockfile.parent.mkdir()
     log = tmp_path / "intervals"
     procs = [subprocess.Popen([cli, "run", "--lock", str(lockfile), "-q", "--",
                                *record_cmd(log, 0.02)]) for _ in range(8)]
@@ -48,6 +50,7 @@ def test_mutual_exclusion_many_processes(cli, lockfile, tmp_path):
 
 
 def test_exit_codes(cli, lockfile):
+    lockfile.parent.mkdir()
     assert run(cli, "run", "--lock", lockfile, "--", "sh", "-c", "exit 7").returncode == 7
     assert run(cli, "run", "--lock", lockfile, "--", "sh", "-c", "kill -9 $$").returncode == 137
     r = run(cli, "run", "--lock", lockfile, "--", "/no/such/program")
@@ -100,6 +103,7 @@ def test_killed_holder_releases_promptly(cli, lockfile, tmp_path):
 def test_command_inherits_the_lock_unless_close(cli, lockfile):
     # Like flock(1): killing only the heavylock process leaves the lock with
     # the command it runs, so a model still loading stays protected.
+    lockfile.parent.mkdir()
     p = subprocess.Popen([cli, "run", "--lock", str(lockfile), "--", "sleep", "60"],
                          start_new_session=True)
     wait_for(lambda: held_by(cli, lockfile) == p.pid, what="holder")
@@ -117,7 +121,10 @@ def test_command_inherits_the_lock_unless_close(cli, lockfile):
     p.wait()
     wait_for(lambda: run(cli, "run", "-n", "--lock", lockfile, "--", "true").returncode == 0,
              what="lock free after heavylock died")
-    os.killpg(p.pid, signal.SIGKILL)
+    try:  # killed before it forked, there is no command to kill
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @pytest.mark.parametrize("direction", ["flock-holds", "heavylock-holds"])
@@ -283,3 +290,190 @@ def test_path_policy(cli, tmp_path):
     # run uses the same policy: the lock lands next to the model
     r = run(cli, "run", "--", "true", cwd=tmp_path, env={**env, "LOCAL_MODEL_PATH": str(model)})
     assert r.returncode == 0 and (model.parent / ".llm_load.lock").is_file()
+
+
+# ---- hardening (issue 8) and flock(1) manners (issue 12) ----
+
+def test_file_with_content_is_never_written(cli, tmp_path):
+    # HEAVYLOCK_PATH=model.gguf is an easy slip: the file is locked, never emptied.
+    model = tmp_path / "model.gguf"
+    data = os.urandom(1 << 20)
+    model.write_bytes(data)
+    env = {**os.environ, "HEAVYLOCK_PATH": str(model)}
+    r = run(cli, "run", "-v", "--label", "x", "--", "true", env=env)
+    assert r.returncode == 0
+    assert "lock file has other content: no holder record written" in r.stderr
+    assert model.read_bytes() == data
+    # while held, status says so; still intact after
+    holder = hold(cli, model)
+    try:
+        r = run(cli, "status", "--lock", model)
+        assert r.returncode == 1 and "other content" in r.stdout
+        assert json.loads(run(cli, "status", "--lock", model, "--json").stdout)["other_content"]
+    finally:
+        kill_group(holder)
+    assert model.read_bytes() == data
+
+
+def test_timeout_values(cli, lockfile):
+    lockfile.parent.mkdir()
+    r = run(cli, "run", "-w", "nan", "--lock", lockfile, "--", "true")
+    assert r.returncode == 64 and "invalid timeout value: 'nan'" in r.stderr
+    r = run(cli, "run", "-w", "-1", "--lock", lockfile, "--", "true")
+    assert r.returncode == 64 and "'-1'" in r.stderr
+    assert run(cli, "run", "-w", "inf", "--lock", lockfile, "--", "true").returncode == 0
+    assert run(cli, "run", "-w", "1e300", "--lock", lockfile, "--", "true").returncode == 0
+    # a 30-day timeout still waits, and wakes when the holder goes
+    holder = hold(cli, lockfile)
+    w = subprocess.Popen([cli, "run", "-q", "-w", str(30 * 86400), "--lock", str(lockfile), "--",
+                          "true"])
+    wait_for(lambda: json.loads(run(cli, "status", "--lock", lockfile, "--json").stdout)
+             ["waiters"], what="the waiter")
+    assert w.poll() is None
+    t0 = time.monotonic()
+    kill_group(holder)
+    assert w.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < 5
+
+
+def test_lock_path_too_long_or_in_missing_directory(cli, tmp_path):
+    long = str(tmp_path / ("d" * 200)) * 25  # > 4095 bytes
+    r = run(cli, "run", "--lock", long, "--", "true")
+    assert r.returncode == 64
+    assert f"lock path is {len(long)} bytes long; the limit is 4095" in r.stderr
+    assert not (tmp_path / ("d" * 200)).exists()  # nothing created for a cut path
+    r = run(cli, "status", "--lock", long)
+    assert r.returncode == 64
+    # like flock(1): an explicit --lock into a directory that does not exist is 66
+    missing = tmp_path / "typo" / "x.lock"
+    r = run(cli, "run", "--lock", missing, "--", "true")
+    assert r.returncode == 66
+    assert f"cannot open lock file {missing}: directory {missing.parent}" in r.stderr
+    assert not missing.parent.exists()
+    # the policy's own directories are still created
+    env = {k: v for k, v in os.environ.items() if k not in ("HEAVYLOCK_PATH", "LOCAL_MODEL_PATH")}
+    assert run(cli, "run", "--root", tmp_path / "proj", "--", "true", env=env).returncode == 0
+    assert (tmp_path / "proj" / "models" / ".llm_load.lock").is_file()
+
+
+def test_gguf_on_a_fifo_does_not_hang(cli, tmp_path):
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    r = run(cli, "gguf", fifo, timeout=10)
+    assert r.returncode == 66 and "not a regular file" in r.stderr
+
+
+def test_status_names_the_command_after_run_parent_died(cli, lockfile):
+    lockfile.parent.mkdir()
+    p = subprocess.Popen([cli, "run", "--lock", str(lockfile), "--", "sleep", "61"],
+                         start_new_session=True)
+    wait_for(lambda: held_by(cli, lockfile) == p.pid, what="holder")
+    wait_for(lambda: open(f"/proc/{p.pid}/task/{p.pid}/children").read().strip(),
+             what="heavylock run to start its command")  # else the kill beats the fork
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    try:
+        data = wait_for(lambda: (lambda d: d if d["held"] and d["holder"]["pid"] != p.pid
+                                 else None)(json.loads(run(cli, "status", "--lock", lockfile,
+                                                           "--json").stdout)),
+                        what="status to name the child")
+        assert data["holder"]["command"] == "sleep 61"
+        r = run(cli, "status", "--lock", lockfile)
+        assert "command: sleep 61" in r.stdout and "another tool" not in r.stdout
+        r = run(cli, "run", "-v", "-w", "0.2", "--lock", lockfile, "--", "true")
+        assert f"held by pid {data['holder']['pid']} (sleep 61)" in r.stderr
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["delete", "replace"])
+def test_lock_file_deleted_or_replaced_while_held(cli, lockfile, tmp_path, how):
+    log = tmp_path / "intervals"
+    lockfile.parent.mkdir()
+    first = subprocess.Popen([cli, "run", "--lock", str(lockfile), "--",
+                              *record_cmd(log, 1.0)], stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: held_by(cli, lockfile) == first.pid, what="first holder")
+    if how == "delete":
+        lockfile.unlink()
+    else:
+        tmp = tmp_path / "new"
+        tmp.write_text("")
+        os.rename(tmp, lockfile)
+    data = json.loads(run(cli, "status", "--lock", lockfile, "--json").stdout)
+    assert data["held"] and data["holder"]["pid"] == first.pid
+    assert data["holder"]["deleted_file"] is True
+    assert run(cli, "run", "-n", "--lock", lockfile, "--", "true").returncode == 1
+    second = subprocess.Popen([cli, "run", "-q", "--lock", str(lockfile), "--",
+                               *record_cmd(log, 0.05)])
+    assert first.wait(timeout=30) == 0 and second.wait(timeout=30) == 0
+    iv = read_intervals(log)
+    assert len(iv) == 2 and overlaps(iv) == []
+    assert "was deleted or replaced while the command ran" in first.stderr.read()
+
+
+def test_symlink_in_a_parent_directory_is_followed(cli, tmp_path):
+    real = tmp_path / "bigdisk"
+    real.mkdir()
+    (tmp_path / "models").symlink_to(real)
+    via = tmp_path / "models" / ".llm_load.lock"
+    holder = hold(cli, via)
+    try:
+        assert held_by(cli, real / ".llm_load.lock") == holder.pid
+        assert run(cli, "run", "-n", "--lock", real / ".llm_load.lock", "--",
+                   "true").returncode == 1
+    finally:
+        kill_group(holder)
+    # the last component is still refused
+    (real / "last.lock").symlink_to(real / ".llm_load.lock")
+    assert run(cli, "run", "--lock", real / "last.lock", "--", "true").returncode == 66
+
+
+# ---- heavylock doctor ----
+
+def test_doctor_all_well_and_who_holds(cli, lockfile):
+    lockfile.parent.mkdir()
+    r = run(cli, "doctor", lockfile)
+    assert r.returncode == 0, r.stdout
+    assert "flock test   ok: a second process was refused" in r.stdout
+    assert "file system" in r.stdout and r.stdout.rstrip().endswith("all is well")
+    assert not [p for p in lockfile.parent.iterdir() if p.name.startswith(".heavylock-doctor")]
+    holder = hold(cli, lockfile, label="doc-holder")
+    w = subprocess.Popen(["flock", str(lockfile), "true"])
+    try:
+        wait_for(lambda: "1 waiting" in run(cli, "doctor", lockfile).stdout, what="the waiter")
+        r = run(cli, "doctor", lockfile)
+        assert r.returncode == 0
+        assert f"held by pid {holder.pid} (doc-holder)" in r.stdout
+        assert f"waiter pid {w.pid} (blocked in flock)" in r.stdout
+    finally:
+        kill_group(holder)
+        w.wait(timeout=10)
+
+
+def test_doctor_names_each_problem(cli, tmp_path):
+    link = tmp_path / "link.lock"
+    link.symlink_to(tmp_path / "elsewhere")
+    r = run(cli, "doctor", link)
+    assert r.returncode == 1
+    assert f"PROBLEM      {link} is a symbolic link" in r.stdout
+    assert "1 problem found" in r.stdout
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 100)
+    r = run(cli, "doctor", model)
+    assert r.returncode == 1 and "104 bytes that are not a heavylock record" in r.stdout
+    env = {**os.environ, "HEAVYLOCK_PATH": str(tmp_path)}
+    r = run(cli, "doctor", env=env)
+    assert r.returncode == 1 and f"HEAVYLOCK_PATH='{tmp_path}' is a directory" in r.stdout
+    assert run(cli, "doctor", "a", "b").returncode == 64
+
+
+def test_doctor_sees_a_deleted_lock_file(cli, lockfile):
+    holder = hold(cli, lockfile)
+    try:
+        lockfile.unlink()
+        r = run(cli, "doctor", lockfile)
+        assert r.returncode == 1
+        assert f"held by pid {holder.pid}" in r.stdout
+        assert "deleted or replaced while held" in r.stdout
+    finally:
+        kill_group(holder)

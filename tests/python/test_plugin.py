@@ -311,6 +311,7 @@ def test_timeout_fails_setup_naming_holder_and_session_goes_on(pytester, env, cl
         def test_light(): pass
     """)
     lock = pytester.path / "models" / ".llm_load.lock"
+    lock.parent.mkdir()  # an explicit --lock into a missing directory is refused (66)
     holder = subprocess.Popen([cli, "run", "--lock", str(lock), "--label", "other-run", "--",
                                "sleep", "30"], start_new_session=True)
     try:

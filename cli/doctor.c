@@ -1,0 +1,327 @@
+/*
+ * doctor.c - `heavylock doctor [PATH]`: what to run when locking seems not
+ * to work.  It reports, and checks where it can:
+ *   - the path policy's decision (or the PATH given) and what is there now;
+ *   - the file system under the lock and what flock(2) means on it (NFS,
+ *     CIFS and FUSE emulate it or may not share it; overlay, tmpfs are local);
+ *   - whether flock excludes across two processes there: it forks and tries,
+ *     on a scratch file beside the lock, never on the lock itself;
+ *   - whether inotify and /proc/locks are available (timed waits wake on
+ *     release; status sees holders that wrote no record);
+ *   - who holds the lock and who waits now.
+ * Exit 0 when all is well, 1 when a problem was found (each one named).
+ */
+#define _GNU_SOURCE
+#include "heavylock.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/inotify.h>
+#include <sys/vfs.h>
+#endif
+
+int cmd_doctor(int argc, char **argv);
+
+static int problems;
+
+static void say(const char *what, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  printf("%-12s ", what);
+  vprintf(fmt, ap);
+  putchar('\n');
+  va_end(ap);
+}
+
+static void problem(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  printf("PROBLEM      ");
+  vprintf(fmt, ap);
+  putchar('\n');
+  va_end(ap);
+  problems++;
+}
+
+/* The directory that holds `path`, or its nearest ancestor that exists. */
+static void existing_dir(const char *path, char *dir, size_t len) {
+  snprintf(dir, len, "%s", path);
+  for (;;) {
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL) {
+      snprintf(dir, len, ".");
+      return;
+    }
+    if (slash == dir) {
+      dir[1] = '\0';
+      return;
+    }
+    *slash = '\0';
+    struct stat st;
+    if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode))
+      return;
+  }
+}
+
+/* What flock(2) means on a file system, by its magic number (statfs). */
+static void file_system(const char *dir) {
+#ifdef __linux__
+  static const struct {
+    unsigned long magic;
+    const char *name;
+    int level; /* 0 local, 1 local to this host only, 2 doubtful */
+    const char *note;
+  } fs[] = {
+      {0xEF53, "ext2/3/4", 0, "local: flock excludes every process on this host"},
+      {0x58465342, "xfs", 0, "local: flock excludes every process on this host"},
+      {0x9123683E, "btrfs", 0, "local: flock excludes every process on this host"},
+      {0x2FC12FC1, "zfs", 0, "local: flock excludes every process on this host"},
+      {0x01021994, "tmpfs", 0, "local (in memory): flock excludes every process on this host"},
+      {0x794C7630, "overlay", 1,
+       "overlay (a container's root?): flock works on the upper layer, among processes "
+       "that see this same overlay mount; other containers do not see it"},
+      {0x6969, "nfs", 2,
+       "NFS: Linux emulates flock with byte-range (POSIX) locks sent to the server; "
+       "exclusion across machines is only as good as the server's lock manager, and "
+       "a lock may be lost when the client loses its lease; keep lock files on a local disk"},
+      {0xFF534D42, "cifs", 2,
+       "CIFS/SMB: flock is emulated (byte-range locks on the server) unless mounted "
+       "with nobrl, then it is local to this client only"},
+      {0xFE534D42, "smb2", 2, "SMB: flock is emulated or local to this client (see cifs)"},
+      {0x65735546, "fuse", 2,
+       "FUSE: flock is handled by the file system daemon or, when it does not implement "
+       "it, by this kernel only (local to this host); network FUSE file systems "
+       "(sshfs, s3fs, gcsfuse) do not share it between machines"},
+      {0x01021997, "9p", 2,
+       "9p (VM or WSL share): flock is local to this guest, not shared with the host "
+       "or other guests"},
+      {0x00C36400, "ceph", 2, "CephFS: flock is cluster-wide only with a recent MDS"},
+      {0x6B414653, "afs", 2, "AFS: flock is whole-file and server-side; check the client"},
+  };
+  struct statfs sf;
+  if (statfs(dir, &sf) < 0) {
+    problem("cannot statfs %s: %s", dir, strerror(errno));
+    return;
+  }
+  for (size_t i = 0; i < sizeof(fs) / sizeof(fs[0]); i++) {
+    if ((unsigned long)sf.f_type == fs[i].magic) {
+      say("file system", "%s (%s)", fs[i].name, fs[i].note);
+      if (fs[i].level == 2)
+        problem("the lock is on %s: flock there may not exclude everyone (see above)",
+                fs[i].name);
+      return;
+    }
+  }
+  say("file system", "type 0x%lx (not one doctor knows; the flock test below decides)",
+      (unsigned long)sf.f_type);
+#else
+  (void)dir;
+  say("file system", "unknown on this system (the flock test below decides)");
+#endif
+}
+
+/* Does flock exclude across two processes in `dir`?  On a scratch file,
+ * never on the lock: 1 yes, 0 no, -1 could not test. */
+static int flock_excludes(const char *dir) {
+  char path[HL_PATH_MAX + 64];
+  snprintf(path, sizeof(path), "%s/.heavylock-doctor-XXXXXX", dir);
+  int fd = mkstemp(path);
+  if (fd < 0) {
+    say("flock test", "skipped: cannot create a scratch file in %s (%s)", dir, strerror(errno));
+    return -1;
+  }
+  int ready[2], done[2];
+  if (pipe(ready) < 0 || pipe(done) < 0) {
+    close(fd);
+    unlink(path);
+    return -1;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    int cfd = open(path, O_RDWR | O_CLOEXEC);
+    char c = (cfd >= 0 && flock(cfd, LOCK_EX) == 0) ? 'y' : 'n';
+    if (write(ready[1], &c, 1) != 1 || read(done[0], &c, 1) < 0)
+      _exit(1);
+    _exit(0);
+  }
+  char c = 'n';
+  if (read(ready[0], &c, 1) != 1)
+    c = 'n';
+  int busy = flock(fd, LOCK_EX | LOCK_NB) < 0 && (errno == EWOULDBLOCK || errno == EAGAIN);
+  int err = errno;
+  if (write(done[1], "x", 1) != 1) {
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  int after = flock(fd, LOCK_EX | LOCK_NB) == 0; /* free once the child is gone */
+  close(fd);
+  unlink(path);
+  close(ready[0]), close(ready[1]), close(done[0]), close(done[1]);
+  if (c != 'y') {
+    problem("flock(2) does not work in %s: a process could not lock a file there", dir);
+    return 0;
+  }
+  if (!busy) {
+    problem("flock(2) does NOT exclude across processes in %s: a second process got the lock "
+            "while the first held it (%s)", dir, err ? strerror(err) : "no error");
+    return 0;
+  }
+  if (!after) {
+    problem("flock(2) in %s: the lock was not freed when its holder exited", dir);
+    return 0;
+  }
+  say("flock test", "ok: a second process was refused while the first held a lock in %s, "
+      "and got it once the first exited", dir);
+  return 1;
+}
+
+static void kernel_views(const char *dir) {
+#ifdef __linux__
+  int fd = inotify_init1(IN_CLOEXEC);
+  if (fd < 0) {
+    problem("inotify is not available (%s): timed waits poll every 1-50 ms instead of "
+            "waking on release", strerror(errno));
+  } else {
+    if (inotify_add_watch(fd, dir, IN_CLOSE_WRITE) < 0)
+      problem("inotify cannot watch %s (%s): timed waits poll instead of waking on release",
+              dir, strerror(errno));
+    else
+      say("inotify", "ok: timed waits wake when the holder closes the lock file");
+    close(fd);
+  }
+  FILE *f = fopen("/proc/locks", "re");
+  if (f == NULL) {
+    problem("/proc/locks is not readable (%s): status cannot name holders that wrote no record "
+            "(flock(1), filelock)", strerror(errno));
+  } else {
+    say("/proc/locks", "ok: status sees every flock holder and blocked waiter");
+    fclose(f);
+  }
+#else
+  (void)dir;
+  say("kernel", "no inotify or /proc/locks here: timed waits poll; status probes");
+#endif
+}
+
+int cmd_doctor(int argc, char **argv) {
+  static const struct option opts[] = {{"root", required_argument, NULL, 'r'},
+                                       {"lock", required_argument, NULL, 'L'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+  const char *root = NULL, *given = NULL;
+  int c;
+  while ((c = getopt_long(argc, argv, "+r:L:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'r': root = optarg; break;
+    case 'L': given = optarg; break;
+    case 'h':
+      printf("Usage: heavylock doctor [--root <dir>] [PATH]\n"
+             "Check why locking might not work: the lock path, its file system, whether\n"
+             "flock excludes there (tried on a scratch file), inotify, /proc/locks, and\n"
+             "who holds and waits now.  Exit 0 when all is well, 1 when a problem is found.\n");
+      return 0;
+    default:
+      fprintf(stderr, "heavylock: bad usage\nTry 'heavylock --help' for more information.\n");
+      return 64;
+    }
+  }
+  if (optind < argc)
+    given = argv[optind++];
+  if (optind < argc) {
+    fprintf(stderr, "heavylock: doctor: unexpected argument '%s'\n"
+                    "Try 'heavylock --help' for more information.\n", argv[optind]);
+    return 64;
+  }
+  problems = 0;
+  char path[HL_PATH_MAX];
+  if (given) {
+    if (strlen(given) >= sizeof(path)) {
+      problem("the lock path is %zu bytes long; the limit is %d", strlen(given), HL_PATH_MAX - 1);
+      return 1;
+    }
+    snprintf(path, sizeof(path), "%s", given);
+    say("lock path", "%s (given on the command line)", path);
+  } else {
+    hl_path_t p;
+    int rc = hl_path_resolve(root, &p);
+    if (rc < 0) {
+      problem("%s", rc == HL_EENV ? p.why : hl_strerror(rc));
+      return 1;
+    }
+    snprintf(path, sizeof(path), "%s", p.path);
+    say("lock path", "%s", path);
+    say("decided by", "%s: %s", p.source, p.why);
+  }
+
+  struct stat st;
+  if (lstat(path, &st) < 0) {
+    if (errno == ENOENT)
+      say("lock file", "does not exist yet (the first holder creates it)");
+    else
+      problem("cannot look at %s: %s", path, strerror(errno));
+  } else if (S_ISLNK(st.st_mode)) {
+    problem("%s is a symbolic link: heavylock refuses it (flock(1) and filelock would follow "
+            "it and lock another file); point the lock at a regular file", path);
+  } else if (!S_ISREG(st.st_mode)) {
+    problem("%s is not a regular file (a directory, FIFO, socket or device): heavylock "
+            "refuses it", path);
+  } else {
+    hl_record_t rec;
+    int rc = hl_record_read(path, &rec);
+    if (rc == HL_EFORMAT && st.st_size > 0)
+      problem("%s holds %lld bytes that are not a heavylock record: is the lock path naming "
+              "a model or another file by mistake? (it is locked but never written)", path,
+              (long long)st.st_size);
+    else
+      say("lock file", "regular file, %lld bytes, owner uid %ld, mode %03o", (long long)st.st_size,
+          (long)st.st_uid, (unsigned)(st.st_mode & 0777));
+    if (access(path, W_OK) < 0)
+      say("note", "not writable by you: locking works on a read-only descriptor, but no holder "
+          "record is written");
+  }
+
+  char dir[HL_PATH_MAX];
+  existing_dir(path, dir, sizeof(dir));
+  file_system(dir);
+  flock_excludes(dir);
+  kernel_views(dir);
+
+  hl_status_t hs;
+  int rc = hl_status(path, &hs);
+  if (rc == HL_ESYMLINK || rc == HL_ENOTREG) {
+    /* already named above */
+  } else if (rc < 0 && rc != -ENOENT) {
+    problem("cannot read the lock's status: %s", hl_strerror(rc));
+  } else if (rc == 0) {
+    char who[512];
+    hl_holder_describe(&hs, who, sizeof(who));
+    say("now", "%s%s; %d waiting", who,
+        hs.deleted_file ? " (on a lock file that was deleted or replaced)" : "", hs.nwaiters);
+    for (int i = 0; i < hs.nwaiters; i++) {
+      char cmd[256];
+      if (hl_proc_cmdline(hs.waiters[i].pid, cmd, sizeof(cmd)) < 0)
+        cmd[0] = '\0';
+      say("", "waiter pid %ld (%s): %s", hs.waiters[i].pid,
+          hs.waiters[i].how == 'b' ? "blocked in flock" : "watching", cmd);
+    }
+    if (hs.deleted_file)
+      problem("the lock file was deleted or replaced while held: do not delete lock files "
+              "(tools other than heavylock would lock the new file meanwhile)");
+  }
+  if (problems)
+    printf("%d problem%s found\n", problems, problems == 1 ? "" : "s");
+  else
+    printf("all is well\n");
+  return problems ? 1 : 0;
+}

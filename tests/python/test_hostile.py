@@ -1,0 +1,228 @@
+"""Hostile inputs: what an attacker or a careless user can put at the lock
+path, in a record, in the environment or on the command line.  Each test is
+named in docs/hostile-inputs.md.  Output for programs must parse, output for
+terminals must not carry control bytes it did not write, and no file that is
+not ours is truncated."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import held_by, wait_for
+
+CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
+
+
+def run(cli, *args, **kw):
+    return subprocess.run([cli, *map(str, args)], capture_output=True, **kw)
+
+
+def hostile_record(pid, start="0"):
+    label = "\x1b[2J\x07".encode() + b"\xff\xfe bad " + "€".encode() * 200  # cut mid-char
+    return (b"heavylock-holder 1\npid=%d\nstart=%s\nacquired=nan\nhost=h\x1b]0;pwn\x07\n"
+            b"boot_id=\xff\xff\nlabel=%s\ncmd=rm -rf \xe2\x82\n" % (pid, start.encode(), label))
+
+
+@pytest.fixture
+def held_by_flock(tmp_path):
+    """A lock file held by flock(1) (it writes no record), and its holder."""
+    lock = tmp_path / "x.lock"
+    lock.write_bytes(b"")
+    p = subprocess.Popen(["flock", str(lock), "sleep", "60"], start_new_session=True)
+    yield lock, p
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+
+
+def check_outputs(cli, lock):
+    text = run(cli, "status", "--lock", lock)
+    assert text.returncode in (0, 1), text.stderr
+    assert not CONTROL.search(text.stdout.replace(b"\n", b"")), text.stdout
+    text.stdout.decode("utf-8")  # strict: valid UTF-8
+    js = run(cli, "status", "--lock", lock, "--json")
+    data = json.loads(js.stdout.decode("utf-8"))
+    assert "NaN" not in js.stdout.decode() and "Infinity" not in js.stdout.decode()
+    return text.stdout.decode(), data
+
+
+def test_forged_record_naming_the_holder(cli, held_by_flock):
+    lock, p = held_by_flock
+    wait_for(lambda: held_by(cli, lock) == p.pid, what="flock(1) to hold")
+    with open(lock, "r+b") as f:  # behind the holder's back
+        f.write(hostile_record(p.pid, start="0"))
+    text, data = check_outputs(cli, lock)
+    assert data["holder"]["pid"] == p.pid
+    assert data["holder"]["record"] is False  # start=0 does not match: not trusted
+    assert "bad" not in text  # the forged label is not shown as the holder's
+
+
+def test_hostile_stale_record(cli, tmp_path):
+    lock = tmp_path / "x.lock"
+    lock.write_bytes(hostile_record(999999999, start="5"))
+    text, data = check_outputs(cli, lock)
+    assert data["held"] is False and data["stale_record"] is True
+
+
+def test_hostile_path_and_waiter_command(cli, tmp_path):
+    # A lock path with ESC, BEL, a newline and a byte that is not UTF-8.
+    lock = os.path.join(os.fsencode(tmp_path), b"a\x1b[31m\x07\nb\xff.lock")
+    open(lock, "wb").close()
+    p = subprocess.Popen([b"flock", lock, b"sleep", b"60"], start_new_session=True)
+    try:
+        def held():
+            return json.loads(run(cli, "status", "--lock", os.fsdecode(lock), "--json").stdout)
+        wait_for(lambda: held()["held"], what="flock(1) to hold")
+        text, data = check_outputs(cli, os.fsdecode(lock))
+        assert "\\x1b" in text and "\\xff" in text  # shown, visibly
+        assert data["path"].endswith("\ufffd.lock")
+        # the holder's command line carries the same bytes
+        assert "\ufffd" in data["holder"]["command"] or "?" in data["holder"]["command"]
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def test_python_status_never_raises_on_hostile_records(tmp_path, held_by_flock):
+    heavylock = pytest.importorskip("heavylock")
+    native = pytest.importorskip("heavylock._native")
+    lock, p = held_by_flock
+    with open(lock, "r+b") as f:
+        f.write(hostile_record(p.pid, start="0"))
+    st = heavylock.status(str(lock))  # no UnicodeDecodeError
+    assert st["held"]
+    native.describe_holder(str(lock))
+    stale = tmp_path / "stale.lock"
+    stale.write_bytes(hostile_record(999999999, start="5"))
+    st = heavylock.status(str(stale))
+    assert st["record"] is not None and "\x1b" not in st["record"]["label"]
+    for v in st["record"].values():
+        if isinstance(v, str):
+            v.encode("utf-8")  # round-trips: no lone surrogates
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "dir", "device", "dangling"])
+def test_lock_path_kinds_refused(cli, tmp_path, kind):
+    p = tmp_path / f"{kind}.lock"
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "socket":
+        import socket
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(p))
+    elif kind == "dir":
+        p.mkdir()
+    elif kind == "device":
+        p = "/dev/null"
+    else:
+        p.symlink_to(tmp_path / "nowhere")
+    r = run(cli, "run", "--lock", p, "--", "true", timeout=10)
+    assert r.returncode == 66, r.stderr
+    assert b"symbolic link" in r.stderr or b"not a regular file" in r.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_name_too_long_and_newline_in_name(cli, tmp_path):
+    r = run(cli, "run", "--lock", tmp_path / ("n" * 300), "--", "true")
+    assert r.returncode == 66 and b"File name too long" in r.stderr
+    nl = tmp_path / "new\nline.lock"
+    assert run(cli, "run", "--lock", nl, "--", "true").returncode == 0
+    text, data = check_outputs(cli, nl)
+    assert data["path"] == str(nl)
+
+
+def test_bad_environment_values(cli, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HEAVYLOCK_PATH", "LOCAL_MODEL_PATH")}
+    for var, value, says in [
+        ("HEAVYLOCK_PATH", "", b"HEAVYLOCK_PATH is set but empty"),
+        ("HEAVYLOCK_PATH", str(tmp_path), b"is a directory"),
+        ("HEAVYLOCK_PATH", "/" + "x" * 5000, b"HEAVYLOCK_PATH is 5001 bytes long"),
+        ("LOCAL_MODEL_PATH", "", b"LOCAL_MODEL_PATH is set but empty"),
+        ("LOCAL_MODEL_PATH", str(tmp_path / "none.gguf"), b"does not exist"),
+        ("LOCAL_MODEL_PATH", str(tmp_path), b"is a directory"),
+    ]:
+        r = run(cli, "run", "--", "true", env={**env, var: value}, cwd=tmp_path)
+        assert r.returncode == 64, (var, value, r.stderr)
+        assert says in r.stderr, (var, value, r.stderr)
+
+
+@pytest.mark.parametrize("args,says", [
+    (["-w", "nan"], b"'nan'"), (["-w", ""], b"''"), (["-w", "1s"], b"'1s'"),
+    (["-E", "-1"], b"'-1'"), (["-E", "256"], b"'256'"), (["--bogus"], b"bad usage"),
+])
+def test_bad_option_values(cli, tmp_path, args, says):
+    r = run(cli, "run", *args, "--lock", tmp_path / "x.lock", "--", "true")
+    assert r.returncode == 64 and says in r.stderr and b"Try 'heavylock --help'" in r.stderr
+
+
+def test_corrupt_gguf(cli, tmp_path):
+    cases = {
+        "empty": b"", "magic": b"GGML" + b"\0" * 20,
+        "version": b"GGUF" + (9).to_bytes(4, "little") + b"\0" * 16,
+        "huge-count": b"GGUF" + (3).to_bytes(4, "little") + b"\xff" * 16,
+        "huge-string": b"GGUF" + (3).to_bytes(4, "little") + (0).to_bytes(8, "little")
+        + (1).to_bytes(8, "little") + b"\xff" * 8,
+    }
+    for name, data in cases.items():
+        f = tmp_path / f"{name}.gguf"
+        f.write_bytes(data)
+        r = run(cli, "gguf", f, timeout=10)
+        assert r.returncode == 66 and b"not in the expected format" in r.stderr, name
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (root only: mount(2)); fills up and turns read-only on demand."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_full_and_readonly_file_system(cli, tiny_tmpfs):
+    lock = tiny_tmpfs / "x.lock"
+    lock.write_bytes(b"")
+    with open(tiny_tmpfs / "fill", "wb") as f:  # fill it up
+        try:
+            f.write(b"\0" * (1 << 20))
+        except OSError:
+            pass
+    r = run(cli, "run", "--label", "L" * 400, "--lock", lock, "--", "true")
+    assert r.returncode == 0, r.stderr  # disk full costs the record, not the lock
+    assert lock.stat().st_size == 0      # and no half record is left behind
+    r = run(cli, "doctor", lock)
+    assert b"tmpfs" in r.stdout and b"flock test   ok" in r.stdout
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    assert run(cli, "run", "--lock", lock, "--", "true").returncode == 0  # existing: read-only fd
+    r = run(cli, "run", "--lock", tiny_tmpfs / "new.lock", "--", "true")
+    assert r.returncode == 73 and b"Read-only file system" in r.stderr
+
+
+def test_other_users_file(cli):
+    # A lock file owned by someone else in a sticky, world-writable directory
+    # (a shared /tmp), read-only to us: locks, writes nothing.
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="hl-sticky-", dir="/tmp")
+    os.chmod(d, 0o1777)
+    lock = os.path.join(d, "x.lock")
+    open(lock, "wb").close()
+    os.chown(lock, 65534, 65534)
+    os.chmod(lock, 0o444)
+    r = subprocess.run(["setpriv", "--reuid=65533", "--regid=65533", "--clear-groups", cli,
+                        "run", "--lock", str(lock), "--", "true"], capture_output=True)
+    if b"setpriv" in r.stderr and r.returncode == 127:
+        pytest.skip("setpriv is not available")
+    try:
+        assert r.returncode == 0, r.stderr
+        assert os.path.getsize(lock) == 0
+    finally:
+        shutil.rmtree(d)
