@@ -875,6 +875,22 @@ int hl_holder_describe(const hl_status_t *st, char *buf, size_t len) {
     snprintf(buf, len, "free now");
     return 0;
   }
+  if (st->shared && st->nholders > 0 && st->holder_pid == 0) {
+    size_t n = (size_t)snprintf(buf, len, "held by %d slot holder%s:", st->nholders,
+                                st->nholders > 1 ? "s" : "");
+    for (int i = 0; i < st->nholders && i < 4 && n < len; i++) {
+      const hl_holder_t *h = &st->holders[i];
+      n += (size_t)snprintf(buf + n, len - n, "%s pid %ld", i ? "," : "", h->pid);
+      if (n < len && h->label[0])
+        n += (size_t)snprintf(buf + n, len - n, " (%.80s)", h->label);
+      if (n < len && h->held_for >= 0)
+        n += (size_t)snprintf(buf + n, len - n, " for %.0f s", h->held_for);
+    }
+    if (n < len && st->nholders > 4)
+      snprintf(buf + n, len - n, ", ...");
+    hl__utf8_clean(buf, ' ');
+    return 1;
+  }
   char what[160] = "";
   if (st->has_record && st->record.label[0])
     snprintf(what, sizeof(what), "%.150s", st->record.label);
