@@ -35,13 +35,25 @@ static const char *prog = "heavylock";
 
 int cmd_doctor(int argc, char **argv); /* doctor.c */
 
+/* One message, one write(2): stderr is unbuffered, so stdio would write the
+ * prefix, the text and the newline apart, and two heavylock processes
+ * sharing a terminal (make -j) could interleave inside a line. */
 static void warnx(const char *fmt, ...) {
+  char line[HL_PATH_MAX + 2048];
+  int n = snprintf(line, sizeof(line), "%s: ", prog);
   va_list ap;
   va_start(ap, fmt);
-  fprintf(stderr, "%s: ", prog);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
   va_end(ap);
+  if (m < 0)
+    m = 0;
+  n += m;
+  if ((size_t)n > sizeof(line) - 2)
+    n = (int)sizeof(line) - 2;
+  line[n++] = '\n';
+  if (write(STDERR_FILENO, line, (size_t)n) < 0) {
+    /* nowhere to say it */
+  }
 }
 
 static int usage_error(const char *fmt, ...) {
