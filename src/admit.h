@@ -36,4 +36,7 @@ int hl__admit(const hl__ask_t *ask, const hl__load_t *load, int live_ok, uint64_
 void hl__admit_set_probe(int (*probe)(uint64_t *bytes));
 int hl__admit_probe(uint64_t *bytes);
 
+/* Tests: sleep this long between deciding and registering (kind-slots.c). */
+void hl__slots_set_admit_delay(unsigned us);
+
 #endif

@@ -215,6 +215,22 @@ static void test_slots_two(void) {
   ASSERT_EQ(most, 2); /* and really 2: not an exclusive lock in disguise */
 }
 
+static void test_racing_admissions(void) {
+  /* The decision and the registration are one step under the admission
+   * lock.  Widen the window between them (3 ms) so that, without the lock,
+   * newcomers racing from one barrier would both take the last slot. */
+  hl__slots_set_admit_delay(3000);
+  struct interval *iv = run_workers(8, 8, 2, 0, 0, 1.0);
+  int most = max_concurrent(iv, 8 * 8);
+  fprintf(stderr, "racing admissions, slots 2: at most %d at once\n", most);
+  ASSERT(most <= 2);
+  iv = run_workers(8, 8, 0, 1 * GiB, 5 * GiB / 2, 1.0);
+  most = max_concurrent(iv, 8 * 8);
+  fprintf(stderr, "racing admissions, budget for 2: at most %d at once\n", most);
+  ASSERT(most <= 2);
+  hl__slots_set_admit_delay(0);
+}
+
 /* A holder that holds until its pipe closes or it is killed. */
 static pid_t spawn_slot_holder(int slots, uint64_t weight, uint64_t budget, const char *label,
                                int *release_fd) {
@@ -852,7 +868,7 @@ static const struct {
   void (*fn)(void);
 } tests[] = {
 #define T(n) {#n, test_##n}
-    T(slots_two),        T(third_waits),       T(killed_slot_holder), T(budget_two),
+    T(slots_two),        T(racing_admissions), T(third_waits),       T(killed_slot_holder), T(budget_two),
     T(too_big_runs_alone), T(growth_accounting), T(dies_mid_load),     T(interop_exclusive),
     T(exclusive_not_starved), T(fifo),          T(self_deadlock),      T(wait_callback),
     T(status_lists),     T(hostile_table),     T(size_parse),         T(gguf_estimate),
