@@ -511,6 +511,11 @@ static int decide(slots_state_t *ss, const hl__ask_t *ask) {
   return rc;
 }
 
+/* Tests widen the window between the decision and the registration, where
+ * two newcomers would both take the last slot without the admission lock. */
+static unsigned admit_delay_us;
+void hl__slots_set_admit_delay(unsigned us) { admit_delay_us = us; }
+
 static int slots_try(void *state, const hl__ask_t *ask, int waiting) {
   slots_state_t *ss = state;
   int rc = ensure_open(ss);
@@ -527,6 +532,8 @@ static int slots_try(void *state, const hl__ask_t *ask, int waiting) {
     rc = rc < 0 ? rc : HL_EBUSY;
     goto out;
   }
+  if (admit_delay_us)
+    usleep(admit_delay_us);
   /* The table says yes; the kernel has the last word on the lock file. */
   if (flock(ss->fd, LOCK_SH | LOCK_NB) < 0) {
     rc = errno == EWOULDBLOCK ? HL_EBUSY : -errno;
