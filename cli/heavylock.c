@@ -521,7 +521,7 @@ static int cmd_status(int argc, char **argv) {
       printf("%s{\"pid\": %ld, \"how\": \"%s\", \"command\": ", i ? ", " : "", w->pid,
              w->how == 'b' ? "flock" : w->how == 'q' ? "queue" : "watch");
       json_str(wcmd);
-      if (w->how == 'q') {
+      if (w->ticket) {
         printf(", \"ticket\": %llu, \"exclusive\": %s, \"weight\": %llu, \"weight_source\": ",
                (unsigned long long)w->ticket, w->exclusive ? "true" : "false",
                (unsigned long long)w->weight);
@@ -603,7 +603,7 @@ static int cmd_status(int argc, char **argv) {
       if (hl_proc_cmdline(w->pid, wcmd, sizeof(wcmd)) < 0)
         wcmd[0] = '\0';
       printf("    pid %ld: ", w->pid);
-      if (w->how == 'q') {
+      if (w->ticket) {
         printf("[#%llu, asks %s] ", (unsigned long long)w->ticket,
                w->weight ? hl_size_format(w->weight, sz, sizeof(sz))
                          : (w->exclusive ? "to hold alone" : "a slot"));

@@ -248,11 +248,13 @@ int hl_record_read(const char *path, hl_record_t *rec);
 typedef struct hl_waiter_s {
   long pid;
   char how;                   /* 'b' blocked in flock(2), 'w' watching (inotify),
-                                 'q' queued in the slots table (with a ticket) */
+                                 'q' queued only (seen in the table alone)   */
+  /* Waiters that took a ticket in the table (slots, and exclusive waiters
+   * that wait with a deadline or notices) have ticket > 0, and: */
+  uint64_t ticket;            /* its place in the queue: lower goes first    */
   int exclusive;              /* 1 when it wants the lock alone              */
-  uint64_t weight;            /* bytes it asks for ('q' only; 0 unknown)     */
+  uint64_t weight;            /* bytes it asks for (0 unknown)               */
   char weight_source[HL_SOURCE_MAX];
-  uint64_t ticket;            /* its place in the queue ('q' only)           */
   char label[256];
 } hl_waiter_t;
 

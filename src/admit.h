@@ -36,6 +36,15 @@ int hl__admit(const hl__ask_t *ask, const hl__load_t *load, int live_ok, uint64_
 void hl__admit_set_probe(int (*probe)(uint64_t *bytes));
 int hl__admit_probe(uint64_t *bytes);
 
+/* The slot table's ticket queue on its own (kind-slots.c; Linux): the flock
+ * kind's waiters join it so that they are served in order and are not
+ * starved by slot holders.  join: 0 or -errno (no queue then: wait as
+ * before).  first: 1 when no live waiter holds a lower ticket. */
+typedef struct hl__queue_s hl__queue_t;
+int hl__queue_join(const char *lockpath, const hl__ask_t *ask, hl__queue_t **q);
+int hl__queue_first(hl__queue_t *q);
+void hl__queue_leave(hl__queue_t *q); /* NULL ok; closes the table (wakes others) */
+
 /* Tests: sleep this long between deciding and registering (kind-slots.c). */
 void hl__slots_set_admit_delay(unsigned us);
 

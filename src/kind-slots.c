@@ -658,15 +658,15 @@ static void add_queued(hl_status_t *st, const entry_t *e) {
   for (k = 0; k < st->nwaiters; k++)
     if (st->waiters[k].pid == e->pid)
       break;
-  if (k == st->nwaiters) {
+  hl_waiter_t *w = &st->waiters[k];
+  if (k == st->nwaiters) { /* not seen watching or blocked: queued only */
     if (st->nwaiters >= HL_MAX_WAITERS)
       return;
     st->nwaiters++;
-  }
-  hl_waiter_t *w = &st->waiters[k];
-  memset(w, 0, sizeof(*w));
-  w->pid = (long)e->pid;
-  w->how = 'q';
+    memset(w, 0, sizeof(*w));
+    w->pid = (long)e->pid;
+    w->how = 'q';
+  } /* else how it waits ('w': inotify) stays; the ticket says it queues */
   w->exclusive = e->exclusive != 0;
   w->weight = e->weight;
   w->ticket = e->ticket;
@@ -757,8 +757,8 @@ static int slots_status(const char *path, hl_status_t *st, int flags) {
   for (int i = 1; i < st->nwaiters; i++)
     for (int j = i; j > 0; j--) {
       hl_waiter_t *a = &st->waiters[j - 1], *b = &st->waiters[j];
-      uint64_t ta = a->how == 'q' ? a->ticket : UINT64_MAX;
-      uint64_t tb = b->how == 'q' ? b->ticket : UINT64_MAX;
+      uint64_t ta = a->ticket ? a->ticket : UINT64_MAX;
+      uint64_t tb = b->ticket ? b->ticket : UINT64_MAX;
       if (ta <= tb)
         break;
       hl_waiter_t tmp = *a;
@@ -783,6 +783,65 @@ static int slots_status(const char *path, hl_status_t *st, int flags) {
   }
   free(s.e);
   return 0;
+}
+
+/* ---- the queue alone, for the flock kind's waiters ----
+ * An exclusive waiter of the flock kind takes a ticket in the same table, so
+ * that heavylock's exclusive waiters are served first come first served
+ * too (Linux wakes every flock waiter at a release and lets them race), and
+ * so that slot newcomers hold off behind it instead of starving it. */
+
+struct hl__queue_s {
+  slots_state_t ss;
+};
+
+int hl__queue_join(const char *lockpath, const hl__ask_t *ask, hl__queue_t **qp) {
+  *qp = NULL;
+  hl__queue_t *q = calloc(1, sizeof(*q));
+  if (q == NULL)
+    return -ENOMEM;
+  q->ss.fd = q->ss.ino = -1;
+  q->ss.wd_main = q->ss.wd_table = -1;
+  q->ss.idx = -1;
+  q->ss.tpath = table_path(lockpath);
+  int rc = q->ss.tpath ? table_open(q->ss.tpath, &q->ss.tfd) : -ENOMEM;
+  if (rc == 0 && (rc = ofd_lock(q->ss.tfd, ADMIT_BYTE, F_WRLCK, 1)) == 0) {
+    rc = enqueue(&q->ss, ask);
+    (void)ofd_lock(q->ss.tfd, ADMIT_BYTE, F_UNLCK, 0);
+  }
+  if (rc < 0) {
+    if (q->ss.tfd >= 0)
+      close(q->ss.tfd);
+    free(q->ss.tpath);
+    free(q);
+    return rc;
+  }
+  *qp = q;
+  return 0;
+}
+
+int hl__queue_first(hl__queue_t *q) {
+  slots_state_t *ss = &q->ss;
+  if (ofd_lock(ss->tfd, ADMIT_BYTE, F_WRLCK, 1) < 0)
+    return 1; /* cannot tell: do not hold anyone up */
+  snapshot_t s;
+  memset(&s, 0, sizeof(s));
+  int ahead = 0;
+  if (snapshot(ss->tfd, ss->idx, 1, &s) == 0)
+    for (int i = 0; i < s.n; i++)
+      if (i != ss->idx && s.e[i].state == E_WAITING && s.e[i].ticket < ss->ticket)
+        ahead++;
+  free(s.e);
+  (void)ofd_lock(ss->tfd, ADMIT_BYTE, F_UNLCK, 0);
+  return ahead == 0;
+}
+
+void hl__queue_leave(hl__queue_t *q) {
+  if (q == NULL)
+    return;
+  leave(&q->ss);
+  free(q->ss.tpath);
+  free(q);
 }
 
 const hl__kind_t hl__kind_slots = {

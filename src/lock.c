@@ -4,6 +4,7 @@
  * Platform-neutral; the system calls live behind os.h (os-unix.c,
  * os-win.c).  Read heavylock.h first: it is the contract.
  */
+#include "admit.h"
 #include "kind.h"
 #include "os.h"
 
@@ -42,6 +43,10 @@ typedef struct flock_state_s {
   int watching;           /* the watch is armed for this wait            */
   int poll_ms;            /* backoff when there is no watch              */
   int flags;              /* HL_FLAG_* of the current or last hold       */
+#ifdef HL_HAVE_SLOTS
+  hl__queue_t *queue;     /* our ticket while waiting (first come first) */
+  int queue_failed;       /* no table here (read-only dir): wait unqueued */
+#endif
   hl_record_t self;       /* this process's identity, read once per pid   */
 } flock_state_t;
 
@@ -582,6 +587,16 @@ static int flock_ensure_open(flock_state_t *fs) {
   return 0;
 }
 
+static void flock_unqueue(flock_state_t *fs) {
+#ifdef HL_HAVE_SLOTS
+  hl__queue_leave(fs->queue);
+  fs->queue = NULL;
+  fs->queue_failed = 0;
+#else
+  (void)fs;
+#endif
+}
+
 static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
   flock_state_t *fs = state;
   for (int round = 0; round < 8; round++) {
@@ -596,7 +611,18 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
       if (!fs->watching && fs->poll_ms == 0)
         fs->poll_ms = 1;
     }
+#ifdef HL_HAVE_SLOTS
+    /* Waiting: take a ticket after the first miss, then try only when no
+     * earlier heavylock waiter is still waiting. */
+    if (fs->queue && !hl__queue_first(fs->queue))
+      return HL_EBUSY;
+#endif
     rc = hl__os_trylock(fs->fd);
+#ifdef HL_HAVE_SLOTS
+    if (rc == HL_EBUSY && waiting && fs->queue == NULL && !fs->queue_failed &&
+        !fs->readonly && hl__queue_join(fs->path, ask, &fs->queue) < 0)
+      fs->queue_failed = 1;
+#endif
     if (rc < 0)
       return rc; /* HL_EBUSY or an error; the descriptor stays for the wait */
     if (flock_still_ours(fs)) {
@@ -610,6 +636,7 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
       if (fs->watching)
         hl__os_watch_disarm(fs->watch);
       fs->watching = 0;
+      flock_unqueue(fs);
       flock_won(fs, ask);
       return 0;
     }
@@ -652,6 +679,7 @@ static int flock_blocking(void *state, const hl__ask_t *ask) {
 
 static void flock_cancel(void *state) {
   flock_state_t *fs = state;
+  flock_unqueue(fs);
   if (fs->watch)
     hl__os_watch_disarm(fs->watch);
   fs->watching = 0;
@@ -700,6 +728,15 @@ static void flock_close(void *state, int owner) {
   /* A forked child drops its reference to the descriptor without
    * unlocking; the parent's lock stays. */
   flock_drop_fd(fs);
+#ifdef HL_HAVE_SLOTS
+  if (fs->queue) {
+    if (owner) {
+      flock_unqueue(fs);
+    } else { /* a forked child: drop the descriptor, not the parent's ticket */
+      free(fs->queue);
+    }
+  }
+#endif
   hl__os_watch_close(fs->watch);
   free(fs->path);
   free(fs);

@@ -132,7 +132,7 @@ static void wait_status(int (*pred)(const hl_status_t *, long), long arg, const 
 static int holders_at_least(const hl_status_t *st, long n) { return st->nholders >= n; }
 static int pid_queued(const hl_status_t *st, long pid) {
   for (int i = 0; i < st->nwaiters; i++)
-    if (st->waiters[i].pid == pid && st->waiters[i].how == 'q')
+    if (st->waiters[i].pid == pid && st->waiters[i].ticket > 0)
       return 1;
   return 0;
 }
@@ -558,6 +558,97 @@ static void test_fifo(void) {
   reap_ok(keep);
 }
 
+static void test_fifo_exclusive(void) {
+  /* The exclusive lock (slots = 1): Linux wakes every flock waiter at a
+   * release and lets them race; heavylock's waiters (timed, or with
+   * notices) take tickets and go in arrival order. */
+  int go[2];
+  ASSERT(pipe(go) == 0);
+  pid_t holder = fork();
+  if (holder == 0) {
+    close(go[1]);
+    hl_lock_t *lk;
+    char c;
+    if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, 0) < 0)
+      _exit(2);
+    (void)read(go[0], &c, 1);
+    hl_lock_close(lk);
+    _exit(0);
+  }
+  close(go[0]);
+  hl_status_t *st = malloc(sizeof(*st));
+  do
+    ASSERT_EQ(hl_status(lockpath, st), 0);
+  while (!st->held && (usleep(2000), 1));
+  free(st);
+  enum { N = 6 };
+  struct { volatile int n; volatile long order[N]; } *rec = shared(4096);
+  pid_t w[N];
+  for (int i = 0; i < N; i++) {
+    w[i] = fork();
+    if (w[i] == 0) {
+      close(go[1]);
+      hl_lock_t *lk;
+      if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, 30) < 0)
+        _exit(2);
+      rec->order[__sync_fetch_and_add(&rec->n, 1)] = getpid();
+      spin_ms(10);
+      hl_lock_close(lk);
+      _exit(0);
+    }
+    wait_status(pid_queued, w[i], "an exclusive waiter queued");
+  }
+  let_go(go[1]);
+  reap_ok(holder);
+  for (int i = 0; i < N; i++)
+    reap_ok(w[i]);
+  for (int i = 0; i < N; i++)
+    ASSERT_EQ(rec->order[i], w[i]);
+}
+
+static void test_heavylock_exclusive_not_starved(void) {
+  /* As exclusive_not_starved, with heavylock's own exclusive waiter (timed:
+   * it watches the file instead of blocking in flock(2)): its ticket holds
+   * the slot newcomers off. */
+  volatile int *stop = shared(sizeof(int));
+  pid_t kids[4];
+  for (int k = 0; k < 4; k++) {
+    kids[k] = fork();
+    if (kids[k] == 0) {
+      hl_lock_t *lk = open_slots(3, 0, 0, "stream");
+      while (!*stop) {
+        if (hl_lock_acquire(lk, 30) < 0)
+          _exit(2);
+        spin_ms(30);
+        hl_lock_release(lk);
+      }
+      hl_lock_close(lk);
+      _exit(0);
+    }
+  }
+  wait_status(holders_at_least, 2, "the stream running");
+  /* In a child: the stream's processes are ours, and a holder that is
+   * their parent would rightly make them fail with HL_ESELF. */
+  double *t = shared(2 * sizeof(double));
+  pid_t w = fork();
+  if (w == 0) {
+    hl_lock_t *lk;
+    t[0] = now();
+    if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, 20) < 0)
+      _exit(2);
+    t[1] = now();
+    hl_lock_close(lk);
+    _exit(0);
+  }
+  reap_ok(w);
+  fprintf(stderr, "heavylock exclusive waiter got in after %.0f ms under a stream\n",
+          (t[1] - t[0]) * 1000);
+  ASSERT(t[1] - t[0] < 5.0);
+  *stop = 1;
+  for (int k = 0; k < 4; k++)
+    reap_ok(kids[k]);
+}
+
 static void test_self_deadlock(void) {
   /* This process holds the lock through a descriptor of its own (a
    * conftest's filelock): waiting would never end. */
@@ -693,7 +784,7 @@ static void test_status_lists(void) {
   int q = 0;
   for (int i = 0; i < st->nwaiters; i++)
     if (st->waiters[i].pid == c) {
-      ASSERT_EQ(st->waiters[i].how, 'q');
+      ASSERT(st->waiters[i].ticket > 0);
       ASSERT_EQ(st->waiters[i].weight, 3 * GiB);
       ASSERT(strcmp(st->waiters[i].label, "tests/test_c.py::test_three") == 0);
       q = 1;
@@ -870,7 +961,8 @@ static const struct {
 #define T(n) {#n, test_##n}
     T(slots_two),        T(racing_admissions), T(third_waits),       T(killed_slot_holder), T(budget_two),
     T(too_big_runs_alone), T(growth_accounting), T(dies_mid_load),     T(interop_exclusive),
-    T(exclusive_not_starved), T(fifo),          T(self_deadlock),      T(wait_callback),
+    T(exclusive_not_starved), T(fifo),          T(fifo_exclusive),
+    T(heavylock_exclusive_not_starved), T(self_deadlock),      T(wait_callback),
     T(status_lists),     T(hostile_table),     T(size_parse),         T(gguf_estimate),
 #undef T
 };

@@ -103,7 +103,7 @@ def test_third_waits_and_is_listed(cli, lockfile, tmp_path):
         assert by_pid[a.pid]["label"] == "a"
         assert 0 <= by_pid[b.pid]["held_for"] < 60
         (w,) = [w for w in d["waiters"] if w["pid"] == c.pid]
-        assert w["how"] == "queue" and w["weight"] == 3 << 30 and w["label"] == "c"
+        assert w["ticket"] > 0 and w["weight"] == 3 << 30 and w["label"] == "c"
         assert d["budget"] == "auto" and isinstance(d["free"], int)
         text = run(cli, "status", "--lock", lockfile).stdout
         assert "slot holders: 2" in text and "weight 1.0 GiB (declared)" in text
@@ -140,7 +140,8 @@ def test_exclusive_holder_blocks_slot_holders(cli, lockfile, tmp_path):
         assert r.returncode == 1
         w = subprocess.Popen([cli, "run", "-q", "--slots", "3", "--lock", str(lockfile), "--",
                               *record_cmd(log, 0.01)])
-        wait_for(lambda: any(x["pid"] == w.pid for x in status(cli, lockfile)["waiters"]),
+        wait_for(lambda: any(x["pid"] == w.pid and x.get("ticket")
+                             for x in status(cli, lockfile)["waiters"]),
                  what="slot waiter queued")
         t = time.time()
         kill(fl)
