@@ -35,13 +35,25 @@ static const char *prog = "heavylock";
 
 int cmd_doctor(int argc, char **argv); /* doctor.c */
 
+/* One message, one write(2): stderr is unbuffered, so stdio would write the
+ * prefix, the text and the newline apart, and two heavylock processes
+ * sharing a terminal (make -j) could interleave inside a line. */
 static void warnx(const char *fmt, ...) {
+  char line[HL_PATH_MAX + 2048];
+  int n = snprintf(line, sizeof(line), "%s: ", prog);
   va_list ap;
   va_start(ap, fmt);
-  fprintf(stderr, "%s: ", prog);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
   va_end(ap);
+  if (m < 0)
+    m = 0;
+  n += m;
+  if ((size_t)n > sizeof(line) - 2)
+    n = (int)sizeof(line) - 2;
+  line[n++] = '\n';
+  if (write(STDERR_FILENO, line, (size_t)n) < 0) {
+    /* nowhere to say it */
+  }
 }
 
 static int usage_error(const char *fmt, ...) {
@@ -76,6 +88,12 @@ static void usage(void) {
          " -o, --close                do not pass the lock to the command\n"
          " -v, --verbose              say who holds the lock while waiting, and how long it took\n"
          " -q, --quiet                do not say anything while waiting\n"
+         "     --slots <n>|auto       up to n holders at once (default 1: exclusive);\n"
+         "                            auto: as many as memory admits\n"
+         "     --mem <size>           this command's expected peak memory (512M, 2G,\n"
+         "                            1.5GiB, bytes); implies --slots auto\n"
+         "     --budget <size>|auto   memory for all holders (default auto: live free\n"
+         "                            memory minus what loading holders still need)\n"
          "\n"
          "Options for all commands:\n"
          " -L, --lock <path>          the lock file\n"
@@ -148,44 +166,58 @@ static double now_mono(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Acquire with notices: a waiter never hangs silently unless told to. */
-static int acquire_noisy(hl_lock_t *lk, double timeout, int verbose, int quiet) {
-  const char *path = hl_lock_path(lk);
-  double start = now_mono();
-  int rc = hl_lock_acquire(lk, 0);
-  if (rc != HL_EBUSY || timeout == 0)
-    return rc;
-  char who[512];
-  /* First notice after 1 s (at once with --verbose), then every 10 s. */
-  double next_notice = verbose ? 0 : 1.0;
-  for (;;) {
-    double waited = now_mono() - start;
-    if (!quiet && waited >= next_notice) {
-      describe_holder(path, who, sizeof(who));
-      warnx("waiting for %s, %s (waited %.0f s)", path, who, waited);
-      next_notice = waited + 10.0;
+/* The wait notice, from the library's one wait loop.  One write(2) per
+ * line: two waiters under make -j share stderr, and stdio could split a
+ * line between them. */
+static int on_wait(void *arg, const hl_status_t *st, double waited) {
+  const char *path = arg;
+  char who[600], line[HL_PATH_MAX + 800];
+  hl_holder_describe(st, who, sizeof(who));
+  int n = snprintf(line, sizeof(line), "%s: waiting for %s, %s (waited %.0f s)\n", prog, path,
+                   who, waited);
+  if (n > 0) {
+    if ((size_t)n >= sizeof(line))
+      n = (int)sizeof(line) - 1;
+    if (write(STDERR_FILENO, line, (size_t)n) < 0) {
+      /* nowhere to say it: keep waiting */
     }
-    double slice = next_notice - waited;
-    if (quiet || slice > 10.0)
-      slice = 10.0;
-    if (slice < 0.05)
-      slice = 0.05;
+  }
+  return 0;
+}
+
+/* Acquire with notices: a waiter never hangs silently unless told to.
+ * First notice after 1 s (at once with --verbose), then every 10 s. */
+static int acquire_noisy(hl_lock_t *lk, double timeout, int verbose, int quiet) {
+  double start = now_mono();
+  if (!quiet)
+    hl_lock_set_wait_callback(lk, on_wait, (void *)hl_lock_path(lk), verbose ? 0 : 1.0, 10.0);
+  int rc;
+  for (;;) {
+    double left = timeout;
     if (timeout > 0) {
-      double left = timeout - waited;
+      left = timeout - (now_mono() - start);
       if (left <= 0)
         return HL_ETIMEDOUT;
-      if (slice > left)
-        slice = left;
     }
-    rc = hl_lock_acquire(lk, slice);
-    if (rc == -EINTR)
-      continue;
-    if (rc == HL_ETIMEDOUT && (timeout < 0 || now_mono() - start < timeout))
-      continue;
-    if (rc == 0 && verbose)
-      warnx("getting lock took %.6f seconds", now_mono() - start);
-    return rc;
+    rc = hl_lock_acquire(lk, left);
+    if (rc != -EINTR)
+      break; /* a signal we do not handle: wait on */
   }
+  if (rc == 0 && verbose)
+    warnx("getting lock took %.6f seconds", now_mono() - start);
+  return rc;
+}
+
+/* --slots N|auto: 1.. or 0 for auto.  -1 when bad. */
+static int parse_slots(const char *v) {
+  if (!strcmp(v, "auto"))
+    return 0;
+  char *end;
+  errno = 0;
+  long n = strtol(v, &end, 10);
+  if (end == v || *end || errno || n < 1 || n > 1000000)
+    return -1;
+  return (int)n;
 }
 
 static int cmd_run(int argc, char **argv) {
@@ -196,8 +228,13 @@ static int cmd_run(int argc, char **argv) {
       {"label", required_argument, NULL, 'l'}, {"close", no_argument, NULL, 'o'},
       {"verbose", no_argument, NULL, 'v'},   {"quiet", no_argument, NULL, 'q'},
       {"lock", required_argument, NULL, 'L'}, {"root", required_argument, NULL, 'r'},
+      {"slots", required_argument, NULL, 'S'}, {"mem", required_argument, NULL, 'M'},
+      {"budget", required_argument, NULL, 'B'},
       {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0}};
   double timeout = -1;
+  int slots = -1; /* not given */
+  uint64_t mem = 0, budget = 0;
+  int mem_given = 0, budget_given = 0;
   int conflict = 1, verbose = 0, quiet = 0, close_fd = 0, c;
   const char *label = NULL, *lockopt = NULL, *root = NULL;
   char *end;
@@ -224,12 +261,35 @@ static int cmd_run(int argc, char **argv) {
     case 'q': quiet = 1; break;
     case 'L': lockopt = optarg; break;
     case 'r': root = optarg; break;
+    case 'S':
+      if ((slots = parse_slots(optarg)) < 0)
+        return usage_error("invalid --slots value: '%s' (expected a number >= 1, or auto)",
+                           optarg);
+      break;
+    case 'M':
+      if (hl_size_parse(optarg, &mem) < 0)
+        return usage_error("invalid --mem value: '%s' (expected a size such as 512M, 2G, "
+                           "1.5GiB, or bytes)", optarg);
+      mem_given = 1;
+      break;
+    case 'B':
+      if (!strcmp(optarg, "auto"))
+        budget = 0;
+      else if (hl_size_parse(optarg, &budget) < 0 || budget == 0)
+        return usage_error("invalid --budget value: '%s' (expected auto, or a size such as "
+                           "8G)", optarg);
+      budget_given = 1;
+      break;
     case 'h': usage(); return 0;
     default: return usage_error("bad usage");
     }
   }
   if (optind >= argc)
     return usage_error("run: no command given (heavylock run -- <command>)");
+  /* A weight or a budget asks for admission by memory: --slots auto unless
+   * a number of slots was given. */
+  if (slots < 0)
+    slots = (mem_given || (budget_given && budget > 0)) ? 0 : 1;
   char **cmd = argv + optind;
 
   char path[HL_PATH_MAX];
@@ -243,10 +303,17 @@ static int cmd_run(int argc, char **argv) {
   }
   if (label)
     hl_lock_set_label(lk, label);
+  if (slots != 1 && (rc = hl_lock_set_slots(lk, slots)) < 0) {
+    warnx("cannot use slots on %s: %s", path, hl_strerror(rc));
+    hl_lock_close(lk);
+    return open_error_code(rc);
+  }
+  hl_lock_set_weight(lk, mem, mem_given ? "declared" : NULL);
+  hl_lock_set_budget(lk, budget);
   rc = acquire_noisy(lk, timeout, verbose, quiet);
   if (rc == HL_EBUSY || rc == HL_ETIMEDOUT) {
     if (rc == HL_ETIMEDOUT && !quiet) {
-      char who[512];
+      char who[600];
       describe_holder(path, who, sizeof(who));
       warnx("timeout while waiting for %s, %s", path, who);
     } else if (verbose) {
@@ -399,7 +466,7 @@ static int cmd_status(int argc, char **argv) {
     json_str(path);
     printf(", \"held\": %s, \"method\": ", st.held ? "true" : "false");
     json_str(st.method ? st.method : "none");
-    if (st.held) {
+    if (st.held && !(st.shared && !st.holder_pid)) { /* one exclusive holder */
       printf(", \"holder\": {\"pid\": %ld, \"command\": ", st.holder_pid);
       json_str(cmd);
       printf(", \"record\": %s", st.has_record ? "true" : "false");
@@ -416,22 +483,60 @@ static int cmd_status(int argc, char **argv) {
       printf(", \"deleted_file\": %s}", st.deleted_file ? "true" : "false");
     }
     printf(", \"other_content\": %s", st.other_content ? "true" : "false");
+    printf(", \"kind\": ");
+    json_str(st.kind ? st.kind : "flock");
+    printf(", \"shared\": %s, \"holders\": [", st.shared ? "true" : "false");
+    for (int i = 0; i < st.nholders; i++) {
+      const hl_holder_t *h = &st.holders[i];
+      printf("%s{\"pid\": %ld, \"label\": ", i ? ", " : "", h->pid);
+      json_str(h->label);
+      printf(", \"host\": ");
+      json_str(h->host);
+      printf(", \"exclusive\": %s, \"weight\": %llu, \"weight_source\": ",
+             h->exclusive ? "true" : "false", (unsigned long long)h->weight);
+      json_str(h->weight_source);
+      printf(", \"rss\": %llu, \"held_for\": ", (unsigned long long)h->rss);
+      if (h->held_for >= 0)
+        json_num(h->held_for, 3);
+      else
+        fputs("null", stdout);
+      printf("}");
+    }
+    printf("], \"budget\": ");
+    if (st.budget)
+      printf("%llu", (unsigned long long)st.budget);
+    else
+      json_str("auto");
+    printf(", \"free\": ");
+    if (st.free_known)
+      printf("%llu", (unsigned long long)st.free_bytes);
+    else
+      fputs("null", stdout);
     printf(", \"stale_record\": %s, \"waiters\": [", st.stale_record ? "true" : "false");
     for (int i = 0; i < st.nwaiters; i++) {
+      const hl_waiter_t *w = &st.waiters[i];
       char wcmd[HL_CMD_MAX];
-      if (hl_proc_cmdline(st.waiters[i].pid, wcmd, sizeof(wcmd)) < 0)
+      if (hl_proc_cmdline(w->pid, wcmd, sizeof(wcmd)) < 0)
         wcmd[0] = '\0';
-      printf("%s{\"pid\": %ld, \"how\": \"%s\", \"command\": ", i ? ", " : "",
-             st.waiters[i].pid, st.waiters[i].how == 'b' ? "flock" : "watch");
+      printf("%s{\"pid\": %ld, \"how\": \"%s\", \"command\": ", i ? ", " : "", w->pid,
+             w->how == 'b' ? "flock" : w->how == 'q' ? "queue" : "watch");
       json_str(wcmd);
+      if (w->ticket) {
+        printf(", \"ticket\": %llu, \"exclusive\": %s, \"weight\": %llu, \"weight_source\": ",
+               (unsigned long long)w->ticket, w->exclusive ? "true" : "false",
+               (unsigned long long)w->weight);
+        json_str(w->weight_source);
+        printf(", \"label\": ");
+        json_str(w->label);
+      }
       printf("}");
     }
     printf("]}\n");
     return st.held ? 1 : 0;
   }
   term_str(path);
-  printf(": %s\n", st.held ? "held" : "free");
-  if (st.held) {
+  printf(": %s\n", st.held ? (st.shared ? "held (shared)" : "held") : "free");
+  if (st.held && !(st.shared && !st.holder_pid)) {
     if (st.holder_pid)
       printf("  holder:  pid %ld", st.holder_pid);
     else
@@ -463,13 +568,50 @@ static int cmd_status(int argc, char **argv) {
   }
   if (st.other_content)
     printf("  (the lock file has other content: it is locked but never written)\n");
+  char sz[32], sz2[32];
+  if (st.shared) {
+    printf("  slot holders: %d\n", st.nholders);
+    for (int i = 0; i < st.nholders; i++) {
+      const hl_holder_t *h = &st.holders[i];
+      printf("    pid %ld", h->pid);
+      if (h->weight)
+        printf(", weight %s (%s)", hl_size_format(h->weight, sz, sizeof(sz)),
+               h->weight_source[0] ? h->weight_source : "declared");
+      else
+        printf(", weight unknown");
+      if (h->rss)
+        printf(", rss %s", hl_size_format(h->rss, sz, sizeof(sz)));
+      printf(", held for %.1f s", h->held_for);
+      if (h->label[0]) {
+        printf(": ");
+        term_str(h->label);
+      }
+      printf("\n");
+    }
+  }
+  if (st.shared || st.free_known) {
+    printf("  budget:  %s", st.budget ? hl_size_format(st.budget, sz, sizeof(sz)) : "auto");
+    if (st.free_known)
+      printf(", free now %s", hl_size_format(st.free_bytes, sz2, sizeof(sz2)));
+    printf("\n");
+  }
   if (st.nwaiters) {
     printf("  waiters: %d\n", st.nwaiters);
     for (int i = 0; i < st.nwaiters; i++) {
+      const hl_waiter_t *w = &st.waiters[i];
       char wcmd[HL_CMD_MAX];
-      if (hl_proc_cmdline(st.waiters[i].pid, wcmd, sizeof(wcmd)) < 0)
+      if (hl_proc_cmdline(w->pid, wcmd, sizeof(wcmd)) < 0)
         wcmd[0] = '\0';
-      printf("    pid %ld: ", st.waiters[i].pid);
+      printf("    pid %ld: ", w->pid);
+      if (w->ticket) {
+        printf("[#%llu, asks %s] ", (unsigned long long)w->ticket,
+               w->weight ? hl_size_format(w->weight, sz, sizeof(sz))
+                         : (w->exclusive ? "to hold alone" : "a slot"));
+        if (w->label[0]) {
+          term_str(w->label);
+          printf(" ");
+        }
+      }
       term_str(wcmd);
       printf("\n");
     }
@@ -510,6 +652,7 @@ static int cmd_path(int argc, char **argv) {
 static int cmd_gguf(int argc, char **argv) {
   if (argc != 2)
     return usage_error("gguf: expected one model file");
+  hl_gguf_estimate_t e;
   hl_gguf_t g;
   int rc = hl_gguf_read(argv[1], &g); /* a FIFO is refused, not waited on */
   if (rc < 0) {
@@ -522,6 +665,18 @@ static int cmd_gguf(int argc, char **argv) {
          argv[1], g.version, g.architecture, g.name, (unsigned long long)g.context_length,
          (unsigned long long)g.n_tensors, (unsigned long long)g.n_kv,
          (unsigned long long)g.file_size, (unsigned long long)g.tensor_bytes);
+  if (hl_gguf_estimate(argv[1], 0, &e) == 0) {
+    char a[32], b[32], c[32], d[32];
+    printf("layers:         %llu\nheads:          %llu (kv %llu)\nembedding:      %llu\n"
+           "kv cache (f16, %llu tokens): %llu bytes (%s)\n"
+           "estimate:       %llu bytes (%s = weights %s + kv cache %s + compute %s)\n",
+           (unsigned long long)e.block_count, (unsigned long long)e.head_count,
+           (unsigned long long)e.head_count_kv, (unsigned long long)e.embedding_length,
+           (unsigned long long)e.context_length, (unsigned long long)e.kv_cache,
+           hl_size_format(e.kv_cache, a, sizeof(a)), (unsigned long long)e.total,
+           hl_size_format(e.total, b, sizeof(b)), hl_size_format(e.weights, c, sizeof(c)),
+           hl_size_format(e.kv_cache, d, sizeof(d)), hl_size_format(e.overhead, a, sizeof(a)));
+  }
   return 0;
 }
 

@@ -73,6 +73,9 @@ extern "C" {
 /* Longest lock path accepted (bytes, without the NUL); longer is refused
  * with -ENAMETOOLONG, never cut (a cut path names another file). */
 #define HL_PATH_MAX 4096
+#define HL_ESELF      (-30010) /* held by this process through another
+                                  descriptor, or by its parent: waiting
+                                  would never end                          */
 
 /* The name of an error returned by any function here (never NULL). */
 const char *hl_strerror(int err);
@@ -83,6 +86,7 @@ const char *hl_version(void);
  * ------------------------------------------------------------------------ */
 
 typedef struct hl_lock_s hl_lock_t;
+typedef struct hl_status_s hl_status_t; /* see "Holder records and status" */
 
 /*
  * Open a handle on the lock at `path`.  Creates the file (mode 0666 & ~umask)
@@ -143,6 +147,60 @@ void hl_lock_close(hl_lock_t *lock);
  */
 int hl_lock_set_label(hl_lock_t *lock, const char *label);
 
+/*
+ * Slots: how many holders the lock admits at once.  1 (the default) is the
+ * exclusive lock described above (kind "flock").  n > 1 admits up to n
+ * holders (kind "slots"); 0 ("auto") admits as many as memory allows (see
+ * hl_lock_set_weight).  Slot holders take a *shared* flock on the lock file,
+ * so an exclusive holder (flock(1), filelock, a slots=1 handle) excludes
+ * them all and they exclude it; each registers in a table file next to the
+ * lock file (PATH.slots, never unlinked) whose entries the kernel frees when
+ * their owner dies (open-file-description byte locks).  Admission is first
+ * come, first served among heavylock's clients (tickets in the table), and
+ * holds off while an outside exclusive waiter is blocked on the lock file.
+ * Call only while not held.  0, -EINVAL (n < 0), -ENOSYS (slots are not
+ * built on this platform), -EBUSY (held).  The kind changes at once; a
+ * target that names a remote kind keeps it.
+ */
+int hl_lock_set_slots(hl_lock_t *lock, int n);
+
+/*
+ * The holder's expected peak memory in bytes (0 = unknown), and where the
+ * number came from ("declared", "measured", "estimated"; NULL = "").
+ * With slots != 1 a newcomer is admitted only while its weight fits in what
+ * is free:
+ *   budget 0 (live):  min(MemAvailable, cgroup v2 memory.max - memory.current)
+ *                     minus the growth still expected from every holder
+ *                     (its weight minus how much its process tree's RSS grew
+ *                     since admission, floored at 0), minus a reserve
+ *                     (HL_RESERVE_BYTES);
+ *   budget B:         B minus the sum of the holders' weights.
+ * Weight 0 is exclusive (admitted only when nobody holds).  A weight larger
+ * than everything is admitted when nobody else holds: it runs alone rather
+ * than never.  Call while not held.  0, or -EBUSY (held).
+ */
+int hl_lock_set_weight(hl_lock_t *lock, uint64_t bytes, const char *source);
+
+/* The static budget in bytes for all holders; 0 = live memory (default). */
+int hl_lock_set_budget(hl_lock_t *lock, uint64_t bytes);
+
+#define HL_RESERVE_BYTES (256ull << 20) /* kept free under live admission */
+
+/*
+ * The "who is in the way" callback of the wait in hl_lock_acquire.  Called
+ * from the acquiring thread first after `first_after` seconds of waiting,
+ * then every `every` seconds (every <= 0: only once), with the lock's status
+ * now (hl_status) and the seconds waited so far.  A nonzero return ends the
+ * wait: hl_lock_acquire returns that value (use a negative one) with
+ * nothing held.  Must not call back into this handle.  NULL cb clears it.
+ */
+typedef int (*hl_wait_cb)(void *arg, const hl_status_t *st, double waited);
+int hl_lock_set_wait_callback(hl_lock_t *lock, hl_wait_cb cb, void *arg,
+                              double first_after, double every);
+
+/* The kind that serves the handle now: "flock", "slots", "pg". */
+const char *hl_lock_kind(const hl_lock_t *lock);
+
 /* What happened to the current (or last) hold, as a set of flags: */
 #define HL_FLAG_OTHER_CONTENT 1 /* the file has other content: no record written */
 #define HL_FLAG_LOST 2          /* the file was deleted or replaced while held   */
@@ -186,12 +244,35 @@ typedef struct hl_record_s {
  */
 int hl_record_read(const char *path, hl_record_t *rec);
 
+#define HL_MAX_HOLDERS 64
+#define HL_SOURCE_MAX 16
+
 typedef struct hl_waiter_s {
   long pid;
-  char how;                   /* 'b' blocked in flock(2), 'w' watching (inotify) */
+  char how;                   /* 'b' blocked in flock(2), 'w' watching (inotify),
+                                 'q' queued only (seen in the table alone)   */
+  /* Waiters that took a ticket in the table (slots, and exclusive waiters
+   * that wait with a deadline or notices) have ticket > 0, and: */
+  uint64_t ticket;            /* its place in the queue: lower goes first    */
+  int exclusive;              /* 1 when it wants the lock alone              */
+  uint64_t weight;            /* bytes it asks for (0 unknown)               */
+  char weight_source[HL_SOURCE_MAX];
+  char label[256];
 } hl_waiter_t;
 
-typedef struct hl_status_s {
+/* One holder of a lock with slots (the table's view), or of a remote lock. */
+typedef struct hl_holder_s {
+  long pid;
+  int exclusive;              /* 1 holds alone (slots=1 / weight unknown)    */
+  uint64_t weight;            /* declared bytes, 0 unknown                   */
+  char weight_source[HL_SOURCE_MAX];
+  uint64_t rss;               /* its process tree's RSS now, 0 if unknown    */
+  double held_for;            /* seconds                                     */
+  char host[64];
+  char label[HL_LABEL_MAX];
+} hl_holder_t;
+
+struct hl_status_s {
   int held;                   /* 1 held, 0 free                               */
   long holder_pid;            /* from the kernel's lock table, 0 if unknown    */
   int has_record;             /* record read and it names the live holder      */
@@ -204,7 +285,16 @@ typedef struct hl_status_s {
   int other_content;          /* the file holds something that is not a record */
   int deleted_file;           /* the holder holds a deleted or replaced file
                                  that had this path (Linux)                   */
-} hl_status_t;
+  /* Slots and memory (kind.h).  For an exclusive lock held by one process
+   * nholders is 1 and holders[0] repeats holder_pid/record. */
+  const char *kind;           /* "flock", "slots", "pg"                       */
+  int nholders;
+  hl_holder_t holders[HL_MAX_HOLDERS];
+  int shared;                 /* 1 when the holders hold shared (slots)       */
+  uint64_t budget;            /* static budget, 0 = live memory / none        */
+  uint64_t free_bytes;        /* what a newcomer could have now, if known     */
+  int free_known;             /* 1 when free_bytes was computed               */
+};
 
 /*
  * Who holds the lock at `path` and who waits.  On Linux the kernel's lock
@@ -264,6 +354,23 @@ int hl_mem_available(uint64_t *bytes);
 /* Resident set size of `pid` plus all of its descendants, bytes. */
 int hl_mem_tree_rss(long pid, uint64_t *bytes);
 
+/*
+ * Memory free for new work now: MemAvailable, lowered to memory.max -
+ * memory.current of this process's cgroup (v2) when that is set.  0/-errno.
+ */
+int hl_mem_free(uint64_t *bytes);
+
+/*
+ * Parse a size: plain bytes ("1048576"), or a number (fractions allowed)
+ * with a unit K, M, G, T (powers of 1024), optionally followed by "i",
+ * "iB" or "B" ("512M", "2G", "1.5GiB", "100KB").  Case-insensitive units;
+ * no spaces, no negatives.  0 and -EINVAL (empty, junk, overflow).
+ */
+int hl_size_parse(const char *text, uint64_t *bytes);
+
+/* "1.5 GiB" style text for `bytes` into buf; returns buf. */
+const char *hl_size_format(uint64_t bytes, char *buf, size_t len);
+
 /* ------------------------------------------------------------------------
  * GGUF reading
  * ------------------------------------------------------------------------ */
@@ -277,6 +384,13 @@ typedef struct hl_gguf_s {
   char architecture[64];      /* general.architecture, "" if absent            */
   char name[256];             /* general.name, "" if absent                    */
   uint64_t context_length;    /* <arch>.context_length, 0 if absent            */
+  /* For the KV cache estimate; 0 when absent (or per-layer arrays). */
+  uint64_t block_count;       /* <arch>.block_count                            */
+  uint64_t embedding_length;  /* <arch>.embedding_length                       */
+  uint64_t head_count;        /* <arch>.attention.head_count                   */
+  uint64_t head_count_kv;     /* <arch>.attention.head_count_kv (else head_count) */
+  uint64_t key_length;        /* <arch>.attention.key_length                   */
+  uint64_t value_length;      /* <arch>.attention.value_length                 */
 } hl_gguf_t;
 
 /*
@@ -285,6 +399,27 @@ typedef struct hl_gguf_s {
  * (HL_EFORMAT) instead of allocating them.  0 or -errno / HL_EFORMAT.
  */
 int hl_gguf_read(const char *path, hl_gguf_t *info);
+
+typedef struct hl_gguf_estimate_s {
+  uint64_t total;             /* weights + KV cache + compute overhead        */
+  uint64_t weights;           /* tensor data                                  */
+  uint64_t kv_cache;          /* f16 K and V for context_length tokens         */
+  uint64_t overhead;          /* compute buffers, a fixed allowance            */
+  uint64_t context_length, block_count, head_count, head_count_kv, embedding_length;
+} hl_gguf_estimate_t;
+
+/*
+ * Expected peak memory of running the model at `path`, from its GGUF
+ * header: tensor data, plus an f16 KV cache of
+ *   block_count x n_ctx x head_count_kv x (key_length + value_length) x 2 B
+ * (key_length = value_length = embedding_length / head_count when the model
+ * does not say; n_ctx = the model's context_length when 0 is passed), plus
+ * a compute allowance of 64 MiB + 5% of the weights.  It is an estimate for
+ * admission, on the high side (the model's full context); missing attention
+ * keys leave the KV cache 0.
+ * 0 or -errno / HL_EFORMAT (as hl_gguf_read).
+ */
+int hl_gguf_estimate(const char *path, uint64_t n_ctx, hl_gguf_estimate_t *est);
 
 #ifdef __cplusplus
 }

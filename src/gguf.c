@@ -124,23 +124,48 @@ int hl_gguf_read(const char *path, hl_gguf_t *info) {
     goto out;
 
   uint64_t alignment = 32;
-  char key[256], ctx_key[128] = "";
+  char key[256];
+  /* "<arch>.<suffix>" keys, kept with their prefix: the architecture key may
+   * come after them, so they are matched once all keys are read. */
+  static const char *const suffixes[] = {
+      ".context_length",           ".block_count",
+      ".embedding_length",         ".attention.head_count",
+      ".attention.head_count_kv",  ".attention.key_length",
+      ".attention.value_length"};
+  enum { NSUF = sizeof(suffixes) / sizeof(suffixes[0]) };
+  struct { int k; char prefix[64]; uint64_t v; } seen[32];
+  int nseen = 0;
   for (uint64_t i = 0; i < info->n_kv && !r.bad; i++) {
     rd_str(&r, key, sizeof(key));
     uint32_t t = rd_u32(&r);
     if (t == T_STR && strcmp(key, "general.architecture") == 0) {
       rd_str(&r, info->architecture, sizeof(info->architecture));
-      snprintf(ctx_key, sizeof(ctx_key), "%s.context_length", info->architecture);
     } else if (t == T_STR && strcmp(key, "general.name") == 0) {
       rd_str(&r, info->name, sizeof(info->name));
     } else {
       uint64_t v = rd_value(&r, t, 0);
       if (strcmp(key, "general.alignment") == 0 && v > 0 && v <= 65536)
         alignment = v;
-      else if (ctx_key[0] && strcmp(key, ctx_key) == 0)
-        info->context_length = v;
+      else if (t != T_ARR && t != T_STR && nseen < 32)
+        for (int k = 0; k < NSUF; k++) {
+          size_t kl = strlen(key), sl = strlen(suffixes[k]);
+          if (kl > sl && kl - sl < sizeof(seen[0].prefix) &&
+              strcmp(key + kl - sl, suffixes[k]) == 0) {
+            seen[nseen].k = k;
+            memcpy(seen[nseen].prefix, key, kl - sl);
+            seen[nseen].prefix[kl - sl] = '\0';
+            seen[nseen++].v = v;
+            break;
+          }
+        }
     }
   }
+  uint64_t *out[NSUF] = {&info->context_length, &info->block_count, &info->embedding_length,
+                         &info->head_count,     &info->head_count_kv, &info->key_length,
+                         &info->value_length};
+  for (int j = 0; j < nseen; j++)
+    if (info->architecture[0] && strcmp(seen[j].prefix, info->architecture) == 0)
+      *out[seen[j].k] = seen[j].v;
   for (uint64_t i = 0; i < info->n_tensors && !r.bad; i++) {
     rd_str(&r, NULL, 0);
     uint32_t nd = rd_u32(&r);
@@ -165,4 +190,31 @@ int hl_gguf_read(const char *path, hl_gguf_t *info) {
 out:
   fclose(f);
   return rc;
+}
+
+int hl_gguf_estimate(const char *path, uint64_t n_ctx, hl_gguf_estimate_t *est) {
+  memset(est, 0, sizeof(*est));
+  hl_gguf_t g;
+  int rc = hl_gguf_read(path, &g);
+  if (rc < 0)
+    return rc;
+  est->weights = g.tensor_bytes;
+  est->context_length = n_ctx ? n_ctx : g.context_length;
+  est->block_count = g.block_count;
+  est->head_count = g.head_count;
+  est->head_count_kv = g.head_count_kv ? g.head_count_kv : g.head_count;
+  est->embedding_length = g.embedding_length;
+  uint64_t head_dim = g.head_count ? g.embedding_length / g.head_count : 0;
+  uint64_t k_len = g.key_length ? g.key_length : head_dim;
+  uint64_t v_len = g.value_length ? g.value_length : head_dim;
+  /* f16 K and V per layer, per token, per KV head.  Bounded inputs (each
+   * below 2^32 in real models); refuse products that would overflow. */
+  long double kv = (long double)est->block_count * (long double)est->context_length *
+                   (long double)est->head_count_kv * (long double)(k_len + v_len) * 2.0L;
+  if (kv > 1e18L)
+    return HL_EFORMAT;
+  est->kv_cache = (uint64_t)kv;
+  est->overhead = (64ull << 20) + est->weights / 20;
+  est->total = est->weights + est->kv_cache + est->overhead;
+  return 0;
 }

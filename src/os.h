@@ -72,7 +72,10 @@ int hl__os_proc_alive(long pid);
 
 /* Kernel view of the lock (status).  Returns 0 and fills holder/waiters, or
  * -ENOSYS where there is no lock table to read. */
-int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st);
+int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick);
+/* quick: holders only, skip the slow scan of /proc for inotify waiters. */
+/* Parent of `pid`, 0 when unknown. */
+long hl__os_parent_pid(long pid);
 /* Lock file deleted or replaced under its holder.  A holder keeps its flock
  * on the old inode, which no path names any more, so a newcomer that opens
  * the path gets a fresh inode and "wins": two holders.  The kernel still

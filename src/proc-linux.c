@@ -135,6 +135,19 @@ static void scan_inotify_waiters(const hl__fileid_t *id, hl_status_t *st) {
   closedir(proc);
 }
 
+long hl__os_parent_pid(long pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+  if (read_small(path, buf, sizeof(buf)) <= 0)
+    return 0;
+  char *p = strrchr(buf, ')');
+  char state;
+  long ppid;
+  if (p == NULL || sscanf(p + 1, " %c %ld", &state, &ppid) != 2)
+    return 0;
+  return ppid;
+}
+
 /* One lock line, as in /proc/locks or after "lock:" in fdinfo. */
 typedef struct {
   int blocked;
@@ -233,7 +246,7 @@ static long lock_owner(const lock_line_t *want, const char *link, int scan_all) 
   }
 }
 
-int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st) {
+int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick) {
   FILE *f = fopen("/proc/locks", "re");
   if (f == NULL)
     return -ENOSYS;
@@ -259,7 +272,8 @@ int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st) {
     if (owner)
       st->holder_pid = owner;
   }
-  scan_inotify_waiters(id, st);
+  if (!quick)
+    scan_inotify_waiters(id, st);
   return 0;
 }
 

@@ -1,0 +1,224 @@
+"""heavylock run --slots/--mem/--budget, status of slot holders, gguf estimate.
+
+Real processes; concurrency judged from the intervals the commands record,
+processes ordered by polling `status --json`, never by sleeping.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import read_intervals, record_cmd, wait_for
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="the slots kind is built on Linux only")
+
+MODEL = os.environ.get("LLM_APP_MODEL") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "examples", "llm-app", "models",
+    "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture
+def lockfile(tmp_path):
+    """`--lock` names an existing directory (the CLI refuses to invent one)."""
+    (tmp_path / "models").mkdir()
+    return tmp_path / "models" / ".llm_load.lock"
+
+
+def run(*args, **kw):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, **kw)
+
+
+def status(cli, lock):
+    r = run(cli, "status", "--lock", lock, "--json")
+    return json.loads(r.stdout)
+
+
+def max_concurrent(iv):
+    best = 0
+    for a, _, _ in iv:
+        best = max(best, sum(1 for s, e, _ in iv if s <= a < e))
+    return best
+
+
+def hold(cli, lock, *opts, label="holder"):
+    """A `heavylock run` that holds until killed; returns once it holds."""
+    p = subprocess.Popen([cli, "run", "-q", "--lock", str(lock), "-l", label, *opts, "--",
+                          "sleep", "300"], start_new_session=True)
+    wait_for(lambda: any(h["pid"] == p.pid for h in status(cli, lock)["holders"]),
+             what=f"{label} holding")
+    return p
+
+
+def kill(p):
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait(timeout=10)
+
+
+@pytest.mark.parametrize("opt,value,what", [
+    ("--slots", "0", "--slots"), ("--slots", "-2", "--slots"), ("--slots", "two", "--slots"),
+    ("--slots", "", "--slots"), ("--mem", "2X", "--mem"), ("--mem", "-1G", "--mem"),
+    ("--mem", "1.5", "--mem"), ("--mem", "nan", "--mem"), ("--budget", "0", "--budget"),
+    ("--budget", "lots", "--budget"), ("--budget", "8 G", "--budget"),
+])
+def test_bad_values_exit_64_naming_them(cli, lockfile, opt, value, what):
+    r = run(cli, "run", "--lock", lockfile, opt, value, "--", "true")
+    assert r.returncode == 64, r.stderr
+    assert f"invalid {what} value: '{value}'" in r.stderr
+    assert not lockfile.exists()  # nothing created for a bad command line
+
+
+def test_slots_two_never_three(cli, lockfile, tmp_path):
+    log = tmp_path / "intervals"
+    procs = [subprocess.Popen([cli, "run", "-q", "--slots", "2", "--lock", str(lockfile), "--",
+                               *record_cmd(log, 0.15)]) for _ in range(6)]
+    for p in procs:
+        assert p.wait(timeout=60) == 0
+    iv = read_intervals(log)
+    assert len(iv) == 6
+    assert max_concurrent(iv) == 2  # never 3, and really 2 at once
+
+
+def test_third_waits_and_is_listed(cli, lockfile, tmp_path):
+    a = hold(cli, lockfile, "--slots", "2", "--mem", "1G", label="a")
+    b = hold(cli, lockfile, "--slots", "2", label="b")
+    log = tmp_path / "third"
+    c = subprocess.Popen([cli, "run", "-q", "--slots", "2", "--mem", "3G", "-l", "c",
+                          "--lock", str(lockfile), "--", *record_cmd(log, 0.01)])
+    try:
+        d = wait_for(lambda: (lambda s: s if any(w["pid"] == c.pid for w in s["waiters"])
+                              else None)(status(cli, lockfile)), what="third queued")
+        assert d["kind"] == "slots" and d["shared"] and d["held"]
+        by_pid = {h["pid"]: h for h in d["holders"]}
+        assert set(by_pid) == {a.pid, b.pid}
+        assert by_pid[a.pid]["weight"] == 1 << 30
+        assert by_pid[a.pid]["weight_source"] == "declared"
+        assert by_pid[a.pid]["label"] == "a"
+        assert 0 <= by_pid[b.pid]["held_for"] < 60
+        (w,) = [w for w in d["waiters"] if w["pid"] == c.pid]
+        assert w["ticket"] > 0 and w["weight"] == 3 << 30 and w["label"] == "c"
+        assert d["budget"] == "auto" and isinstance(d["free"], int)
+        text = run(cli, "status", "--lock", lockfile).stdout
+        assert "slot holders: 2" in text and "weight 1.0 GiB (declared)" in text
+        assert "asks 3.0 GiB" in text
+        assert not log.exists()
+        t_kill = time.time()
+        kill(a)  # a slot frees: the third gets in
+        assert c.wait(timeout=30) == 0
+        (start, _, _), = read_intervals(log)
+        assert start >= t_kill
+    finally:
+        kill(a)
+        kill(b)
+        if c.poll() is None:
+            c.kill()
+
+
+def test_budget_fits_two(cli, lockfile, tmp_path):
+    log = tmp_path / "intervals"
+    procs = [subprocess.Popen([cli, "run", "-q", "--mem", "1G", "--budget", "2.5G",
+                               "--lock", str(lockfile), "--", *record_cmd(log, 0.15)])
+             for _ in range(6)]
+    for p in procs:
+        assert p.wait(timeout=60) == 0
+    assert max_concurrent(read_intervals(log)) == 2
+
+
+def test_exclusive_holder_blocks_slot_holders(cli, lockfile, tmp_path):
+    log = tmp_path / "log"
+    fl = subprocess.Popen(["flock", str(lockfile), "sleep", "300"], start_new_session=True)
+    try:
+        wait_for(lambda: status(cli, lockfile)["held"], what="flock(1) holding")
+        r = run(cli, "run", "-n", "--slots", "3", "--lock", lockfile, "--", "true")
+        assert r.returncode == 1
+        w = subprocess.Popen([cli, "run", "-q", "--slots", "3", "--lock", str(lockfile), "--",
+                              *record_cmd(log, 0.01)])
+        wait_for(lambda: any(x["pid"] == w.pid and x.get("ticket")
+                             for x in status(cli, lockfile)["waiters"]),
+                 what="slot waiter queued")
+        t = time.time()
+        kill(fl)
+        assert w.wait(timeout=30) == 0
+        assert read_intervals(log)[0][0] >= t
+    finally:
+        kill(fl)
+
+
+def test_flock_waiter_not_starved_by_slot_stream(cli, lockfile, tmp_path):
+    """4 overlapping streams on 3 slots keep the lock shared at all times; a
+    flock(1) waiter still gets in within a bounded wait."""
+    stop = tmp_path / "stop"
+    loop = (f"while [ ! -e {stop} ]; do {cli} run -q --slots 3 --lock {lockfile} -- "
+            f"sleep 0.1; done")
+    streams = [subprocess.Popen(["sh", "-c", loop], start_new_session=True) for _ in range(4)]
+    try:
+        wait_for(lambda: len(status(cli, lockfile)["holders"]) >= 2, what="stream running")
+        t0 = time.monotonic()
+        r = run("flock", "-w", "20", lockfile, "true")
+        waited = time.monotonic() - t0
+        assert r.returncode == 0, "flock(1) starved behind the slot holders"
+        assert waited < 10
+    finally:
+        stop.touch()
+        for s in streams:
+            try:
+                s.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                kill(s)
+
+
+def test_notices_are_whole_lines(cli, lockfile):
+    """Two waiters sharing one stderr: every line is one whole notice."""
+    a = hold(cli, lockfile, "--slots", "2", label="x" * 300)
+    b = hold(cli, lockfile, "--slots", "2", label="y" * 300)
+    r, w = os.pipe()
+    waiters = [subprocess.Popen([cli, "run", "-v", "-w", "2.5", "--slots", "2", "--lock",
+                                 str(lockfile), "--", "true"], stderr=w) for _ in range(2)]
+    os.close(w)
+    try:
+        for p in waiters:
+            assert p.wait(timeout=30) == 1  # timed out
+        out = b""
+        while chunk := os.read(r, 65536):
+            out += chunk
+    finally:
+        os.close(r)
+        kill(a)
+        kill(b)
+    lines = out.decode().splitlines()
+    notices = [ln for ln in lines if ln.startswith("heavylock: waiting for")]
+    assert len(notices) >= 2
+    for ln in lines:
+        assert ln.startswith("heavylock: "), ln
+        assert "held by 2 slot holders" in ln or "took" in ln, ln
+    for ln in notices:
+        assert ln.endswith(" s)"), ln
+
+
+def test_status_free_and_budget_text(cli, lockfile):
+    a = hold(cli, lockfile, "--mem", "512M", "--budget", "4G", label="a")
+    try:
+        d = status(cli, lockfile)
+        assert d["budget"] == 4 << 30
+        assert d["free"] == (4 << 30) - (512 << 20)
+        assert "budget:  4.0 GiB, free now 3.5 GiB" in run(cli, "status", "--lock",
+                                                            lockfile).stdout
+    finally:
+        kill(a)
+
+
+def test_gguf_prints_estimate(cli):
+    if not os.path.exists(MODEL):
+        pytest.skip("model not fetched (make example-setup)")
+    r = run(cli, "gguf", MODEL)
+    assert r.returncode == 0, r.stderr
+    # SmolLM2-135M: 30 layers x 8192 tokens x 3 KV heads x (64 + 64) x 2 bytes
+    assert f"kv cache (f16, 8192 tokens): {30 * 8192 * 3 * 128 * 2} bytes" in r.stdout
+    assert "estimate:" in r.stdout
