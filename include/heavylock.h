@@ -69,6 +69,10 @@ extern "C" {
 #define HL_ESELF      (-30009) /* held by this process through another
                                   descriptor, or by its parent: waiting
                                   would never end                          */
+#define HL_ELOST      (-30010) /* the connection to the lock server broke:
+                                  the server released the lock (pg kind)   */
+#define HL_ENOBUDGET  (-30011) /* memory admission on a remote lock needs a
+                                  static budget (hl_lock_set_budget)       */
 
 /* The name of an error returned by any function here (never NULL). */
 const char *hl_strerror(int err);
@@ -79,6 +83,7 @@ const char *hl_version(void);
  * ------------------------------------------------------------------------ */
 
 typedef struct hl_lock_s hl_lock_t;
+typedef struct hl_status_s hl_status_t; /* see "Holder records and status" */
 
 /*
  * Open a handle on the lock at `path`.  Creates the file (mode 0666 & ~umask)
@@ -238,7 +243,7 @@ typedef struct hl_holder_s {
   char label[HL_LABEL_MAX];
 } hl_holder_t;
 
-typedef struct hl_status_s {
+struct hl_status_s {
   int held;                   /* 1 held, 0 free                               */
   long holder_pid;            /* from the kernel's lock table, 0 if unknown    */
   int has_record;             /* record read and it names the live holder      */
@@ -257,7 +262,7 @@ typedef struct hl_status_s {
   uint64_t budget;            /* static budget, 0 = live memory / none        */
   uint64_t free_bytes;        /* what a newcomer could have now, if known     */
   int free_known;             /* 1 when free_bytes was computed               */
-} hl_status_t;
+};
 
 /*
  * Who holds the lock at `path` and who waits.  On Linux the kernel's lock
