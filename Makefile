@@ -9,7 +9,7 @@ HEAVYLOCK := $(BUILD)/heavylock
 SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.build meson.options
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
-.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup
+.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup test-pg bench-pg
 
 all: build
 
@@ -38,6 +38,14 @@ test-py: example-setup
 	  $(PY) -m pytest -q -p no:cacheprovider tests/python
 
 test: test-c test-py
+
+# The PostgreSQL kind against a throwaway local server, started and stopped
+# here (CI starts one for the whole run in .ci/run instead).
+test-pg: build
+	bash tests/pg-cluster.sh start
+	eval "$$(bash tests/pg-cluster.sh env)"; \
+	  PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --suite pg --print-errorlogs; \
+	  rc=$$?; bash tests/pg-cluster.sh stop; exit $$rc
 
 # The C tests once under AddressSanitizer + UBSan (CI runs this too).
 test-asan: $(VENV)/.deps
@@ -87,6 +95,12 @@ demo: example-setup
 
 bench: build $(VENV)/.pkg
 	$(PY) bench/handoff.py --heavylock $(HEAVYLOCK)
+
+# PostgreSQL kind beside the file lock: handoff, uncontended, 8 clients on 3 slots.
+bench-pg: build $(VENV)/.pkg
+	bash tests/pg-cluster.sh start
+	eval "$$(bash tests/pg-cluster.sh env)"; \
+	  $(PY) bench/pg.py --heavylock $(HEAVYLOCK); rc=$$?; bash tests/pg-cluster.sh stop; exit $$rc
 
 clean:
 	rm -rf build $(VENV)
