@@ -79,11 +79,15 @@ typedef struct hl__kind_s {
    * holder's record is written), HL_EBUSY = someone is in the way, or an
    * error (nothing held).  The first HL_EBUSY of an acquisition may enter
    * a queue (a ticket) that later calls keep; lock.c calls cancel() when it
-   * stops trying without success.  `waiting` is 0 for a try-once acquire
-   * (a kind must not leave anything queued then) and 1 inside a wait.
-   * A kind that finds this very process, through a descriptor that is not
-   * one of its handles, or one of its ancestors, in the way returns
-   * HL_ESELF (lock.c also checks through status).
+   * stops trying without success.  `waiting` is 1 when lock.c will call
+   * wait() after an HL_EBUSY (arm what wakes you now), 0 for a try-once
+   * acquire or before acquire_blocking (lock.c calls cancel() on failure
+   * either way, so a kind may queue even then).
+   * Self-deadlock: after the first HL_EBUSY of a wait, lock.c calls
+   * status(HL__STATUS_QUICK) and returns HL_ESELF when st->holder_pid is
+   * this process (through no handle of ours) or one of its ancestors; so a
+   * kind's status must set holder_pid only to a pid on THIS machine that
+   * holds the lock exclusively (remote holders go in holders[] only).
    */
   int (*try_acquire)(void *state, const hl__ask_t *ask, int waiting);
 
@@ -130,8 +134,9 @@ typedef struct hl__kind_s {
   intptr_t (*fd)(void *state);
 
   /*
-   * Who holds `target` and who waits, into *st (already zeroed by lock.c;
-   * st->kind is set by lock.c).  Never creates or modifies anything.  A
+   * Who holds `target` and who waits, into *st (already zeroed, held_for
+   * -1, st->kind set by lock.c).  Fill holders[] for every holder, and
+   * holder_pid (see try_acquire) / record for a local exclusive one.  Never creates or modifies anything.  A
    * missing lock is "free" (return 0).  `flags`: HL__STATUS_*.
    */
   int (*status)(const char *target, hl_status_t *st, int flags);
@@ -159,5 +164,12 @@ extern const hl__kind_t hl__kind_pg;
  * returns -ENOSYS).
  */
 const hl__kind_t *hl__kind_pick(const char *target, const hl__ask_t *ask);
+
+/* Helpers the kinds share (lock.c). */
+/* The flock kind's status of a lock file: kernel lock table + record. */
+int hl__flock_status(const char *path, hl_status_t *st, int flags);
+/* 1 when `target` looks like "scheme://...": not a lock file path (the file
+ * kinds refuse it, so that a URL without its kind is not created as a file). */
+int hl__is_url(const char *target);
 
 #endif

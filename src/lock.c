@@ -4,30 +4,46 @@
  * Platform-neutral; the system calls live behind os.h (os-unix.c,
  * os-win.c).  Read heavylock.h first: it is the contract.
  */
+#include "kind.h"
 #include "os.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* The handle: what every kind shares.  The kind's own state (descriptors,
+ * watches, queue entries) is behind `state`. */
 struct hl_lock_s {
-  char *path;
-  intptr_t fd;          /* open only while acquiring or held, else -1 */
-  int readonly;         /* no holder record can be written            */
+  char *target;           /* as given to hl_lock_open                    */
+  const hl__kind_t *kind;
+  void *state;
+  hl__ask_t ask;
   int held;
-  long owner_pid;       /* the process that opened the handle         */
-  uintptr_t thread;     /* the thread acquiring or holding            */
-  hl__fileid_t id;
-  hl__watch_t *watch;   /* for timed waits; kept until close (see os.h) */
-  hl_record_t self;     /* this process's identity, read once per pid   */
-  char label[HL_LABEL_MAX];
+  long owner_pid;         /* the process that opened the handle          */
+  uintptr_t thread;       /* the thread acquiring or holding             */
+  int registered;         /* in the registry below                       */
+  uint64_t id[2];         /* the kind's identity of what it locks        */
+  hl_wait_cb cb;          /* "who is in the way" notices                 */
+  void *cb_arg;
+  double cb_first, cb_every;
   struct hl_lock_s *next; /* registry of handles busy in this process */
 };
 
-/* While a wait is under way and no close event came, look again this often:
- * a holder that unlocks without closing (flock -u) sends no event. */
-#define RECHECK_MS 100
+/* The flock kind's state: one descriptor on one inode. */
+typedef struct flock_state_s {
+  char *path;
+  intptr_t fd;            /* open only while acquiring or held, else -1 */
+  int readonly;           /* no holder record can be written            */
+  int held;
+  hl__fileid_t id;
+  hl__watch_t *watch;     /* for timed waits; kept until close (see os.h) */
+  int watching;           /* the watch is armed for this wait            */
+  int poll_ms;            /* backoff when there is no watch              */
+  hl_record_t self;       /* this process's identity, read once per pid   */
+} flock_state_t;
+
 /* Without a watch, poll with backoff from 1 ms up to this. */
 #define POLL_MAX_MS 50
 
@@ -44,6 +60,9 @@ const char *hl_strerror(int err) {
   case HL_EFORKED: return "lock handle belongs to the parent process";
   case HL_ENOTHELD: return "lock is not held by this handle";
   case HL_EFORMAT: return "file is not in the expected format";
+  case HL_ESELF:
+    return "held by this process through another descriptor, or by its parent: "
+           "waiting would never end";
   case -EDEADLK: return "this thread already holds or waits for this lock";
   }
   if (err < 0 && err > -4096)
@@ -51,26 +70,35 @@ const char *hl_strerror(int err) {
   return "unknown error";
 }
 
-/* ---- the registry: which handles of this process are busy on which file --
+/* ---- the registry: which handles of this process are busy on which lock --
  * flock(2) locks belong to open file descriptions, so two handles on one
  * path in one process exclude each other.  From different threads that is
  * right (the second waits for the first); from the same thread the wait
  * could never end, so it is reported as -EDEADLK at once (filelock #315). */
 static hl_lock_t *registry;
 
-static int registry_enter(hl_lock_t *lk) {
+static int same_id(const uint64_t a[2], const uint64_t b[2]) {
+  return a[0] == b[0] && a[1] == b[1];
+}
+
+/* Enter `lk` (its id is set).  With `busy`, refuse when another handle of
+ * this thread is busy on the same lock: waiting for ourselves never ends. */
+static int registry_enter(hl_lock_t *lk, int busy) {
   int rc = 0;
   hl__os_registry_lock();
-  for (hl_lock_t *o = registry; o; o = o->next) {
-    if (o->owner_pid == lk->owner_pid && o->thread == lk->thread &&
-        o->id.dev == lk->id.dev && o->id.ino == lk->id.ino) {
-      rc = -EDEADLK;
-      break;
+  if (busy) {
+    for (hl_lock_t *o = registry; o; o = o->next) {
+      if (o != lk && o->owner_pid == lk->owner_pid && o->thread == lk->thread &&
+          same_id(o->id, lk->id)) {
+        rc = -EDEADLK;
+        break;
+      }
     }
   }
-  if (rc == 0) {
+  if (rc == 0 && !lk->registered) {
     lk->next = registry;
     registry = lk;
+    lk->registered = 1;
   }
   hl__os_registry_unlock();
   return rc;
@@ -85,32 +113,321 @@ static void registry_leave(hl_lock_t *lk) {
     }
   }
   lk->next = NULL;
+  lk->registered = 0;
   hl__os_registry_unlock();
 }
 
-int hl_lock_open(hl_lock_t **lockp, const char *path) {
+/* Does a handle of this process (another thread's) hold the lock `id`? */
+static int registry_held(const hl_lock_t *lk) {
+  int found = 0;
+  hl__os_registry_lock();
+  for (hl_lock_t *o = registry; o; o = o->next)
+    if (o != lk && o->owner_pid == lk->owner_pid && o->held && same_id(o->id, lk->id))
+      found = 1;
+  hl__os_registry_unlock();
+  return found;
+}
+
+/* ---- the handle ---- */
+
+static int open_state(hl_lock_t *lk) {
+  const hl__kind_t *k = hl__kind_pick(lk->target, &lk->ask);
+  if (k == NULL)
+    return -ENOSYS;
+  if (k->version < 1 || k->version > HL__KIND_VERSION)
+    return -ENOSYS;
+  void *state = NULL;
+  int rc = k->open(lk->target, &state);
+  if (rc < 0)
+    return rc;
+  if (lk->state)
+    lk->kind->close(lk->state, 1);
+  lk->kind = k;
+  lk->state = state;
+  return 0;
+}
+
+int hl_lock_open(hl_lock_t **lockp, const char *target) {
   *lockp = NULL;
-  if (path == NULL || path[0] == '\0')
+  if (target == NULL || target[0] == '\0')
     return -EINVAL;
   hl_lock_t *lk = calloc(1, sizeof(*lk));
   if (lk == NULL)
     return -ENOMEM;
-  lk->path = strdup(path);
-  if (lk->path == NULL) {
+  lk->target = strdup(target);
+  if (lk->target == NULL) {
     free(lk);
     return -ENOMEM;
   }
-  /* Open once now so that a bad path is reported here, not at first use. */
-  int rc = hl__os_open(path, &lk->fd, &lk->readonly);
+  lk->ask.slots = 1;
+  lk->owner_pid = hl__os_getpid();
+  /* The kind opens now so that a bad target is reported here. */
+  int rc = open_state(lk);
   if (rc < 0) {
-    free(lk->path);
+    free(lk->target);
     free(lk);
     return rc;
   }
-  hl__os_close(lk->fd);
-  lk->fd = -1;
-  lk->owner_pid = hl__os_getpid();
   *lockp = lk;
+  return 0;
+}
+
+/* Re-pick the kind after the ask changed (slots, weight, budget). */
+static int repick(hl_lock_t *lk) {
+  if (lk->held)
+    return -EBUSY;
+  if (hl__kind_pick(lk->target, &lk->ask) == lk->kind)
+    return 0;
+  return open_state(lk);
+}
+
+int hl_lock_set_slots(hl_lock_t *lk, int n) {
+  if (n < 0)
+    return -EINVAL;
+  if (lk->held)
+    return -EBUSY;
+  int old = lk->ask.slots;
+  lk->ask.slots = n;
+  int rc = repick(lk);
+  if (rc < 0)
+    lk->ask.slots = old;
+  return rc;
+}
+
+int hl_lock_set_weight(hl_lock_t *lk, uint64_t bytes, const char *source) {
+  if (lk->held)
+    return -EBUSY;
+  lk->ask.weight = bytes;
+  snprintf(lk->ask.weight_source, sizeof(lk->ask.weight_source), "%s", source ? source : "");
+  return 0;
+}
+
+int hl_lock_set_budget(hl_lock_t *lk, uint64_t bytes) {
+  if (lk->held)
+    return -EBUSY;
+  lk->ask.budget = bytes;
+  return 0;
+}
+
+int hl_lock_set_wait_callback(hl_lock_t *lk, hl_wait_cb cb, void *arg, double first_after,
+                              double every) {
+  if (cb && (isnan(first_after) || isnan(every)))
+    return -EINVAL;
+  lk->cb = cb;
+  lk->cb_arg = arg;
+  lk->cb_first = first_after > 0 ? first_after : 0;
+  lk->cb_every = every;
+  return 0;
+}
+
+const char *hl_lock_kind(const hl_lock_t *lk) { return lk->kind->name; }
+
+/* ---- the one wait loop ---- */
+
+/* While a wait is under way and nothing woke us, look again this often: a
+ * holder that unlocks without closing (flock -u) sends no event, and memory
+ * admission depends on numbers that change without events. */
+#define RECHECK_MS 100
+
+/* Is `pid` this process or one of its ancestors? */
+static int self_or_ancestor(long pid) {
+  long p = hl__os_getpid();
+  for (int depth = 0; p > 1 && depth < 64; depth++) {
+    if (p == pid)
+      return 1;
+    p = hl__os_parent_pid(p);
+  }
+  return 0;
+}
+
+/*
+ * A holder that is this process through a descriptor that is none of our
+ * handles (a conftest's filelock, `flock L heavylock run --lock L`), or one
+ * of our ancestors (they wait for us): waiting would never end.
+ */
+static int held_by_self(hl_lock_t *lk) {
+  hl_status_t *st = malloc(sizeof(*st));
+  if (st == NULL)
+    return 0;
+  memset(st, 0, sizeof(*st));
+  st->held_for = -1;
+  int self = 0;
+  if (lk->kind->status(lk->target, st, HL__STATUS_QUICK) == 0 && st->held && st->holder_pid > 0) {
+    if (st->holder_pid == hl__os_getpid())
+      self = !registry_held(lk);
+    else
+      self = self_or_ancestor(st->holder_pid);
+  }
+  free(st);
+  return self;
+}
+
+static int notify(hl_lock_t *lk, double waited) {
+  hl_status_t *st = malloc(sizeof(*st));
+  if (st == NULL)
+    return 0;
+  if (hl_status(lk->target, st) < 0) {
+    memset(st, 0, sizeof(*st));
+    st->held = 1;
+    st->held_for = -1;
+  }
+  int rc = lk->cb(lk->cb_arg, st, waited);
+  free(st);
+  return rc;
+}
+
+static int wait_loop(hl_lock_t *lk, double start, double deadline) {
+  const hl__kind_t *k = lk->kind;
+  double next_cb = lk->cb ? start + lk->cb_first : INFINITY;
+  for (;;) {
+    double t = hl__os_monotonic();
+    if (t >= next_cb) {
+      int rc = notify(lk, t - start);
+      if (rc != 0)
+        return rc;
+      next_cb = lk->cb_every > 0 ? t + lk->cb_every : INFINITY;
+      t = hl__os_monotonic();
+    }
+    if (t >= deadline)
+      return HL_ETIMEDOUT;
+    double until = t + RECHECK_MS / 1000.0;
+    if (deadline < until)
+      until = deadline;
+    if (next_cb < until)
+      until = next_cb;
+    int ms = (int)((until - t) * 1000.0 + 0.999); /* bounded by RECHECK_MS */
+    if (ms < 0)
+      ms = 0;
+    int rc = k->wait(lk->state, ms);
+    if (rc < 0)
+      return rc; /* -EINTR: the caller checks its signals */
+    rc = k->try_acquire(lk->state, &lk->ask, 1);
+    if (rc != HL_EBUSY)
+      return rc;
+  }
+}
+
+int hl_lock_acquire(hl_lock_t *lk, double timeout) {
+  if (lk->owner_pid != hl__os_getpid())
+    return HL_EFORKED;
+  if (lk->held)
+    return -EDEADLK;
+  if (isnan(timeout))
+    return -EINVAL;
+  const hl__kind_t *k = lk->kind;
+  int forever = timeout < 0 || isinf(timeout);
+  double start = hl__os_monotonic();
+  double deadline = forever ? INFINITY : start + (timeout > 0 ? timeout : 0);
+  lk->thread = hl__os_thread_self();
+
+  /* No deadline and no notices: a kind that can block in the kernel does
+   * (the flock kind: flock(2), so that /proc/locks shows the waiter). */
+  int block = forever && lk->cb == NULL && k->acquire_blocking != NULL;
+  int rc = k->try_acquire(lk->state, &lk->ask, timeout != 0 && !block);
+  if (rc == 0 || rc == HL_EBUSY) {
+    int idrc = k->identity(lk->state, lk->id);
+    if (idrc < 0) {
+      if (rc == 0)
+        k->release(lk->state);
+      k->cancel(lk->state);
+      return idrc;
+    }
+    int reg = registry_enter(lk, rc == HL_EBUSY);
+    if (reg < 0) {
+      k->cancel(lk->state);
+      return reg;
+    }
+  }
+  if (rc == HL_EBUSY && timeout != 0) {
+    if (held_by_self(lk))
+      rc = HL_ESELF;
+    else if (block)
+      rc = k->acquire_blocking(lk->state, &lk->ask);
+    else
+      rc = wait_loop(lk, start, deadline);
+  }
+  if (rc == 0) {
+    lk->held = 1;
+    return 0;
+  }
+  k->cancel(lk->state);
+  if (lk->registered)
+    registry_leave(lk);
+  return rc;
+}
+
+int hl_lock_release(hl_lock_t *lk) {
+  if (lk->owner_pid != hl__os_getpid())
+    return HL_EFORKED;
+  if (!lk->held)
+    return HL_ENOTHELD;
+  int rc = lk->kind->release(lk->state);
+  lk->held = 0;
+  registry_leave(lk);
+  return rc;
+}
+
+void hl_lock_close(hl_lock_t *lk) {
+  if (lk == NULL)
+    return;
+  int owner = lk->owner_pid == hl__os_getpid();
+  if (owner && lk->held)
+    (void)hl_lock_release(lk);
+  if (lk->registered)
+    registry_leave(lk);
+  lk->kind->close(lk->state, owner);
+  free(lk->target);
+  free(lk);
+}
+
+int hl_lock_set_label(hl_lock_t *lk, const char *label) {
+  snprintf(lk->ask.label, sizeof(lk->ask.label), "%s", label ? label : "");
+  if (lk->held && lk->owner_pid == hl__os_getpid())
+    (void)lk->kind->relabel(lk->state, &lk->ask);
+  return 0;
+}
+
+int hl_lock_held(const hl_lock_t *lk) { return lk->held; }
+const char *hl_lock_path(const hl_lock_t *lk) { return lk->target; }
+intptr_t hl_lock_fd(const hl_lock_t *lk) { return lk->held ? lk->kind->fd(lk->state) : -1; }
+
+int hl_status(const char *target, hl_status_t *st) {
+  memset(st, 0, sizeof(*st));
+  st->held_for = -1;
+  const hl__kind_t *k = hl__kind_pick(target, NULL);
+  if (k == NULL)
+    return -ENOSYS;
+  st->kind = k->name;
+  return k->status(target, st, 0);
+}
+
+/* ---- the flock kind: an exclusive flock(2) on the whole lock file ----
+ * Today's lock, and what flock(1), filelock and portalocker take: each
+ * excludes the others.  The record (who holds) lives in the file itself. */
+
+static int flock_claims(const char *target, const hl__ask_t *ask) {
+  return !hl__is_url(target) && (ask == NULL || ask->slots == 1);
+}
+
+static int flock_open(const char *path, void **statep) {
+  flock_state_t *fs = calloc(1, sizeof(*fs));
+  if (fs == NULL)
+    return -ENOMEM;
+  fs->path = strdup(path);
+  if (fs->path == NULL) {
+    free(fs);
+    return -ENOMEM;
+  }
+  /* Open once now so that a bad path is reported here, not at first use. */
+  int rc = hl__os_open(path, &fs->fd, &fs->readonly);
+  if (rc < 0) {
+    free(fs->path);
+    free(fs);
+    return rc;
+  }
+  hl__os_close(fs->fd);
+  fs->fd = -1;
+  *statep = fs;
   return 0;
 }
 
@@ -121,7 +438,7 @@ static void one_line(char *s) {
       *s = ' ';
 }
 
-static void write_record(hl_lock_t *lk) {
+static void write_record(flock_state_t *lk, const hl__ask_t *ask) {
   if (lk->readonly)
     return;
   /* Reading /proc for our identity is done once (per pid: a forked child
@@ -134,7 +451,7 @@ static void write_record(hl_lock_t *lk) {
   }
   hl_record_t rec = lk->self;
   char buf[HL_LABEL_MAX + HL_CMD_MAX + HL_HOST_MAX + 256];
-  snprintf(rec.label, sizeof(rec.label), "%s", lk->label);
+  snprintf(rec.label, sizeof(rec.label), "%s", ask->label);
   one_line(rec.label);
   int n = snprintf(buf, sizeof(buf),
                    "heavylock-holder 1\npid=%ld\nstart=%llu\nacquired=%.6f\n"
@@ -154,142 +471,165 @@ static int same_file(const hl__fileid_t *a, const hl__fileid_t *b) {
   return a->dev == b->dev && a->ino == b->ino;
 }
 
-/* Wait for the lock on lk->fd until `deadline` (monotonic seconds). */
-static int wait_until(hl_lock_t *lk, double deadline) {
-  if (lk->watch == NULL)
-    lk->watch = hl__os_watch_open();
-  hl__watch_t *w = lk->watch;
-  int rc, poll_ms = 1;
-  for (;;) {
-    /* The watch is armed before this try: a release after it wakes us. */
-    if (w && hl__os_watch_arm(w, lk->path) < 0)
-      w = NULL; /* fall back to polling */
-    rc = hl__os_trylock(lk->fd);
-    if (rc != HL_EBUSY)
-      break;
-    double left = deadline - hl__os_monotonic();
-    if (left <= 0) {
-      rc = HL_ETIMEDOUT;
-      break;
-    }
-    int ms = (int)(left * 1000.0) + 1;
-    if (w) {
-      if (ms > RECHECK_MS)
-        ms = RECHECK_MS;
-      rc = hl__os_watch_wait(w, ms);
-      if (rc == -EINTR)
-        break;
-    } else {
-      if (ms > poll_ms)
-        ms = poll_ms;
-      rc = hl__os_sleep_ms(ms); /* no watch here: poll with backoff */
-      if (rc == -EINTR)
-        break;
-      if (poll_ms < POLL_MAX_MS)
-        poll_ms *= 2;
-    }
-  }
-  if (w)
-    hl__os_watch_disarm(w);
-  return rc;
+static void flock_drop_fd(flock_state_t *fs) {
+  if (fs->fd >= 0)
+    hl__os_close(fs->fd);
+  fs->fd = -1;
 }
 
-int hl_lock_acquire(hl_lock_t *lk, double timeout) {
-  if (lk->owner_pid != hl__os_getpid())
-    return HL_EFORKED;
-  if (lk->held)
-    return -EDEADLK;
-  double deadline = hl__os_monotonic() + (timeout > 0 ? timeout : 0);
-  for (;;) {
-    int rc = hl__os_open(lk->path, &lk->fd, &lk->readonly);
-    if (rc < 0) {
-      lk->fd = -1;
-      return rc;
-    }
-    if ((rc = hl__os_fileid_fd(lk->fd, &lk->id)) < 0)
-      goto fail;
-    lk->thread = hl__os_thread_self();
-    if ((rc = registry_enter(lk)) < 0)
-      goto fail;
-
-    if (timeout == 0)
-      rc = hl__os_trylock(lk->fd);
-    else if (timeout < 0)
-      rc = hl__os_lock_wait(lk->fd);
-    else
-      rc = wait_until(lk, deadline);
-    if (rc < 0) {
-      registry_leave(lk);
-      goto fail;
-    }
-
-    /* We hold a lock on the inode we opened.  If the path no longer names
-     * it (a tool deleted or replaced the file while we waited), the lock
-     * excludes nobody: let it go and start over on the new file. */
-    hl__fileid_t now;
-    if (hl__os_fileid_path(lk->path, &now) == 0 && same_file(&now, &lk->id)) {
-      lk->held = 1;
-      write_record(lk);
-      return 0;
-    }
-    hl__os_unlock(lk->fd);
-    registry_leave(lk);
-    hl__os_close(lk->fd);
-    lk->fd = -1;
-    if (timeout > 0 && hl__os_monotonic() >= deadline)
-      return HL_ETIMEDOUT;
-    continue;
-  fail:
-    hl__os_close(lk->fd);
-    lk->fd = -1;
-    return rc;
-  }
-}
-
-int hl_lock_release(hl_lock_t *lk) {
-  if (lk->owner_pid != hl__os_getpid())
-    return HL_EFORKED;
-  if (!lk->held)
-    return HL_ENOTHELD;
-  if (!lk->readonly)
-    (void)hl__os_write_all(lk->fd, "", 0); /* clear our record while we hold it */
-  int rc = hl__os_unlock(lk->fd);
-  /* The close is what wakes waiters that watch the file. */
-  hl__os_close(lk->fd);
-  lk->fd = -1;
-  lk->held = 0;
-  registry_leave(lk);
-  return rc;
-}
-
-void hl_lock_close(hl_lock_t *lk) {
-  if (lk == NULL)
-    return;
-  if (lk->owner_pid == hl__os_getpid()) {
-    if (lk->held)
-      (void)hl_lock_release(lk);
-  } else {
-    /* A forked child: drop our reference to the descriptor without
-     * unlocking; the parent's lock stays. */
-    if (lk->fd >= 0)
-      hl__os_close(lk->fd);
-    registry_leave(lk);
-  }
-  hl__os_watch_close(lk->watch);
-  free(lk->path);
-  free(lk);
-}
-
-int hl_lock_set_label(hl_lock_t *lk, const char *label) {
-  snprintf(lk->label, sizeof(lk->label), "%s", label ? label : "");
-  if (lk->held && lk->owner_pid == hl__os_getpid())
-    write_record(lk);
+/* After winning the inode we opened: if the path no longer names it (a tool
+ * deleted or replaced the file while we waited), the lock excludes nobody.
+ * 1 = good, 0 = let go (done here), start over on the new file. */
+static int flock_still_ours(flock_state_t *fs) {
+  hl__fileid_t now;
+  if (hl__os_fileid_path(fs->path, &now) == 0 && same_file(&now, &fs->id))
+    return 1;
+  hl__os_unlock(fs->fd);
+  flock_drop_fd(fs);
   return 0;
 }
 
-int hl_lock_held(const hl_lock_t *lk) { return lk->held; }
-const char *hl_lock_path(const hl_lock_t *lk) { return lk->path; }
-intptr_t hl_lock_fd(const hl_lock_t *lk) { return lk->held ? lk->fd : -1; }
+static int flock_ensure_open(flock_state_t *fs) {
+  if (fs->fd >= 0)
+    return 0;
+  int rc = hl__os_open(fs->path, &fs->fd, &fs->readonly);
+  if (rc < 0) {
+    fs->fd = -1;
+    return rc;
+  }
+  if ((rc = hl__os_fileid_fd(fs->fd, &fs->id)) < 0) {
+    flock_drop_fd(fs);
+    return rc;
+  }
+  return 0;
+}
+
+static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
+  flock_state_t *fs = state;
+  for (int round = 0; round < 8; round++) {
+    int rc = flock_ensure_open(fs);
+    if (rc < 0)
+      return rc;
+    if (waiting) {
+      /* Armed before the try: a release after it wakes us. */
+      if (fs->watch == NULL)
+        fs->watch = hl__os_watch_open();
+      fs->watching = fs->watch && hl__os_watch_arm(fs->watch, fs->path) == 0;
+      if (!fs->watching && fs->poll_ms == 0)
+        fs->poll_ms = 1;
+    }
+    rc = hl__os_trylock(fs->fd);
+    if (rc < 0)
+      return rc; /* HL_EBUSY or an error; the descriptor stays for the wait */
+    if (flock_still_ours(fs)) {
+      fs->held = 1;
+      if (fs->watching)
+        hl__os_watch_disarm(fs->watch);
+      fs->watching = 0;
+      write_record(fs, ask);
+      return 0;
+    }
+  }
+  return HL_EBUSY;
+}
+
+static int flock_wait(void *state, int ms) {
+  flock_state_t *fs = state;
+  if (fs->watching)
+    return hl__os_watch_wait(fs->watch, ms);
+  /* No watch here: poll with backoff from 1 ms up to POLL_MAX_MS. */
+  if (ms > fs->poll_ms)
+    ms = fs->poll_ms;
+  if (fs->poll_ms < POLL_MAX_MS)
+    fs->poll_ms *= 2;
+  int rc = hl__os_sleep_ms(ms);
+  return rc < 0 ? rc : 1;
+}
+
+static int flock_blocking(void *state, const hl__ask_t *ask) {
+  flock_state_t *fs = state;
+  for (;;) {
+    int rc = flock_ensure_open(fs);
+    if (rc < 0)
+      return rc;
+    if ((rc = hl__os_lock_wait(fs->fd)) < 0)
+      return rc;
+    if (flock_still_ours(fs)) {
+      fs->held = 1;
+      write_record(fs, ask);
+      return 0;
+    }
+  }
+}
+
+static void flock_cancel(void *state) {
+  flock_state_t *fs = state;
+  if (fs->watch)
+    hl__os_watch_disarm(fs->watch);
+  fs->watching = 0;
+  fs->poll_ms = 0;
+  if (!fs->held)
+    flock_drop_fd(fs);
+}
+
+static int flock_release(void *state) {
+  flock_state_t *fs = state;
+  if (!fs->readonly)
+    (void)hl__os_write_all(fs->fd, "", 0); /* clear our record while we hold it */
+  int rc = hl__os_unlock(fs->fd);
+  /* The close is what wakes waiters that use inotify. */
+  flock_drop_fd(fs);
+  fs->held = 0;
+  flock_cancel(fs);
+  return rc;
+}
+
+static int flock_relabel(void *state, const hl__ask_t *ask) {
+  write_record(state, ask);
+  return 0;
+}
+
+static int flock_identity(void *state, uint64_t id[2]) {
+  flock_state_t *fs = state;
+  if (fs->fd < 0)
+    return -EBADF;
+  id[0] = fs->id.dev;
+  id[1] = fs->id.ino;
+  return 0;
+}
+
+static intptr_t flock_fd(void *state) { return ((flock_state_t *)state)->fd; }
+
+static void flock_close(void *state, int owner) {
+  flock_state_t *fs = state;
+  if (owner && fs->held)
+    (void)flock_release(fs);
+  /* A forked child drops its reference to the descriptor without
+   * unlocking; the parent's lock stays. */
+  flock_drop_fd(fs);
+  hl__os_watch_close(fs->watch);
+  free(fs->path);
+  free(fs);
+}
+
+static int flock_status(const char *path, hl_status_t *st, int flags);
+
+const hl__kind_t hl__kind_flock = {
+    .version = HL__KIND_VERSION,
+    .name = "flock",
+    .claims = flock_claims,
+    .open = flock_open,
+    .try_acquire = flock_try,
+    .wait = flock_wait,
+    .acquire_blocking = flock_blocking,
+    .cancel = flock_cancel,
+    .release = flock_release,
+    .relabel = flock_relabel,
+    .identity = flock_identity,
+    .fd = flock_fd,
+    .status = flock_status,
+    .close = flock_close,
+};
 
 /* ---- records ---- */
 
@@ -344,9 +684,8 @@ int hl_record_read(const char *path, hl_record_t *rec) {
   return have_pid ? 0 : HL_EFORMAT;
 }
 
-int hl_status(const char *path, hl_status_t *st) {
-  memset(st, 0, sizeof(*st));
-  st->held_for = -1;
+/* The flock kind's status; also the first half of the slots kind's. */
+int hl__flock_status(const char *path, hl_status_t *st, int flags) {
   hl__fileid_t id;
   int rc = hl__os_fileid_path(path, &id);
   if (rc == -ENOENT)
@@ -354,7 +693,7 @@ int hl_status(const char *path, hl_status_t *st) {
   if (rc < 0)
     return rc;
   st->method = "proc-locks";
-  rc = hl__os_lock_table(&id, st);
+  rc = hl__os_lock_table(&id, st, flags & HL__STATUS_QUICK);
   if (rc == -ENOSYS) {
     st->method = "probe";
     rc = hl__os_probe_held(path);
@@ -365,6 +704,12 @@ int hl_status(const char *path, hl_status_t *st) {
     return rc;
   }
 
+  if (st->held && st->holder_pid) {
+    st->holders[0].pid = st->holder_pid;
+    st->holders[0].exclusive = 1;
+    st->holders[0].held_for = -1;
+    st->nholders = 1;
+  }
   hl_record_t rec;
   if (hl_record_read(path, &rec) != 0)
     return 0;
@@ -379,11 +724,22 @@ int hl_status(const char *path, hl_status_t *st) {
     st->held_for = hl__os_wallclock() - rec.acquired;
     if (st->holder_pid == 0)
       st->holder_pid = rec.pid;
+    hl_holder_t *h = &st->holders[0];
+    h->pid = rec.pid;
+    h->exclusive = 1;
+    h->held_for = st->held_for;
+    snprintf(h->host, sizeof(h->host), "%.63s", rec.host);
+    snprintf(h->label, sizeof(h->label), "%s", rec.label);
+    st->nholders = 1;
   } else {
     st->stale_record = 1;
     st->record = rec;
   }
   return 0;
+}
+
+static int flock_status(const char *path, hl_status_t *st, int flags) {
+  return hl__flock_status(path, st, flags);
 }
 
 int hl_holder_describe(const hl_status_t *st, char *buf, size_t len) {

@@ -68,7 +68,10 @@ int hl__os_proc_alive(long pid);
 
 /* Kernel view of the lock (status).  Returns 0 and fills holder/waiters, or
  * -ENOSYS where there is no lock table to read. */
-int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st);
+int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick);
+/* quick: holders only, skip the slow scan of /proc for inotify waiters. */
+/* Parent of `pid`, 0 when unknown. */
+long hl__os_parent_pid(long pid);
 /* Fallback: does a shared try-lock fail?  1 held, 0 free, -errno. */
 int hl__os_probe_held(const char *path);
 

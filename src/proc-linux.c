@@ -131,7 +131,20 @@ static void scan_inotify_waiters(const hl__fileid_t *id, hl_status_t *st) {
   closedir(proc);
 }
 
-int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st) {
+long hl__os_parent_pid(long pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+  if (read_small(path, buf, sizeof(buf)) <= 0)
+    return 0;
+  char *p = strrchr(buf, ')');
+  char state;
+  long ppid;
+  if (p == NULL || sscanf(p + 1, " %c %ld", &state, &ppid) != 2)
+    return 0;
+  return ppid;
+}
+
+int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick) {
   FILE *f = fopen("/proc/locks", "re");
   if (f == NULL)
     return -ENOSYS;
@@ -166,7 +179,8 @@ int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st) {
     }
   }
   fclose(f);
-  scan_inotify_waiters(id, st);
+  if (!quick)
+    scan_inotify_waiters(id, st);
   return 0;
 }
 

@@ -27,10 +27,16 @@ int hl_proc_cmdline(long pid, char *buf, size_t len) {
   return -ENOSYS;
 }
 
-int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st) {
+int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick) {
   (void)id;
   (void)st;
+  (void)quick;
   return -ENOSYS;
+}
+
+long hl__os_parent_pid(long pid) {
+  (void)pid;
+  return 0;
 }
 
 int hl_mem_available(uint64_t *bytes) {

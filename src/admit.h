@@ -1,0 +1,39 @@
+/*
+ * admit.h - memory admission: the numbers (free memory, sizes) and the one
+ * rule that says whether a newcomer fits.  Platform-neutral; the slots kind
+ * (kind-slots.c) and a remote kind gather the load and call hl__admit().
+ */
+#ifndef HEAVYLOCK_ADMIT_H
+#define HEAVYLOCK_ADMIT_H
+
+#include "kind.h"
+
+/* What the current holders take, as seen by one admission decision. */
+typedef struct hl__load_s {
+  int nholders;
+  int exclusive;              /* a holder holds alone                       */
+  uint64_t weights;           /* sum of the holders' declared weights       */
+  uint64_t growth;            /* growth still expected: sum over holders of
+                                 max(0, weight - (rss now - rss at admission)) */
+} hl__load_t;
+
+/* Does admission by memory apply to `ask`?  slots 0 ("auto"), a weight, or
+ * a static budget bring it in; plain "--slots N" counts only. */
+int hl__admit_by_memory(const hl__ask_t *ask);
+
+/* Is `ask` an exclusive holder (unknown weight under memory admission)? */
+int hl__admit_exclusive(const hl__ask_t *ask);
+
+/*
+ * The rule.  1 admit, 0 not now.  `live_free` is hl_mem_free() now (used
+ * when ask->budget is 0; live_ok 0 when it could not be read: then only the
+ * count and "alone" rules apply).  *free_out gets what a newcomer could have.
+ */
+int hl__admit(const hl__ask_t *ask, const hl__load_t *load, int live_ok, uint64_t live_free,
+              uint64_t *free_out);
+
+/* Tests replace the live memory probe (NULL restores hl_mem_free). */
+void hl__admit_set_probe(int (*probe)(uint64_t *bytes));
+int hl__admit_probe(uint64_t *bytes);
+
+#endif

@@ -1,0 +1,40 @@
+/*
+ * kind.c - the registry of lock kinds: which kind serves a target.
+ *
+ * Order matters: a remote kind claims its URLs whatever the handle asks for;
+ * the slots kind claims lock files when more than one holder (or memory
+ * admission) is asked for, and for status (its view of a lock file is the
+ * flock kind's plus the slot table); the flock kind takes every other path.
+ */
+#include "kind.h"
+
+#include <string.h>
+
+static const hl__kind_t *const kinds[] = {
+#ifdef HL_HAVE_PG
+    &hl__kind_pg,
+#endif
+#ifdef HL_HAVE_SLOTS
+    &hl__kind_slots,
+#endif
+    &hl__kind_flock,
+};
+
+const hl__kind_t *hl__kind_pick(const char *target, const hl__ask_t *ask) {
+  for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+    if (kinds[i]->claims(target, ask))
+      return kinds[i];
+  return NULL;
+}
+
+int hl__is_url(const char *target) {
+  /* "scheme://": letters, digits, '+', '-', '.' before "://" */
+  const char *p = strstr(target, "://");
+  if (p == NULL || p == target)
+    return 0;
+  for (const char *c = target; c < p; c++)
+    if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+          *c == '+' || *c == '-' || *c == '.'))
+      return 0;
+  return 1;
+}
