@@ -181,6 +181,27 @@ int hl_lock_set_wait_callback(hl_lock_t *lock, hl_wait_cb cb, void *arg,
 /* The kind that serves the handle now: "flock", "slots", "pg". */
 const char *hl_lock_kind(const hl_lock_t *lock);
 
+/*
+ * Is the held lock still held?  Never waits (no round trip).  0 yes;
+ * HL_ELOST when the kind learned it lost the lock: for a PostgreSQL lock,
+ * the session ended (the server restarted, an administrator ended it, the
+ * network or keepalives gave up), and with it the server released the lock.
+ * Call it every second or so while holding a remote lock, and stop the
+ * protected work (or say so loudly) on HL_ELOST; then hl_lock_release
+ * (which returns HL_ELOST too).  HL_ENOTHELD when not held.  File locks
+ * cannot be lost: always 0.
+ */
+int hl_lock_check(hl_lock_t *lock);
+
+/*
+ * What the last failed call in this thread knew beyond its error code, ""
+ * when nothing: for a PostgreSQL lock, the server's or libpq's message
+ * ("connection to server at "db" (10.0.0.5), port 5432 failed: FATAL:
+ * password authentication failed for user "ci"").  Valid until the next
+ * call into the library from this thread.
+ */
+const char *hl_error_detail(void);
+
 int hl_lock_held(const hl_lock_t *lock);          /* 1 when this handle holds it */
 const char *hl_lock_path(const hl_lock_t *lock);  /* as given to hl_lock_open   */
 /* The descriptor while held, else -1 (for passing the lock to a child). */

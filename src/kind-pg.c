@@ -1084,4 +1084,5 @@ const hl__kind_t hl__kind_pg = {
     .fd = pg_fd,
     .status = pg_status,
     .close = pg_close,
+    .check = hl__pg_check,
 };

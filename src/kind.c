@@ -27,6 +27,18 @@ const hl__kind_t *hl__kind_pick(const char *target, const hl__ask_t *ask) {
   return NULL;
 }
 
+#ifdef HL_HAVE_PG
+const char *hl__pg_errdetail(void);
+#endif
+
+const char *hl__kind_detail(void) {
+#ifdef HL_HAVE_PG
+  return hl__pg_errdetail();
+#else
+  return "";
+#endif
+}
+
 int hl__is_url(const char *target) {
   /* "scheme://": letters, digits, '+', '-', '.' before "://" */
   const char *p = strstr(target, "://");

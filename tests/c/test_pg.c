@@ -634,13 +634,66 @@ static void test_doctor(void) {
   ASSERT(strstr(line, "127.0.0.1") != NULL);
 }
 
+/* The same kind through the public API: a URL wherever a lock path goes. */
+static void test_public_api(void) {
+  hl_lock_t *a, *b;
+  ASSERT_EQ(hl_lock_open(&a, url), 0);
+  ASSERT(strcmp(hl_lock_kind(a), "pg") == 0);
+  ASSERT_EQ(hl_lock_open(&b, url), 0);
+  ASSERT_EQ(hl_lock_check(a), HL_ENOTHELD);
+  hl_lock_set_label(a, "public api");
+  ASSERT_EQ(hl_lock_acquire(a, 0), 0);
+  ASSERT_EQ(hl_lock_check(a), 0);
+  ASSERT_EQ(hl_lock_fd(a), -1);
+  /* The same thread asking twice would wait for itself (lock.c's registry,
+   * fed by the kind's identity: the key and the server). */
+  ASSERT_EQ(hl_lock_acquire(b, 0.2), -EDEADLK);
+  pid_t w = fork();
+  if (w == 0) {
+    hl_lock_t *c;
+    if (hl_lock_open(&c, url) < 0)
+      _exit(10);
+    /* Its parent holds: lock.c's self check (through the kind's status,
+     * holder_pid of a local exclusive holder) refuses to wait for it. */
+    int rc = hl_lock_acquire(c, 0.2);
+    _exit(rc == HL_ESELF ? 0 : (fprintf(stderr, "child: %d\n", rc), 11));
+  }
+  ASSERT_EQ(reap(w), 0);
+  hl_status_t *st = malloc(sizeof(*st));
+  ASSERT_EQ(hl_status(url, st), 0);
+  ASSERT(strcmp(st->kind, "pg") == 0);
+  ASSERT_EQ(st->nholders, 1);
+  ASSERT(strcmp(st->holders[0].label, "public api") == 0);
+  ASSERT_EQ(hl_lock_release(a), 0);
+  ASSERT_EQ(hl_lock_set_slots(a, 2), 0);
+  ASSERT_EQ(hl_lock_set_slots(b, 2), 0);
+  ASSERT_EQ(hl_lock_acquire(a, 0), 0);
+  ASSERT_EQ(hl_lock_acquire(b, 0), 0); /* two slots, two holders */
+  ASSERT_EQ(hl_status(url, st), 0);
+  ASSERT_EQ(st->nholders, 2);
+  ASSERT_EQ(st->shared, 1);
+  ASSERT_EQ(st->holder_pid, 0); /* not exclusive: lock.c's self check must not fire */
+  hl_lock_close(a);
+  hl_lock_close(b);
+  /* Memory admission without a budget: a clear error, not a guess. */
+  ASSERT_EQ(hl_lock_open(&a, url), 0);
+  ASSERT_EQ(hl_lock_set_slots(a, 0), 0);
+  ASSERT_EQ(hl_lock_set_weight(a, 1 << 30, "declared"), 0);
+  ASSERT_EQ(hl_lock_acquire(a, 0), HL_ENOBUDGET);
+  ASSERT(strstr(hl_strerror(HL_ENOBUDGET), "budget") != NULL);
+  hl_lock_close(a);
+  ASSERT(hl_lock_open(&a, "postgresql://127.0.0.1:1/x?connect_timeout=2") < 0);
+  ASSERT(strstr(hl_error_detail(), "127.0.0.1") != NULL);
+  free(st);
+}
+
 static const struct {
   const char *name;
   void (*fn)(void);
 } tests[] = {
 #define T(n) {#n, test_##n}
     T(basic), T(bad_targets), T(keys), T(exclusion), T(slots), T(killed_holder),
-    T(terminated), T(restart), T(status), T(memory), T(doctor),
+    T(terminated), T(restart), T(status), T(memory), T(doctor), T(public_api),
 #undef T
 };
 
