@@ -409,6 +409,8 @@ static int session_start(pg_state_t *s) {
     rc = exec0(s, "SELECT set_config('idle_session_timeout', '0', false)", 0, NULL);
   if (rc == 0)
     rc = ensure_table(s);
+  if (rc == 0) /* rows of sessions that are gone: clean them while here */
+    (void)exec0(s, "DELETE FROM heavylock_holders h WHERE NOT " LIVE, 0, NULL);
   return rc;
 }
 
@@ -563,17 +565,19 @@ static int try_slot_holder(pg_state_t *s, const plan_t *pl) {
     if ((rc = exec0(s, "SELECT pg_advisory_xact_lock($1::int4, $2::int4)", 2, p)) < 0)
       goto out;
   }
-  if ((rc = try_key(s, s->main, 1)) <= 0) {
-    rc = rc == 0 ? HL_EBUSY : rc;
-    goto out;
-  }
-  got_main = 1;
+  /* The slot first, `main` second: status counts the sessions on `main`,
+   * and a failed attempt should not show there even for a moment. */
   if ((rc = try_slots(s, pl->nslots, &idx)) < 0)
     goto out;
   if (idx < 0) {
     rc = HL_EBUSY;
     goto out;
   }
+  if ((rc = try_key(s, s->main, 1)) <= 0) {
+    rc = rc == 0 ? HL_EBUSY : rc;
+    goto out;
+  }
+  got_main = 1;
   if (pl->admit_mem) {
     (void)exec0(s, "DELETE FROM heavylock_holders h WHERE NOT " LIVE, 0, NULL);
     const char *p[] = {s->name};
@@ -991,7 +995,12 @@ static int pg_status(const char *target, hl_status_t *st, int flags) {
         label = end[1 + k] ? end + 2 + k : "";
       }
     }
-    if (on_main && granted) {
+    int waiter = 0; /* a waiter may hold `main` for a moment while it tries */
+    for (int j = 0; j < n && on_main; j++)
+      if (j != i && strcmp(PQgetvalue(r, j, 0), PQgetvalue(r, i, 0)) == 0 &&
+          PQgetvalue(r, j, 3)[0] == 'f')
+        waiter = 1;
+    if (on_main && granted && !waiter) {
       if (st->nholders >= HL_MAX_HOLDERS)
         continue;
       hl_holder_t *h = &st->holders[st->nholders++];

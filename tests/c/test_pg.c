@@ -231,8 +231,12 @@ static void test_basic(void) {
   t_close(&b); /* releases */
   ASSERT_EQ(t_acquire(&a, 0), 0);
   t_close(&a);
-  ASSERT_EQ(sql_long(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), 0);
-  ASSERT_EQ(sql_long(c, "SELECT count(*) FROM heavylock_holders"), 0);
+  ASSERT_EQ(sql_long(c, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                        " WHERE l.locktype = 'advisory' AND a.application_name LIKE 'heavylock %'"), 0);
+  char sql[200];
+  snprintf(sql, sizeof(sql), "SELECT count(*) FROM heavylock_holders WHERE name = 'test_basic_%ld'",
+           (long)getpid());
+  ASSERT_EQ(sql_long(c, sql), 0);
   PQfinish(c);
 }
 
