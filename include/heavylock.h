@@ -312,13 +312,17 @@ int hl_proc_cmdline(long pid, char *buf, size_t len);
 
 typedef struct hl_path_s {
   char path[4096];
-  const char *source;         /* "HEAVYLOCK_PATH", "LOCAL_MODEL_PATH", "default" */
+  const char *source;         /* "HEAVYLOCK_URL", "HEAVYLOCK_PATH",
+                                 "LOCAL_MODEL_PATH", "default"               */
   char why[4400];             /* one sentence: why this path, or what is wrong */
 } hl_path_t;
 
 /*
  * Resolve where the lock lives:
- *   1. $HEAVYLOCK_PATH, if set;
+ *   0. $HEAVYLOCK_URL, if set and not empty: a lock server's URL
+ *      (postgresql://..., see "Across machines"), passed through untouched;
+ *   1. $HEAVYLOCK_PATH, if set (a postgresql:// URL there passes through
+ *      untouched too);
  *   2. else, if $LOCAL_MODEL_PATH is set, ".llm_load.lock" in the directory of
  *      that model file (a relative value resolves against the current
  *      directory);

@@ -691,6 +691,34 @@ static void test_public_api(void) {
   free(st);
 }
 
+/* The path policy passes a URL through untouched, and names a bad one. */
+static void test_path_url(void) {
+  hl_path_t p;
+  unsetenv("LOCAL_MODEL_PATH");
+  setenv("HEAVYLOCK_PATH", "/tmp/other.lock", 1);
+  setenv("HEAVYLOCK_URL", url, 1);
+  ASSERT_EQ(hl_path_resolve(NULL, &p), 0);
+  ASSERT(strcmp(p.path, url) == 0);
+  ASSERT(strcmp(p.source, "HEAVYLOCK_URL") == 0);
+  unsetenv("HEAVYLOCK_URL");
+  setenv("HEAVYLOCK_PATH", url, 1);
+  ASSERT_EQ(hl_path_resolve(NULL, &p), 0);
+  ASSERT(strcmp(p.path, url) == 0); /* not made absolute like a file */
+  ASSERT(strcmp(p.source, "HEAVYLOCK_PATH") == 0);
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, p.path), 0);
+  ASSERT(strcmp(hl_lock_kind(lk), "pg") == 0);
+  hl_lock_close(lk);
+  setenv("HEAVYLOCK_PATH", "postgresq://h/db", 1);
+  ASSERT_EQ(hl_path_resolve(NULL, &p), HL_EENV);
+  ASSERT(strstr(p.why, "postgresq://h/db") != NULL);
+  setenv("HEAVYLOCK_URL", "db.example:5432", 1);
+  ASSERT_EQ(hl_path_resolve(NULL, &p), HL_EENV);
+  ASSERT(strstr(p.why, "HEAVYLOCK_URL='db.example:5432' is not a URL") != NULL);
+  unsetenv("HEAVYLOCK_URL");
+  unsetenv("HEAVYLOCK_PATH");
+}
+
 static const struct {
   const char *name;
   void (*fn)(void);
@@ -698,6 +726,7 @@ static const struct {
 #define T(n) {#n, test_##n}
     T(basic), T(bad_targets), T(keys), T(exclusion), T(slots), T(killed_holder),
     T(terminated), T(restart), T(status), T(memory), T(doctor), T(public_api),
+    T(path_url),
 #undef T
 };
 
