@@ -87,6 +87,9 @@ typedef struct pg_state_s {
   int held;                     /* 1 exclusive, 2 a slot                   */
   key_t_ slot_key;
   int pending;                  /* a blocking pg_advisory_lock is in flight */
+  int inflight;                 /* a statement sent, its answer not read:
+                                   the holder's row after a win (see
+                                   send_later)                            */
   int armed;                    /* waiter: LISTEN + `wait` shared + row    */
   int listening;
   hl__ask_t ask;                /* what the current acquisition asks for   */
@@ -296,9 +299,23 @@ static int query_error(pg_state_t *s, PGconn *c, PGresult *r, const char *what) 
   return -EPROTO;
 }
 
+/* Read the answer of the statement send_later() sent.  Its failure costs
+ * nothing but what it wrote (a row for status); a lost connection shows at
+ * the next statement or check. */
+static void settle(pg_state_t *s) {
+  if (!s->inflight)
+    return;
+  s->inflight = 0;
+  PGresult *r;
+  while ((r = PQgetResult(s->conn)) != NULL)
+    PQclear(r);
+}
+
 /* Run `sql` with text parameters; NULL on failure (rc set). */
 static PGresult *run(pg_state_t *s, PGconn *c, int *rc, const char *sql, int n,
                      const char *const *params) {
+  if (s && c == s->conn)
+    settle(s);
   PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
   ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
   if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
@@ -386,7 +403,7 @@ static int session_start(pg_state_t *s) {
   if (s->conn)
     PQfinish(s->conn);
   s->lost = 0;
-  s->armed = s->listening = s->pending = 0;
+  s->armed = s->listening = s->pending = s->inflight = 0;
   char app[64];
   set_appname(s, s->ask.label, app);
   s->conn = connect_to(s->conninfo, app);
@@ -467,23 +484,39 @@ static int make_plan(const hl__ask_t *ask, plan_t *p) {
   return 0;
 }
 
-/* Write (or replace) this session's row: state 'h' or 'w'. */
-static int write_row(pg_state_t *s, const char *state, key_t_ k, int exclusive) {
-  char a[12], b[12], w[24], bud[24], pid[24];
+/*
+ * Write (or replace) this session's row: state 'h' or 'w'.  `unwait`: in the
+ * same statement, stop being a visible waiter (unlock `wait` shared).
+ * `later`: send it and return at once; the next statement reads the answer.
+ * A waiter that just won thus returns after the one round trip that granted
+ * it (a handoff costs one wake-up, not three round trips).
+ */
+static int write_row(pg_state_t *s, const char *state, key_t_ k, int exclusive, int unwait,
+                     int later) {
+  char a[12], b[12], w[24], bud[24], pid[24], w1[12], w2[12];
   key_oids(k, a, b);
+  key_args(s->wait, w1, w2);
   snprintf(w, sizeof(w), "%llu", (unsigned long long)s->ask.weight);
   snprintf(bud, sizeof(bud), "%llu", (unsigned long long)s->ask.budget);
   snprintf(pid, sizeof(pid), "%ld", s->pid);
-  const char *p[] = {s->name, state, a, b, exclusive ? "t" : "f", w,
-                     s->ask.weight_source, bud, pid, s->host, s->ask.label};
-  return exec0(s,
-               "INSERT INTO heavylock_holders AS h (backend_pid, name, state, k1, k2, exclusive,"
-               " weight, weight_source, budget, pid, host, label)"
-               " VALUES (pg_backend_pid(), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-               " ON CONFLICT (backend_pid) DO UPDATE SET name = $1, state = $2, k1 = $3, k2 = $4,"
-               " exclusive = $5, weight = $6, weight_source = $7, budget = $8, pid = $9,"
-               " host = $10, label = $11, since = now()",
-               11, p);
+  const char *p[] = {s->name, state, a, b, exclusive ? "t" : "f", w, s->ask.weight_source,
+                     bud, pid, s->host, s->ask.label, unwait ? "t" : "f", w1, w2};
+  const char *sql =
+      "INSERT INTO heavylock_holders AS h (backend_pid, name, state, k1, k2, exclusive,"
+      " weight, weight_source, budget, pid, host, label)"
+      " SELECT pg_backend_pid(), $1::text, $2::text, $3::int8, $4::int8, $5::bool, $6::int8,"
+      " $7::text, $8::int8, $9::int8, $10::text, $11::text FROM (SELECT CASE WHEN $12::bool"
+      " THEN pg_advisory_unlock_shared($13::int4, $14::int4) END) AS unwait"
+      " ON CONFLICT (backend_pid) DO UPDATE SET name = $1, state = $2, k1 = $3, k2 = $4,"
+      " exclusive = $5, weight = $6, weight_source = $7, budget = $8, pid = $9,"
+      " host = $10, label = $11, since = now()";
+  if (!later)
+    return exec0(s, sql, 14, p);
+  settle(s);
+  if (!PQsendQueryParams(s->conn, sql, 14, NULL, p, NULL, NULL, 0))
+    return query_error(s, s->conn, NULL, "writing the holder's row");
+  s->inflight = 1;
+  return 0;
 }
 
 /* Unlock (ignoring "not held" warnings) `key`, exclusive or shared. */
@@ -598,9 +631,12 @@ static int try_slot_holder(pg_state_t *s, const plan_t *pl) {
     }
   }
   s->slot_key = slot_key(s->name, idx);
-  rc = write_row(s, "h", s->slot_key, 0);
+  /* Under a budget the row is part of the admission: written in the
+   * transaction, before COMMIT.  Otherwise it is a courtesy for status. */
+  rc = write_row(s, "h", s->slot_key, 0, s->armed, !pl->admit_mem);
   if (rc < 0 && pl->admit_mem)
     goto out; /* without its row a weight does not count: refuse */
+  s->armed = 0;
   rc = 0;
   if (in_xact && (rc = exec0(s, "COMMIT", 0, NULL)) < 0) {
     in_xact = 0;
@@ -625,7 +661,7 @@ static int arm(pg_state_t *s, int listen) {
   int rc = try_key(s, s->wait, 1);
   if (rc < 0)
     return rc;
-  (void)write_row(s, "w", s->wait, 0); /* a courtesy for status */
+  (void)write_row(s, "w", s->wait, 0, 0, 0); /* a courtesy for status */
   if (listen && !s->listening) {
     char sql[80];
     snprintf(sql, sizeof(sql), "LISTEN %s", s->channel);
@@ -642,6 +678,7 @@ static int send_lock(pg_state_t *s) {
   char a[12], b[12];
   key_args(s->main, a, b);
   const char *p[] = {a, b};
+  settle(s);
   if (!PQsendQueryParams(s->conn, "SELECT pg_advisory_lock($1::int4, $2::int4)", 2, NULL, p,
                          NULL, NULL, 0))
     return query_error(s, s->conn, NULL, "pg_advisory_lock");
@@ -712,15 +749,8 @@ static void disarm(pg_state_t *s) {
 static int won_exclusive(pg_state_t *s) {
   s->held = 1;
   s->slot_key = s->main;
-  if (s->armed) {
-    unlock_key(s, s->wait, 1);
-    s->armed = 0;
-  }
-  if (s->listening) {
-    (void)exec0(s, "UNLISTEN *", 0, NULL);
-    s->listening = 0;
-  }
-  (void)write_row(s, "h", s->main, 1); /* a courtesy for status */
+  (void)write_row(s, "h", s->main, 1, s->armed, 1); /* a courtesy for status */
+  s->armed = 0;
   return 0;
 }
 
@@ -758,19 +788,14 @@ static int pg_try_acquire(void *state, const hl__ask_t *ask, int waiting) {
   }
 
   rc = try_slot_holder(s, &pl);
-  if (rc == 0) {
-    disarm(s);
-    return 0;
-  }
+  if (rc == 0)
+    return 0; /* LISTEN stays for the next wait; check() drains what comes */
   if (rc != HL_EBUSY || !waiting || s->armed)
     return rc;
   /* Busy: LISTEN before trying once more, so no release is missed. */
   if ((rc = arm(s, 1)) < 0)
     return rc;
-  rc = try_slot_holder(s, &pl);
-  if (rc == 0)
-    disarm(s);
-  return rc;
+  return try_slot_holder(s, &pl);
 }
 
 static int pg_wait(void *state, int ms) {
