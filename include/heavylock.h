@@ -307,6 +307,73 @@ int hl_holder_describe(const hl_status_t *st, char *buf, size_t len);
 int hl_proc_cmdline(long pid, char *buf, size_t len);
 
 /* ------------------------------------------------------------------------
+ * Across machines: a PostgreSQL URL instead of a lock path (kind "pg")
+ * ------------------------------------------------------------------------
+ *
+ * Built when meson finds libpq (else such targets fail with -ENOSYS).  Any
+ * function that takes a lock path takes, instead,
+ *
+ *     postgresql://USER@HOST[:PORT]/DB?name=NAME[&other libpq parameters]
+ *
+ * (or postgres://).  libpq parses the URL (passwords from ~/.pgpass or
+ * PGPASSWORD work as usual); `name` (percent-decoded, at most 200 bytes,
+ * default "llm_load") is ours and is removed before libpq sees the URL.
+ * Every client that names the same server, database and name shares one
+ * lock, from any machine.  One connection per handle, opened by
+ * hl_lock_open (so a wrong host or password is reported there; the server's
+ * words are in hl_error_detail()).
+ *
+ * The lock is a session-level advisory lock: the server drops it when the
+ * session ends, whatever the reason (the holder died, its machine vanished
+ * and keepalives gave up, an administrator ended the session).  Slots,
+ * labels, timeouts, try-once and status work as for a lock file.
+ *
+ * Keys.  NAME maps to 64-bit FNV-1a hashes, used in the two-int4 form
+ * pg_advisory_lock(high 32 bits, low 32 bits) (in pg_locks: classid = high,
+ * objid = low, objsubid = 2; the bigint form that applications commonly use
+ * has objsubid = 1, so the two never meet):
+ *     main       fnv1a64("heavylock:" NAME)
+ *     slot i     fnv1a64("heavylock:" NAME "\0slot:" i)   (i in decimal)
+ *     waiters    fnv1a64("heavylock:" NAME "\0wait")
+ *     admission  fnv1a64("heavylock:" NAME "\0admission")
+ * (FNV-1a 64: offset basis 0xcbf29ce484222325, prime 0x100000001b3.)  An
+ * exclusive holder holds `main` exclusively: `SELECT pg_advisory_lock(k1,
+ * k2)` with those halves excludes heavylock from psql or any program.  A slot
+ * holder holds `main` shared and one free slot key exclusively.
+ *
+ * The table heavylock_holders (created on first use; without the right to
+ * create it, hl_error_detail() prints the CREATE TABLE to run once) keeps
+ * each holder's pid, host, label, weight and budget.  A row counts only
+ * while its session holds the advisory key the row names: the row of a
+ * session that is gone is dead, whatever it says, and is deleted later.
+ *
+ * Memory.  No live memory can be read across machines: with slots 0 or a
+ * weight, hl_lock_set_budget is required (else HL_ENOBUDGET).  A newcomer is
+ * admitted while the live holders' weights plus its own fit the budget; the
+ * check and its row are one transaction under pg_advisory_xact_lock on
+ * `admission`.  Weight 0 is exclusive; a weight above the budget runs alone.
+ *
+ * Waiting.  An exclusive waiter queues in the server (pg_advisory_lock sent
+ * asynchronously, its socket polled): the release or the holder's death
+ * wakes it, first come first served.  A slot waiter LISTENs on the channel
+ * "heavylock_<main key in hex>", which every release NOTIFYs; the wait
+ * loop's 100 ms re-check covers a slot holder that died without releasing.
+ *
+ * Losing the lock.  When the session ends under a holder, the lock is gone:
+ * hl_lock_check() says HL_ELOST at once when the server ended it
+ * (pg_terminate_backend, shutdown, restart), and after about 11 s when the
+ * network went silent (TCP keepalives 5 s + 3 x 2 s, both ends).  A waiter
+ * whose session ends gets HL_ELOST; the next acquire connects again.
+ *
+ * Status comes from the server: pg_locks joined with pg_stat_activity and
+ * the table: holders with pid, host, label, weight and held-for (server
+ * clock); waiters with pid and label, how 'b' (queued in the server) or 'q'
+ * (listening).  holder_pid is set only for an exclusive holder on this
+ * machine.  Sessions show in pg_stat_activity as application_name
+ * "heavylock PID@HOST LABEL".
+ */
+
+/* ------------------------------------------------------------------------
  * Lock path policy
  * ------------------------------------------------------------------------ */
 

@@ -547,8 +547,13 @@ static int try_key(pg_state_t *s, key_t_ k, int shared) {
   return rc;
 }
 
-/* Take one free slot key of n: its index, -1 when all are busy, or <0-1 error. */
-static int try_slots(pg_state_t *s, int n, int *index) {
+/*
+ * Take one free slot key of n and then `main` shared, in one round trip.
+ * *index: the slot taken, -1 when all are busy.  *main: 1 when `main` was
+ * had too (0: an exclusive holder or waiter is in the way; the slot is
+ * still held then and the caller lets it go).  0 or an error.
+ */
+static int try_slots(pg_state_t *s, int n, int *index, int *main) {
   size_t cap = (size_t)n * 13 + 4;
   char *a1 = malloc(cap), *a2 = malloc(cap);
   if (a1 == NULL || a2 == NULL) {
@@ -567,18 +572,25 @@ static int try_slots(pg_state_t *s, int n, int *index) {
   }
   snprintf(a1 + o1, cap - o1, "}");
   snprintf(a2 + o2, cap - o2, "}");
-  const char *p[] = {a1, a2};
+  char m1[12], m2[12];
+  key_args(s->main, m1, m2);
+  const char *p[] = {a1, a2, m1, m2};
   int rc;
-  /* The filter runs row by row under LIMIT 1: at most one key is taken. */
+  /* The filter runs row by row under LIMIT 1: at most one key is taken; the
+   * CTE (volatile, so materialized once) runs before `main` is tried, and
+   * `main` only when a slot was had.  The slot first: status counts the
+   * sessions on `main`, and a failed attempt should not show there. */
   PGresult *r = run(s, s->conn, &rc,
-                    "SELECT i - 1 FROM unnest($1::int4[], $2::int4[]) WITH ORDINALITY"
-                    " AS t(a, b, i) WHERE pg_try_advisory_lock(a, b) LIMIT 1",
-                    2, p);
+                    "WITH slot AS (SELECT i - 1 AS i FROM unnest($1::int4[], $2::int4[])"
+                    " WITH ORDINALITY AS t(a, b, i) WHERE pg_try_advisory_lock(a, b) LIMIT 1)"
+                    " SELECT i, pg_try_advisory_lock_shared($3::int4, $4::int4) FROM slot",
+                    4, p);
   free(a1);
   free(a2);
   if (r == NULL)
     return rc;
   *index = PQntuples(r) > 0 ? atoi(PQgetvalue(r, 0, 0)) : -1;
+  *main = PQntuples(r) > 0 && PQgetvalue(r, 0, 1)[0] == 't';
   PQclear(r);
   return 0;
 }
@@ -598,19 +610,12 @@ static int try_slot_holder(pg_state_t *s, const plan_t *pl) {
     if ((rc = exec0(s, "SELECT pg_advisory_xact_lock($1::int4, $2::int4)", 2, p)) < 0)
       goto out;
   }
-  /* The slot first, `main` second: status counts the sessions on `main`,
-   * and a failed attempt should not show there even for a moment. */
-  if ((rc = try_slots(s, pl->nslots, &idx)) < 0)
+  if ((rc = try_slots(s, pl->nslots, &idx, &got_main)) < 0)
     goto out;
-  if (idx < 0) {
+  if (idx < 0 || !got_main) {
     rc = HL_EBUSY;
     goto out;
   }
-  if ((rc = try_key(s, s->main, 1)) <= 0) {
-    rc = rc == 0 ? HL_EBUSY : rc;
-    goto out;
-  }
-  got_main = 1;
   if (pl->admit_mem) {
     (void)exec0(s, "DELETE FROM heavylock_holders h WHERE NOT " LIVE, 0, NULL);
     const char *p[] = {s->name};

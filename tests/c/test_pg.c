@@ -692,6 +692,51 @@ static void test_public_api(void) {
   free(st);
 }
 
+/* Exclusive and slot holders of one name exclude each other, and a queued
+ * exclusive waiter is not starved by newcomers for free slots. */
+static void test_mixed(void) {
+  t_lock x, s1, s2;
+  ASSERT_EQ(t_open(&x, url), 0);
+  ASSERT_EQ(t_open(&s1, url), 0);
+  ASSERT_EQ(t_open(&s2, url), 0);
+  s1.ask.slots = s2.ask.slots = 3;
+  ASSERT_EQ(t_acquire(&x, 0), 0);
+  ASSERT_EQ(t_acquire(&s1, 0), HL_EBUSY);
+  ASSERT_EQ(t_release(&x), 0);
+  ASSERT_EQ(t_acquire(&s1, 0), 0);
+  ASSERT_EQ(t_acquire(&x, 0), HL_EBUSY);
+  /* An exclusive waiter queues behind the slot holder... */
+  double *got = shared_map(sizeof(double));
+  pid_t w = fork();
+  if (w == 0) {
+    t_lock t;
+    if (t_open(&t, url) < 0 || t_acquire(&t, 30) < 0)
+      _exit(11);
+    *got = now();
+    t_close(&t);
+    _exit(0);
+  }
+  hl_status_t *st = malloc(sizeof(*st));
+  for (int i = 0; i < 500; i++) {
+    ASSERT_EQ(t_status(url, st), 0);
+    if (st->nwaiters >= 1 && st->waiters[0].how == 'b')
+      break;
+    usleep(10000);
+  }
+  ASSERT_EQ(st->waiters[0].how, 'b');
+  /* ...and a newcomer for one of the two free slots must not pass it. */
+  ASSERT_EQ(t_acquire(&s2, 0), HL_EBUSY);
+  double t0 = now();
+  ASSERT_EQ(t_release(&s1), 0);
+  ASSERT_EQ(reap(w), 0);
+  ASSERT(*got >= t0);
+  ASSERT_EQ(t_acquire(&s2, 0), 0);
+  t_close(&x);
+  t_close(&s1);
+  t_close(&s2);
+  free(st);
+}
+
 /* The path policy passes a URL through untouched, and names a bad one. */
 static void test_path_url(void) {
   hl_path_t p;
@@ -727,7 +772,7 @@ static const struct {
 #define T(n) {#n, test_##n}
     T(basic), T(bad_targets), T(keys), T(exclusion), T(slots), T(killed_holder),
     T(terminated), T(restart), T(status), T(memory), T(doctor), T(public_api),
-    T(path_url),
+    T(path_url), T(mixed),
 #undef T
 };
 
