@@ -226,13 +226,21 @@ static void test_basic(void) {
   ASSERT_EQ(t_acquire(&a, 0), HL_EBUSY);
   /* A timed-out or busy waiter left nothing behind in the server. */
   PGconn *c = sql_conn();
-  ASSERT_EQ(sql_long(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                        " AND NOT granted"), 0);
+  char mine[300];
+  snprintf(mine, sizeof(mine),
+           "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE"
+           " l.locktype = 'advisory' AND NOT l.granted AND a.application_name LIKE"
+           " 'heavylock %ld@%%'",
+           (long)getpid());
+  ASSERT_EQ(sql_long(c, mine), 0);
   t_close(&b); /* releases */
   ASSERT_EQ(t_acquire(&a, 0), 0);
   t_close(&a);
-  ASSERT_EQ(sql_long(c, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-                        " WHERE l.locktype = 'advisory' AND a.application_name LIKE 'heavylock %'"), 0);
+  snprintf(mine, sizeof(mine),
+           "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE"
+           " l.locktype = 'advisory' AND a.application_name LIKE 'heavylock %ld@%%'",
+           (long)getpid());
+  ASSERT_EQ(sql_long(c, mine), 0);
   char sql[200];
   snprintf(sql, sizeof(sql), "SELECT count(*) FROM heavylock_holders WHERE name = 'test_basic_%ld'",
            (long)getpid());
