@@ -677,6 +677,21 @@ static void test_public_api(void) {
   ASSERT(strcmp(st->kind, "pg") == 0);
   ASSERT_EQ(st->nholders, 1);
   ASSERT(strcmp(st->holders[0].label, "public api") == 0);
+  /* A new label while held shows at once (row and application_name). */
+  hl_lock_set_label(a, "relabelled");
+  ASSERT_EQ(hl_status(url, st), 0);
+  ASSERT(strcmp(st->holders[0].label, "relabelled") == 0);
+  /* A forked child that closes its copy of the handle must not end the
+   * parent's session (libpq's Terminate on the shared socket would). */
+  pid_t kid = fork();
+  if (kid == 0) {
+    hl_lock_close(a);
+    _exit(hl_lock_release(b) == HL_EFORKED ? 0 : 1);
+  }
+  ASSERT_EQ(reap(kid), 0);
+  ASSERT_EQ(hl_lock_check(a), 0);
+  ASSERT_EQ(hl_status(url, st), 0);
+  ASSERT_EQ(st->nholders, 1);
   ASSERT_EQ(hl_lock_release(a), 0);
   ASSERT_EQ(hl_lock_set_slots(a, 2), 0);
   ASSERT_EQ(hl_lock_set_slots(b, 2), 0);
