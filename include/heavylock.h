@@ -373,6 +373,17 @@ int hl_proc_cmdline(long pid, char *buf, size_t len);
  * "heavylock PID@HOST LABEL".
  */
 
+/*
+ * For `heavylock doctor` on a postgresql:// target: connect as a handle would,
+ * create the table if it is missing, and write one line into `out`:
+ * "connected to PostgreSQL 15.18 at HOST:PORT, database DB as USER; lock
+ * name 'NAME' (advisory key XXXXXXXX:XXXXXXXX); table heavylock_holders
+ * ready", or on failure what went wrong (the server's words).  0 or an error
+ * (-EINVAL bad URL, -ECONNREFUSED cannot connect, -EPROTO the server refused
+ * a statement, -ENOSYS built without libpq).  Holds no lock.
+ */
+int hl_pg_doctor(const char *target, char *out, size_t len);
+
 /* ------------------------------------------------------------------------
  * Lock path policy
  * ------------------------------------------------------------------------ */

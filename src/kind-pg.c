@@ -1087,10 +1087,8 @@ static int pg_status(const char *target, hl_status_t *st, int flags) {
   return 0;
 }
 
-/* What `heavylock doctor` shows for a PostgreSQL target: can we connect,
- * which server, can we keep our table.  0, or an error with the detail set
- * (hl__pg_errdetail); `out` gets one line either way. */
-int hl__pg_doctor(const char *target, char *out, size_t len) {
+/* heavylock.h: hl_pg_doctor. */
+int hl_pg_doctor(const char *target, char *out, size_t len) {
   void *state;
   int rc = pg_open(target, &state);
   if (rc < 0) {

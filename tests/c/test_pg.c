@@ -45,7 +45,6 @@
 const char *hl__pg_errdetail(void);
 int hl__pg_check(void *state);
 uint64_t hl__pg_key(const char *name, const char *role);
-int hl__pg_doctor(const char *target, char *out, size_t len);
 
 static const char *hl_strerror_pg(int rc) {
   switch (rc) {
@@ -640,10 +639,10 @@ static void test_memory(void) {
 
 static void test_doctor(void) {
   char line[512];
-  ASSERT_EQ(hl__pg_doctor(url, line, sizeof(line)), 0);
+  ASSERT_EQ(hl_pg_doctor(url, line, sizeof(line)), 0);
   printf("  %s\n", line);
   ASSERT(strstr(line, "connected to PostgreSQL") != NULL);
-  ASSERT(hl__pg_doctor("postgresql://127.0.0.1:1/x?connect_timeout=2", line, sizeof(line)) < 0);
+  ASSERT(hl_pg_doctor("postgresql://127.0.0.1:1/x?connect_timeout=2", line, sizeof(line)) < 0);
   ASSERT(strstr(line, "127.0.0.1") != NULL);
 }
 
