@@ -369,7 +369,8 @@ int hl_proc_cmdline(long pid, char *buf, size_t len);
  * the table: holders with pid, host, label, weight and held-for (server
  * clock); waiters with pid and label, how 'b' (queued in the server) or 'q'
  * (listening).  holder_pid is set only for an exclusive holder on this
- * machine.  Sessions show in pg_stat_activity as application_name
+ * machine (same hostname, and on Linux the same boot_id and pid namespace:
+ * CI containers often share a hostname).  Sessions show in pg_stat_activity as application_name
  * "heavylock PID@HOST LABEL".
  */
 

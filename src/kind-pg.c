@@ -95,7 +95,29 @@ typedef struct pg_state_s {
   hl__ask_t ask;                /* what the current acquisition asks for   */
   long pid;
   char host[64];
+  char machine[96];             /* which kernel and pid namespace: see below */
 } pg_state_t;
+
+/*
+ * A pid means something only on its own machine, and hostnames repeat (CI
+ * containers are often all called "runner").  lock.c's self check treats a
+ * local holder's pid as possibly ours or an ancestor's, so "local" must be
+ * sure: same kernel boot (boot_id) and same pid namespace, where Linux says
+ * so; elsewhere the hostname alone.
+ */
+static void machine_id(char *out, size_t len) {
+  char boot[64] = "", ns[64] = "";
+  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (f) {
+    if (fgets(boot, sizeof(boot), f) == NULL)
+      boot[0] = '\0';
+    boot[strcspn(boot, "\n")] = '\0';
+    fclose(f);
+  }
+  ssize_t n = readlink("/proc/self/ns/pid", ns, sizeof(ns) - 1);
+  ns[n > 0 ? n : 0] = '\0';
+  snprintf(out, len, "%s%s%s", boot, boot[0] && ns[0] ? " " : "", ns);
+}
 
 /* ---- error details: the server's words, for messages ----
  * hl_strerror() maps codes to fixed text; what the server said (which host
@@ -352,6 +374,7 @@ static int is_true(PGresult *r) {
   "  budget bigint NOT NULL DEFAULT 0,\n"                                                    \
   "  pid bigint NOT NULL,              -- the client process, on `host`\n"                   \
   "  host text NOT NULL,\n"                                                                  \
+  "  machine text NOT NULL DEFAULT '', -- boot_id and pid namespace (Linux)\n"               \
   "  label text NOT NULL DEFAULT '',\n"                                                      \
   "  since timestamptz NOT NULL DEFAULT now())"
 
@@ -451,6 +474,7 @@ static int pg_open(const char *target, void **statep) {
   if (gethostname(s->host, sizeof(s->host)) < 0)
     s->host[0] = '\0';
   s->host[sizeof(s->host) - 1] = '\0';
+  machine_id(s->machine, sizeof(s->machine));
   /* Connect now: a wrong host, database or password is reported here. */
   if ((rc = session_start(s)) < 0) {
     if (s->conn)
@@ -500,20 +524,20 @@ static int write_row(pg_state_t *s, const char *state, key_t_ k, int exclusive, 
   snprintf(bud, sizeof(bud), "%llu", (unsigned long long)s->ask.budget);
   snprintf(pid, sizeof(pid), "%ld", s->pid);
   const char *p[] = {s->name, state, a, b, exclusive ? "t" : "f", w, s->ask.weight_source,
-                     bud, pid, s->host, s->ask.label, unwait ? "t" : "f", w1, w2};
+                     bud, pid, s->host, s->ask.label, unwait ? "t" : "f", w1, w2, s->machine};
   const char *sql =
       "INSERT INTO heavylock_holders AS h (backend_pid, name, state, k1, k2, exclusive,"
-      " weight, weight_source, budget, pid, host, label)"
+      " weight, weight_source, budget, pid, host, label, machine)"
       " SELECT pg_backend_pid(), $1::text, $2::text, $3::int8, $4::int8, $5::bool, $6::int8,"
-      " $7::text, $8::int8, $9::int8, $10::text, $11::text FROM (SELECT CASE WHEN $12::bool"
-      " THEN pg_advisory_unlock_shared($13::int4, $14::int4) END) AS unwait"
+      " $7::text, $8::int8, $9::int8, $10::text, $11::text, $15::text FROM (SELECT CASE WHEN"
+      " $12::bool THEN pg_advisory_unlock_shared($13::int4, $14::int4) END) AS unwait"
       " ON CONFLICT (backend_pid) DO UPDATE SET name = $1, state = $2, k1 = $3, k2 = $4,"
       " exclusive = $5, weight = $6, weight_source = $7, budget = $8, pid = $9,"
-      " host = $10, label = $11, since = now()";
+      " host = $10, label = $11, machine = $15, since = now()";
   if (!later)
-    return exec0(s, sql, 14, p);
+    return exec0(s, sql, 15, p);
   settle(s);
-  if (!PQsendQueryParams(s->conn, sql, 14, NULL, p, NULL, NULL, 0))
+  if (!PQsendQueryParams(s->conn, sql, 15, NULL, p, NULL, NULL, 0))
     return query_error(s, s->conn, NULL, "writing the holder's row");
   s->inflight = 1;
   return 0;
@@ -983,7 +1007,7 @@ static int pg_status(const char *target, hl_status_t *st, int flags) {
            " coalesce(h.label, a.application_name, ''), coalesce(h.weight, 0),"
            " coalesce(h.weight_source, ''), coalesce(h.budget, 0),"
            " coalesce(extract(epoch FROM clock_timestamp() - coalesce(h.since, a.state_change)),"
-           " -1), a.application_name"
+           " -1), a.application_name, coalesce(h.machine, '')"
            " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid %s"
            " WHERE l.locktype = 'advisory' AND l.objsubid = 2"
            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
@@ -994,7 +1018,8 @@ static int pg_status(const char *target, hl_status_t *st, int flags) {
                  : "LEFT JOIN (SELECT NULL::int AS backend_pid, NULL::bigint AS pid,"
                    " NULL::text AS host, NULL::text AS label, NULL::bigint AS weight,"
                    " NULL::text AS weight_source, NULL::bigint AS budget,"
-                   " NULL::timestamptz AS since, $5::text AS name) h ON false");
+                   " NULL::timestamptz AS since, NULL::text AS machine, $5::text AS name) h"
+                   " ON false");
   r = run(NULL, c, &rc, sql, 5, p);
   if (r == NULL) {
     PQfinish(c);
@@ -1004,6 +1029,8 @@ static int pg_status(const char *target, hl_status_t *st, int flags) {
   if (gethostname(myhost, sizeof(myhost)) < 0)
     myhost[0] = '\0';
   myhost[sizeof(myhost) - 1] = '\0';
+  char mymachine[96];
+  machine_id(mymachine, sizeof(mymachine));
   uint64_t used = 0;
   int n = PQntuples(r);
   for (int i = 0; i < n; i++) {
@@ -1049,7 +1076,10 @@ static int pg_status(const char *target, hl_status_t *st, int flags) {
         st->shared = 1;
       /* holder_pid is for a local exclusive holder only (lock.c compares
        * it with this process and its ancestors). */
-      if (exclusive && pid > 0 && strcmp(host, myhost) == 0) {
+      const char *machine = PQgetvalue(r, i, 12);
+      int local = strcmp(host, myhost) == 0 &&
+                  (!machine[0] || !mymachine[0] || strcmp(machine, mymachine) == 0);
+      if (exclusive && pid > 0 && local) {
         st->holder_pid = pid;
         st->has_record = 1;
         st->record.pid = pid;
