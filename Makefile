@@ -41,11 +41,12 @@ test: test-c test-py
 
 # The PostgreSQL kind against a throwaway local server, started and stopped
 # here (CI starts one for the whole run in .ci/run instead).
+# A cluster that was already running (tests/pg-cluster.sh start) is kept.
 test-pg: build
-	bash tests/pg-cluster.sh start
-	eval "$$(bash tests/pg-cluster.sh env)"; \
+	@out=$$(bash tests/pg-cluster.sh start) || exit 1; echo "$$out"; \
+	  eval "$$(bash tests/pg-cluster.sh env)"; \
 	  PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --suite pg --print-errorlogs; \
-	  rc=$$?; bash tests/pg-cluster.sh stop; exit $$rc
+	  rc=$$?; case "$$out" in *started*) bash tests/pg-cluster.sh stop;; esac; exit $$rc
 
 # The C tests once under AddressSanitizer + UBSan (CI runs this too).
 test-asan: $(VENV)/.deps
@@ -98,9 +99,10 @@ bench: build $(VENV)/.pkg
 
 # PostgreSQL kind beside the file lock: handoff, uncontended, 8 clients on 3 slots.
 bench-pg: build $(VENV)/.pkg
-	bash tests/pg-cluster.sh start
-	eval "$$(bash tests/pg-cluster.sh env)"; \
-	  $(PY) bench/pg.py --heavylock $(HEAVYLOCK); rc=$$?; bash tests/pg-cluster.sh stop; exit $$rc
+	@out=$$(bash tests/pg-cluster.sh start) || exit 1; echo "$$out"; \
+	  eval "$$(bash tests/pg-cluster.sh env)"; \
+	  $(PY) bench/pg.py --build $(BUILD); \
+	  rc=$$?; case "$$out" in *started*) bash tests/pg-cluster.sh stop;; esac; exit $$rc
 
 clean:
 	rm -rf build $(VENV)
