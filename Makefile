@@ -10,7 +10,8 @@ SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.bui
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
 .PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup \
-        stress stress-short fuzz test-valgrind check-dist-c bench-lane bench-lane-quick
+        stress stress-short fuzz test-valgrind check-dist-c bench-lane bench-lane-quick \
+        test-pg bench-pg
 
 all: build
 
@@ -51,6 +52,15 @@ test-py: example-setup
 	  $(PY) -m pytest -q -p no:cacheprovider tests/python
 
 test: test-c test-py
+
+# The PostgreSQL kind against a throwaway local server, started and stopped
+# here (CI starts one for the whole run in .ci/run instead).
+# A cluster that was already running (tests/pg-cluster.sh start) is kept.
+test-pg: build
+	@out=$$(bash tests/pg-cluster.sh start) || exit 1; echo "$$out"; \
+	  eval "$$(bash tests/pg-cluster.sh env)"; \
+	  PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --suite pg --print-errorlogs; \
+	  rc=$$?; case "$$out" in *started*) bash tests/pg-cluster.sh stop;; esac; exit $$rc
 
 # The C tests once under AddressSanitizer + UBSan (CI runs this too).
 test-asan: $(VENV)/.deps
@@ -137,6 +147,13 @@ bench-lane: $(VENV)/.pkg
 
 bench-lane-quick: $(VENV)/.pkg
 	$(PY) bench/lane.py --quick
+
+# PostgreSQL kind beside the file lock: handoff, uncontended, 8 clients on 3 slots.
+bench-pg: build $(VENV)/.pkg
+	@out=$$(bash tests/pg-cluster.sh start) || exit 1; echo "$$out"; \
+	  eval "$$(bash tests/pg-cluster.sh env)"; \
+	  $(PY) bench/pg.py --build $(BUILD); \
+	  rc=$$?; case "$$out" in *started*) bash tests/pg-cluster.sh stop;; esac; exit $$rc
 
 clean:
 	rm -rf build $(VENV)

@@ -68,7 +68,10 @@ extern "C" {
 #define HL_EFORKED    (-30006) /* handle was opened by the parent process   */
 #define HL_ENOTHELD   (-30007) /* release of a lock this handle does not hold */
 #define HL_EFORMAT    (-30008) /* file is not in the expected format (GGUF)  */
-#define HL_ELOST      (-30009) /* lock file deleted or replaced while held   */
+#define HL_ELOST      (-30009) /* the lock was lost while held: its file was
+                                  deleted or replaced, or (pg kind) the
+                                  connection to the lock server broke and
+                                  the server released it                   */
 
 /* Longest lock path accepted (bytes, without the NUL); longer is refused
  * with -ENAMETOOLONG, never cut (a cut path names another file). */
@@ -76,6 +79,8 @@ extern "C" {
 #define HL_ESELF      (-30010) /* held by this process through another
                                   descriptor, or by its parent: waiting
                                   would never end                          */
+#define HL_ENOBUDGET  (-30011) /* memory admission on a remote lock needs a
+                                  static budget (hl_lock_set_budget)       */
 
 /* The name of an error returned by any function here (never NULL). */
 const char *hl_strerror(int err);
@@ -206,6 +211,27 @@ const char *hl_lock_kind(const hl_lock_t *lock);
 #define HL_FLAG_LOST 2          /* the file was deleted or replaced while held   */
 int hl_lock_flags(const hl_lock_t *lock);
 
+/*
+ * Is the held lock still held?  Never waits (no round trip).  0 yes;
+ * HL_ELOST when the kind learned it lost the lock: for a PostgreSQL lock,
+ * the session ended (the server restarted, an administrator ended it, the
+ * network or keepalives gave up), and with it the server released the lock.
+ * Call it every second or so while holding a remote lock, and stop the
+ * protected work (or say so loudly) on HL_ELOST; then hl_lock_release
+ * (which returns HL_ELOST too).  HL_ENOTHELD when not held.  File locks
+ * cannot be lost: always 0.
+ */
+int hl_lock_check(hl_lock_t *lock);
+
+/*
+ * What the last failed call in this thread knew beyond its error code, ""
+ * when nothing: for a PostgreSQL lock, the server's or libpq's message
+ * ("connection to server at "db" (10.0.0.5), port 5432 failed: FATAL:
+ * password authentication failed for user "ci"").  Valid until the next
+ * call into the library from this thread.
+ */
+const char *hl_error_detail(void);
+
 int hl_lock_held(const hl_lock_t *lock);          /* 1 when this handle holds it */
 const char *hl_lock_path(const hl_lock_t *lock);  /* as given to hl_lock_open   */
 /* The descriptor while held, else -1 (for passing the lock to a child). */
@@ -324,18 +350,101 @@ int hl_holder_describe(const hl_status_t *st, char *buf, size_t len);
 int hl_proc_cmdline(long pid, char *buf, size_t len);
 
 /* ------------------------------------------------------------------------
+ * Across machines: a PostgreSQL URL instead of a lock path (kind "pg")
+ * ------------------------------------------------------------------------
+ *
+ * Built when meson finds libpq (else such targets fail with -ENOSYS).  Any
+ * function that takes a lock path takes, instead,
+ *
+ *     postgresql://USER@HOST[:PORT]/DB?name=NAME[&other libpq parameters]
+ *
+ * (or postgres://).  libpq parses the URL (passwords from ~/.pgpass or
+ * PGPASSWORD work as usual); `name` (percent-decoded, at most 200 bytes,
+ * default "llm_load") is ours and is removed before libpq sees the URL.
+ * Every client that names the same server, database and name shares one
+ * lock, from any machine.  One connection per handle, opened by
+ * hl_lock_open (so a wrong host or password is reported there; the server's
+ * words are in hl_error_detail()).
+ *
+ * The lock is a session-level advisory lock: the server drops it when the
+ * session ends, whatever the reason (the holder died, its machine vanished
+ * and keepalives gave up, an administrator ended the session).  Slots,
+ * labels, timeouts, try-once and status work as for a lock file.
+ *
+ * Keys.  NAME maps to 64-bit FNV-1a hashes, used in the two-int4 form
+ * pg_advisory_lock(high 32 bits, low 32 bits) (in pg_locks: classid = high,
+ * objid = low, objsubid = 2; the bigint form that applications commonly use
+ * has objsubid = 1, so the two never meet):
+ *     main       fnv1a64("heavylock:" NAME)
+ *     slot i     fnv1a64("heavylock:" NAME "\0slot:" i)   (i in decimal)
+ *     waiters    fnv1a64("heavylock:" NAME "\0wait")
+ *     admission  fnv1a64("heavylock:" NAME "\0admission")
+ * (FNV-1a 64: offset basis 0xcbf29ce484222325, prime 0x100000001b3.)  An
+ * exclusive holder holds `main` exclusively: `SELECT pg_advisory_lock(k1,
+ * k2)` with those halves excludes heavylock from psql or any program.  A slot
+ * holder holds `main` shared and one free slot key exclusively.
+ *
+ * The table heavylock_holders (created on first use; without the right to
+ * create it, hl_error_detail() prints the CREATE TABLE to run once) keeps
+ * each holder's pid, host, label, weight and budget.  A row counts only
+ * while its session holds the advisory key the row names: the row of a
+ * session that is gone is dead, whatever it says, and is deleted later.
+ *
+ * Memory.  No live memory can be read across machines: with slots 0 or a
+ * weight, hl_lock_set_budget is required (else HL_ENOBUDGET).  A newcomer is
+ * admitted while the live holders' weights plus its own fit the budget; the
+ * check and its row are one transaction under pg_advisory_xact_lock on
+ * `admission`.  Weight 0 is exclusive; a weight above the budget runs alone.
+ *
+ * Waiting.  An exclusive waiter queues in the server (pg_advisory_lock sent
+ * asynchronously, its socket polled): the release or the holder's death
+ * wakes it, first come first served.  A slot waiter LISTENs on the channel
+ * "heavylock_<main key in hex>", which every release NOTIFYs; the wait
+ * loop's 100 ms re-check covers a slot holder that died without releasing.
+ *
+ * Losing the lock.  When the session ends under a holder, the lock is gone:
+ * hl_lock_check() says HL_ELOST at once when the server ended it
+ * (pg_terminate_backend, shutdown, restart), and after about 11 s when the
+ * network went silent (TCP keepalives 5 s + 3 x 2 s, both ends).  A waiter
+ * whose session ends gets HL_ELOST; the next acquire connects again.
+ *
+ * Status comes from the server: pg_locks joined with pg_stat_activity and
+ * the table: holders with pid, host, label, weight and held-for (server
+ * clock); waiters with pid and label, how 'b' (queued in the server) or 'q'
+ * (listening).  holder_pid is set only for an exclusive holder on this
+ * machine (same hostname, and on Linux the same boot_id and pid namespace:
+ * CI containers often share a hostname).  Sessions show in pg_stat_activity as application_name
+ * "heavylock PID@HOST LABEL".
+ */
+
+/*
+ * For `heavylock doctor` on a postgresql:// target: connect as a handle would,
+ * create the table if it is missing, and write one line into `out`:
+ * "connected to PostgreSQL 15.18 at HOST:PORT, database DB as USER; lock
+ * name 'NAME' (advisory key XXXXXXXX:XXXXXXXX); table heavylock_holders
+ * ready", or on failure what went wrong (the server's words).  0 or an error
+ * (-EINVAL bad URL, -ECONNREFUSED cannot connect, -EPROTO the server refused
+ * a statement, -ENOSYS built without libpq).  Holds no lock.
+ */
+int hl_pg_doctor(const char *target, char *out, size_t len);
+
+/* ------------------------------------------------------------------------
  * Lock path policy
  * ------------------------------------------------------------------------ */
 
 typedef struct hl_path_s {
   char path[4096];
-  const char *source;         /* "HEAVYLOCK_PATH", "LOCAL_MODEL_PATH", "default" */
+  const char *source;         /* "HEAVYLOCK_URL", "HEAVYLOCK_PATH",
+                                 "LOCAL_MODEL_PATH", "default"               */
   char why[4400];             /* one sentence: why this path, or what is wrong */
 } hl_path_t;
 
 /*
  * Resolve where the lock lives:
- *   1. $HEAVYLOCK_PATH, if set;
+ *   0. $HEAVYLOCK_URL, if set and not empty: a lock server's URL
+ *      (postgresql://..., see "Across machines"), passed through untouched;
+ *   1. $HEAVYLOCK_PATH, if set (a postgresql:// URL there passes through
+ *      untouched too);
  *   2. else, if $LOCAL_MODEL_PATH is set, ".llm_load.lock" in the directory of
  *      that model file (a relative value resolves against the current
  *      directory);

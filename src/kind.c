@@ -8,6 +8,8 @@
  */
 #include "kind.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 static const hl__kind_t *const kinds[] = {
@@ -25,6 +27,27 @@ const hl__kind_t *hl__kind_pick(const char *target, const hl__ask_t *ask) {
     if (kinds[i]->claims(target, ask))
       return kinds[i];
   return NULL;
+}
+
+#ifdef HL_HAVE_PG
+const char *hl__pg_errdetail(void);
+#endif
+
+#ifndef HL_HAVE_PG
+int hl_pg_doctor(const char *target, char *out, size_t len) {
+  (void)target;
+  snprintf(out, len, "this heavylock was built without its PostgreSQL backend "
+                     "(libpq was not found when it was built)");
+  return -ENOSYS;
+}
+#endif
+
+const char *hl__kind_detail(void) {
+#ifdef HL_HAVE_PG
+  return hl__pg_errdetail();
+#else
+  return "";
+#endif
 }
 
 int hl__is_url(const char *target) {

@@ -148,7 +148,16 @@ typedef struct hl__kind_s {
   /* Optional (NULL = 0): HL_FLAG_* of the current or last hold, for
    * hl_lock_flags (e.g. HL_FLAG_LOST: the lock went away while held). */
   int (*flags)(void *state);
+
+  /* Optional (NULL: nothing can take the lock away): is the held lock still
+   * held?  No waiting.  0, or HL_ELOST when the kind learned that it lost
+   * it (a remote session ended).  For hl_lock_check. */
+  int (*check)(void *state);
 } hl__kind_t;
+
+/* What the last failing call in this thread said beyond its code (the
+ * server's words), "" when nothing; for hl_error_detail (kind.c). */
+const char *hl__kind_detail(void);
 
 /* The kinds.  kind.c lists them for the registry; the build defines
  * HL_HAVE_SLOTS (Linux: OFD locks, /proc) and HL_HAVE_PG (libpq found) for

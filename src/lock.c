@@ -78,6 +78,9 @@ const char *hl_strerror(int err) {
     return "held by this process through another descriptor, or by its parent: "
            "waiting would never end";
   case -EDEADLK: return "this thread already holds or waits for this lock";
+  case HL_ELOST: return "the connection to the lock server was lost: the lock is gone";
+  case HL_ENOBUDGET:
+    return "memory admission on a remote lock needs a budget (--budget SIZE)";
   }
   if (err < 0 && err > -4096)
     return strerror(-err);
@@ -412,6 +415,14 @@ int hl_lock_flags(const hl_lock_t *lk) {
 }
 
 int hl_lock_held(const hl_lock_t *lk) { return lk->held; }
+
+int hl_lock_check(hl_lock_t *lk) {
+  if (!lk->held)
+    return HL_ENOTHELD;
+  return lk->kind->check ? lk->kind->check(lk->state) : 0;
+}
+
+const char *hl_error_detail(void) { return hl__kind_detail(); }
 const char *hl_lock_path(const hl_lock_t *lk) { return lk->target; }
 intptr_t hl_lock_fd(const hl_lock_t *lk) { return lk->held ? lk->kind->fd(lk->state) : -1; }
 

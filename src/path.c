@@ -1,6 +1,7 @@
 /*
  * path.c - where the lock lives (the seed policy's rules, in order).
  */
+#include "kind.h"
 #include "os.h"
 
 #include <errno.h>
@@ -33,10 +34,42 @@ static int join(hl_path_t *out, const char *dir, const char *name) {
   return 0;
 }
 
+/*
+ * A lock server's URL (HEAVYLOCK_URL, or HEAVYLOCK_PATH holding one) passes
+ * through untouched: it is not a file, so no abspath, no directory check.
+ * Only the schemes a kind serves are accepted, so that a typo is named here
+ * rather than created as a file called "postgresq://...".
+ */
+static int url_target(hl_path_t *out, const char *source, const char *v) {
+  if (strncmp(v, "postgresql://", 13) != 0 && strncmp(v, "postgres://", 11) != 0)
+    return fail(out, source,
+                "%s='%s' is a URL of no known lock server%s; use postgresql://USER@HOST/DB"
+                "?name=NAME",
+                v, "");
+  if (strlen(v) >= sizeof(out->path))
+    return -ENAMETOOLONG;
+  snprintf(out->path, sizeof(out->path), "%s", v);
+  out->source = source;
+  snprintf(out->why, sizeof(out->why), "%s is set to a PostgreSQL URL: the lock is shared by "
+           "every machine that uses that server", source);
+  return 0;
+}
+
 int hl_path_resolve(const char *root, hl_path_t *out) {
   memset(out, 0, sizeof(*out));
-  const char *v = getenv("HEAVYLOCK_PATH");
+  const char *v = getenv("HEAVYLOCK_URL");
   int rc;
+  if (v != NULL && v[0] != '\0') {
+    if (!hl__is_url(v))
+      return fail(out, "HEAVYLOCK_URL",
+                  "%s='%s' is not a URL%s; use postgresql://USER@HOST/DB?name=NAME, or "
+                  "HEAVYLOCK_PATH for a lock file",
+                  v, "");
+    return url_target(out, "HEAVYLOCK_URL", v);
+  }
+  v = getenv("HEAVYLOCK_PATH");
+  if (v != NULL && hl__is_url(v))
+    return url_target(out, "HEAVYLOCK_PATH", v);
   if (v != NULL) {
     if (v[0] == '\0')
       return fail(out, "HEAVYLOCK_PATH", "%s is set but empty%s; unset it or name a lock file%s",

@@ -1,0 +1,106 @@
+"""The PostgreSQL kind from Python: the extension and the plugin over a URL.
+
+Needs a server: HEAVYLOCK_TEST_PG_URL (tests/pg-cluster.sh start; eval
+"$(tests/pg-cluster.sh env)"; CI does this).  Without one these tests skip
+with the reason, except under CI=true, where they fail.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from helpers import overlaps
+
+BASE = os.environ.get("HEAVYLOCK_TEST_PG_URL")
+if not BASE:
+    if os.environ.get("CI") == "true":
+        pytest.fail("HEAVYLOCK_TEST_PG_URL is not set under CI=true: .ci/run starts a server",
+                    pytrace=False)
+    pytest.skip("no PostgreSQL server: HEAVYLOCK_TEST_PG_URL is not set "
+                "(tests/pg-cluster.sh start; eval \"$(tests/pg-cluster.sh env)\")",
+                allow_module_level=True)
+
+
+def url(name):
+    return f"{BASE}{'&' if '?' in BASE else '?'}name={name}_{os.getpid()}_{time.time_ns()}"
+
+
+WORKER = textwrap.dedent("""
+    import sys, time
+    from heavylock import _native
+    target, log, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    lk = _native.Lock(target)
+    for _ in range(n):
+        lk.acquire(60.0)
+        t0 = time.time()
+        time.sleep(0.002)
+        t1 = time.time()
+        lk.release()
+        with open(log, "a") as f:
+            f.write(f"{t0!r} {t1!r}\\n")
+    lk.close()
+""")
+
+
+def test_extension_excludes_across_processes(tmp_path):
+    """_native.Lock on a URL goes through the seam to the pg kind: four
+    processes x 15 turns never overlap (judged from recorded intervals)."""
+    target, log = url("py_excl"), tmp_path / "iv.log"
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, target, str(log), "15"])
+             for _ in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    iv = sorted(tuple(map(float, line.split())) + (0,) for line in open(log))
+    assert len(iv) == 60
+    assert overlaps(iv) == []
+
+
+HEAVY = textwrap.dedent("""
+    import os, time
+    import pytest
+
+    @pytest.mark.parametrize("i", range(4))
+    @pytest.mark.llm
+    def test_heavy(i):
+        t0 = time.time()
+        time.sleep(0.2)
+        with open(os.environ["IV_LOG"], "a") as f:
+            f.write(f"{t0!r} {time.time()!r} {os.getpid()}\\n")
+""")
+
+
+# The plugin still resolves --heavylock-path / HEAVYLOCK_URL as a lock file
+# (settings.resolve_lock_path and backends.resolve_path make it absolute), so
+# the two runs use two files.  Strict: once the plugin passes URLs through,
+# this XPASSes and fails until the marker is removed.
+@pytest.mark.xfail(strict=True, reason="plugin does not pass a postgresql:// URL through yet")
+def test_two_pytest_runs_share_one_lock(tmp_path):
+    """Two pytest runs with -n 2 each, in different directories (so a lock
+    file could not be shared by accident), against one URL: their heavy tests
+    never overlap, and nothing named after the URL is created on disk."""
+    pytest.importorskip("xdist")
+    target, log = url("py_runs"), tmp_path / "iv.log"
+    env = dict(os.environ, IV_LOG=str(log), RUN_HEAVY_INTEGRATION="yes",
+               HEAVYLOCK_URL=target)
+    for k in ("HEAVYLOCK_PATH", "LOCAL_MODEL_PATH", "PYTEST_ADDOPTS"):
+        env.pop(k, None)
+    runs = []
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "test_heavy.py").write_text(HEAVY)
+        runs.append(subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2",
+             "-p", "xdist", "--heavylock-path", target],
+            cwd=tmp_path / d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True))
+    outs = [r.communicate(timeout=300)[0] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outs
+    iv = sorted(tuple(float(x) for x in line.split()[:2]) + (int(line.split()[2]),)
+                for line in open(log))
+    assert len(iv) == 8
+    assert overlaps(iv) == []
+    assert len({pid for _, _, pid in iv}) >= 3  # several workers of both runs took turns
+    for d in ("a", "b"):
+        assert not any("postgres" in p.name for p in (tmp_path / d).rglob("*")), outs
