@@ -73,12 +73,13 @@ const char *hl_strerror(int err) {
   case HL_EFORKED: return "lock handle belongs to the parent process";
   case HL_ENOTHELD: return "lock is not held by this handle";
   case HL_EFORMAT: return "file is not in the expected format";
-  case HL_ELOST: return "lock file was deleted or replaced while held";
+  case HL_ELOST:
+    return "the lock was lost while held (its file was deleted or replaced, or the "
+           "connection to the lock server broke)";
   case HL_ESELF:
     return "held by this process through another descriptor, or by its parent: "
            "waiting would never end";
   case -EDEADLK: return "this thread already holds or waits for this lock";
-  case HL_ELOST: return "the connection to the lock server was lost: the lock is gone";
   case HL_ENOBUDGET:
     return "memory admission on a remote lock needs a budget (--budget SIZE)";
   }
