@@ -11,7 +11,7 @@ PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.to
 
 .PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup \
         stress stress-short fuzz test-valgrind check-dist-c bench-lane bench-lane-quick \
-        test-pg bench-pg
+        test-pg bench-pg bench-slots bench-slots-quick
 
 all: build
 
@@ -154,6 +154,17 @@ bench-pg: build $(VENV)/.pkg
 	  eval "$$(bash tests/pg-cluster.sh env)"; \
 	  $(PY) bench/pg.py --build $(BUILD); \
 	  rc=$$?; case "$$out" in *started*) bash tests/pg-cluster.sh stop;; esac; exit $$rc
+
+# Slots and memory admission (bench/slots.py): 8 jobs of W bytes of touched
+# memory through `heavylock run` serialized, with a budget for two, --slots 2,
+# no lock, and live memory (full form only).  Fails when more than the limit
+# ran at once or the budget row's sampled RSS passed it.  The quick form
+# (small blocks, no live row) takes about 10 s and is the CI form.
+bench-slots: build
+	nice $(PY) bench/slots.py --heavylock $(HEAVYLOCK)
+
+bench-slots-quick: build
+	$(PY) bench/slots.py --quick --heavylock $(HEAVYLOCK)
 
 clean:
 	rm -rf build $(VENV)
