@@ -20,6 +20,9 @@ jobs' RSS (every job process's /proc/PID/statm, every SAMPLE_S seconds) next
 to what the row's admission allows.  A job with W = 0 measures the
 interpreter's own baseline RSS, reported separately: the allowance over the
 budget is one baseline per job admitted at once.
+"median touch" is how long a job took to make its block resident (page
+faults and zeroing: CPU work), which is what stretches when several jobs
+share the cores; the load average at start and end is printed with the table.
 
 Every job records its hold interval (CLOCK_MONOTONIC, system-wide on Linux:
 from its first line to its last), and the most that overlapped is computed
@@ -42,6 +45,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +58,8 @@ SAMPLE_S = 0.015
 SLACK = 16 * MIB  # per-sample noise over 2W + baselines (allocator, page tables)
 
 # The job: the admitted process.  Its first and last lines stamp its hold;
-# its last line also reports its own peak RSS (VmHWM).
+# its last line also reports its own peak RSS (VmHWM) and how long the
+# block took to become resident (CPU-bound: page faults and zeroing).
 JOB = r"""
 import os, sys, time
 t0 = time.clock_gettime(time.CLOCK_MONOTONIC)
@@ -62,6 +67,7 @@ w, hold, log = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 block = bytearray(w)
 if w:
     block[::%(page)d] = b"\x01" * len(range(0, w, %(page)d))  # every page resident
+loaded = time.clock_gettime(time.CLOCK_MONOTONIC)
 time.sleep(hold)
 hwm = 0
 with open("/proc/self/status") as f:
@@ -70,7 +76,7 @@ with open("/proc/self/status") as f:
             hwm = int(line.split()[1]) * 1024
 t1 = time.clock_gettime(time.CLOCK_MONOTONIC)
 with open(log, "a") as f:
-    f.write(f"{os.getpid()} {t0!r} {t1!r} {hwm}\n")
+    f.write(f"{os.getpid()} {t0!r} {t1!r} {hwm} {loaded - t0!r}\n")
 """ % {"page": PAGE}
 
 
@@ -192,6 +198,7 @@ def run_row(name: str, lock_args: list[str] | None, args, w: int, jobs: int) -> 
             "alive": sampler.peak_alive,
             "samples": sampler.samples,
             "hwm": max(int(r[3]) for r in rows),
+            "load": statistics.median(float(r[4]) for r in rows),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -220,7 +227,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, help="jobs started at once (default 8)")
     ap.add_argument("--mib", type=int, help="W: each job's block in MiB (400; quick 64)")
     ap.add_argument("--hold", type=float, help="seconds each job holds its block (1.0; quick 0.4)")
-    ap.add_argument("--reps", type=int, help="runs of each row, alternated (2; quick 1)")
+    ap.add_argument("--reps", type=int, help="runs of each row, alternated (3; quick 1)")
     ap.add_argument("--live-mib", type=int, help="WL for the live row (default: see --live-cap)")
     ap.add_argument("--live-cap", type=int, default=6144,
                     help="most MiB the live row may use in all (default 6144)")
@@ -230,7 +237,7 @@ def main() -> int:
     args.jobs = args.jobs or 8
     args.mib = args.mib or (64 if q else 400)
     args.hold = args.hold if args.hold is not None else (0.4 if q else 1.0)
-    args.reps = args.reps or (1 if q else 2)
+    args.reps = args.reps or (1 if q else 3)
     live = not (q or args.no_live)
     if not os.access(args.heavylock, os.X_OK):
         raise SystemExit(f"--heavylock {args.heavylock!r} is not an executable (make build)")
@@ -252,6 +259,7 @@ def main() -> int:
                          ["--slots", "auto", "--mem", f"{wl // MIB}M", "--budget", "auto"],
                          wl, None))
 
+    load0 = f"{os.getloadavg()[0]:.2f}"
     results: dict[str, list[dict]] = {}
     for rep in range(args.reps):
         for name, lock_args, rw, _ in rows_def:
@@ -270,17 +278,20 @@ def main() -> int:
     print(f"\n{args.jobs} jobs at once, W = {args.mib} MiB each, hold {args.hold:g} s; "
           f"interpreter baseline (job with W = 0, VmHWM) {fmt_mib(base)}; "
           f"best of {args.reps} run(s), alternated\n")
-    print("| mode | wall (s) | / serialized | most at once (holds) "
-          "| peak sum of jobs' RSS | allowed (budget + baselines) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| mode | wall (s) | / serialized | most at once (holds / sampled) "
+          "| peak sum of jobs' RSS | allowed (budget + baselines) | median touch (s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, _, rw, limit in rows_def:
         b = best(name)
         at_once = max(r["at_once"] for r in results[name])
+        alive = max(r["alive"] for r in results[name])
         peak = max(r["peak"] for r in results[name])
         allowed = "-"
         if limit is not None:
             if at_once > limit:
                 failures.append(f"{name}: {at_once} jobs held at once (limit {limit})")
+            if alive > limit:
+                failures.append(f"{name}: {alive} jobs alive in one sample (limit {limit})")
         if name.startswith("auto"):
             cap = 2 * rw + 2 * base
             allowed = f"{fmt_mib(2 * rw)} + {fmt_mib(2 * base)}"
@@ -289,11 +300,13 @@ def main() -> int:
                                 f"{fmt_mib(cap)}")
         if name.startswith("live"):
             allowed = f"MemAvailable {fmt_mib(avail)} fits {fits}"
-        print(f"| {name} | {b['wall']:.2f} | {b['wall'] / serial:.2f}x | {at_once} "
-              f"| {fmt_mib(peak)} | {allowed} |")
+        print(f"| {name} | {b['wall']:.2f} | {b['wall'] / serial:.2f}x | {at_once} / {alive} "
+              f"| {fmt_mib(peak)} | {allowed} | {b['load']:.2f} |")
     auto = best(rows_def[1][0])["wall"] / serial
     print(f"\nauto with a budget for two: {auto:.2f}x serialized (target <= 0.6x: "
           f"{'met' if auto <= 0.6 else 'NOT met'})")
+    print(f"load average at start {load0}, at end {os.getloadavg()[0]:.2f} "
+          f"({os.cpu_count()} CPUs)")
     if live:
         lr = results[rows_def[-1][0]]
         print(f"live: W = {fmt_mib(wl)}, MemAvailable at start {fmt_mib(avail)} fits "
