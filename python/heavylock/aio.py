@@ -64,8 +64,18 @@ class AsyncLock:
     def timeout(self) -> Optional[float]:
         return self.sync.timeout
 
+    @property
+    def kind(self) -> str:
+        return self.sync.kind
+
     def set_label(self, label: Optional[str]) -> None:
         self.sync.set_label(label)
+
+    def set_weight(self, nbytes: int, source: str = "declared") -> None:
+        self.sync.set_weight(nbytes, source)
+
+    def check(self) -> None:
+        self.sync.check()
 
     def release(self) -> None:
         self.sync.release()
@@ -167,6 +177,8 @@ async def _settled(fut: asyncio.Future[Any]) -> None:
 
 
 def open_lock(path: PathArg, backend: Optional[str] = None, *,
-              timeout: Optional[float] = None, label: Optional[str] = None) -> AsyncLock:
+              timeout: Optional[float] = None, label: Optional[str] = None, slots: int = 1,
+              budget: int = 0) -> AsyncLock:
     """:func:`heavylock.open_lock` for asyncio: ``async with open_lock(p):``."""
-    return AsyncLock(_open_lock(path, backend, timeout=timeout, label=label))
+    return AsyncLock(_open_lock(path, backend, timeout=timeout, label=label, slots=slots,
+                                budget=budget))
