@@ -80,7 +80,8 @@ def run_turns(lockfile, log, procs, n, slots, weight=0, budget=0):
 
 
 def holder(lockfile, slots=1, weight=0, label="", budget=0):
-    lockfile.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(lockfile, Path):
+        lockfile.parent.mkdir(parents=True, exist_ok=True)
     p = subprocess.Popen([sys.executable, "-c", HOLD, str(lockfile), str(slots), str(weight),
                           label, str(budget)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -126,7 +127,9 @@ def test_a_third_waits_in_the_queue_and_status_lists_the_holders(lockfile, tmp_p
         assert st["budget"] == budget
         assert st["free_bytes"] == budget - (300 << 20)
         w = next(w for w in st["waiters"] if w["pid"] == waiter.pid)
-        assert w["how"] == "queue"
+        # A timed slot waiter watches the file ("watch"); its ticket in the
+        # table is what queues it (the pg test below sees "queue").
+        assert w["how"] in ("watch", "queue")
         assert (w["weight"], w["weight_source"], w["label"]) == (50 << 20, "estimated",
                                                                  "the-third")
         assert w["ticket"] > 0 and not w["exclusive"]
@@ -438,3 +441,31 @@ def test_a_terminated_session_is_lock_lost(tmp_path):
     assert lk.acquire(10)  # the next acquire connects again
     lk.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not PG and os.environ.get("CI") != "true",
+                    reason="no PostgreSQL server: HEAVYLOCK_TEST_PG_URL is not set")
+def test_a_remote_slot_waiter_is_listed_as_queued():
+    """Two slot holders of a PostgreSQL lock; the third LISTENs for a free
+    slot: status lists it with how == "queue" and the holders' labels."""
+    assert PG, "HEAVYLOCK_TEST_PG_URL is not set under CI=true"
+    url = f"{PG}{'&' if '?' in PG else '?'}name=py_queue_{os.getpid()}_{time.time_ns()}"
+    a, b = holder(url, 2, 0, "remote-a"), holder(url, 2, 0, "remote-b")
+    lk = _native.Lock(url)
+    lk.set_slots(2)
+    lk.set_label("remote-third")
+    seen = []
+
+    def on_wait(st, waited):
+        seen.append(st)
+        return True
+
+    try:
+        assert lk.acquire(30, on_wait=on_wait, first=0.3) is False
+        st = seen[0]
+        assert sorted(h["label"] for h in st["holders"]) == ["remote-a", "remote-b"]
+        me = [w for w in st["waiters"] if w["label"] == "remote-third"]
+        assert me and me[0]["how"] == "queue"
+    finally:
+        let_go(a, b)
+        lk.close()
