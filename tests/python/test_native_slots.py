@@ -203,7 +203,7 @@ def test_on_wait_returning_false_keeps_waiting_until_the_lock_is_free(lockfile,
             exclusive_holder.stdin.close()  # the holder leaves: the wait ends with the lock
         return None
 
-    assert lk.acquire(None, on_wait=on_wait, first=0.1, every=0.1) is True
+    assert lk.acquire(30, on_wait=on_wait, first=0.1, every=0.1) is True
     assert len(calls) >= 3 and calls == sorted(calls)
     assert lk.held
     lk.close()
