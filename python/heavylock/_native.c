@@ -328,8 +328,11 @@ static int do_acquire(LockObject *self, double timeout, PyObject *on_wait, doubl
   wait_ctx w = {on_wait, monotonic(), first > 0 ? first : 0, every, NULL, NULL, NULL};
   int callback = on_wait != NULL || timeout > 0;
   if (callback) {
+    /* The core calls back at the finer of on_wait's cadence and the
+     * signal check's; wait_cb calls on_wait only when it is due. */
     double check = on_wait != NULL && w.due < SIGNAL_CHECK ? w.due : SIGNAL_CHECK;
-    hl_lock_set_wait_callback(self->lock, wait_cb, &w, check, SIGNAL_CHECK);
+    double cadence = on_wait != NULL && every > 0 && every < SIGNAL_CHECK ? every : SIGNAL_CHECK;
+    hl_lock_set_wait_callback(self->lock, wait_cb, &w, check, cadence);
   }
   double deadline = w.start + (timeout > 0 ? timeout : 0);
   int rc;

@@ -120,9 +120,10 @@ def test_a_third_waits_in_the_queue_and_status_lists_the_holders(lockfile, tmp_p
             print("got" if lk.acquire(60.0) else "timed out", flush=True)
         """), str(lockfile)], stdout=subprocess.PIPE, text=True)
     try:
-        st = wait_for(lambda: (lambda s: s if any(w["pid"] == waiter.pid for w in s["waiters"])
+        st = wait_for(lambda: (lambda s: s if any(w["pid"] == waiter.pid and w["ticket"]
+                                                  for w in s["waiters"])
                                else None)(_native.status(str(lockfile))),
-                      what="the third to be listed as a waiter")
+                      what="the third to be listed as a waiter with its ticket")
         assert st["kind"] == "slots" and st["shared"] and st["held"]
         assert st["budget"] == budget
         assert st["free_bytes"] == budget - (300 << 20)
@@ -469,3 +470,34 @@ def test_a_remote_slot_waiter_is_listed_as_queued():
     finally:
         let_go(a, b)
         lk.close()
+
+
+def test_a_timed_wait_keeps_one_ticket(lockfile):
+    """A timed wait is one wait in the core, not half-second slices that
+    each leave the queue and take a new ticket (a sliced waiter kept losing
+    its turn to later ones)."""
+    a, b = holder(lockfile, 2), holder(lockfile, 2)
+    lk = _native.Lock(str(lockfile))
+    lk.set_slots(2)
+    got = []
+    t = threading.Thread(target=lambda: got.append(lk.acquire(60)))
+    t.start()
+
+    def ticket():
+        return next((w["ticket"] for w in _native.status(str(lockfile))["waiters"]
+                     if w["pid"] == os.getpid() and w["ticket"]), None)
+
+    try:
+        first = wait_for(ticket, what="our ticket")
+        seen = set()
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            seen.add(ticket())
+            time.sleep(0.02)
+        assert seen == {first}
+    finally:
+        let_go(a)
+        t.join(30)
+        let_go(b)
+    assert got == [True]
+    lk.close()
