@@ -269,8 +269,32 @@ def load(path: str) -> str:
     return name + p + source + why
 
 async def aload(path: str) -> bool:
-    async with aio.open_lock(path) as alk:
+    async with aio.open_lock(path, slots=2) as alk:
         return alk.held
+
+def slots(path: str) -> int:
+    from typing import Any, Dict, Optional
+    from heavylock import _native
+    lk = heavylock.open_lock(path, slots=0, budget=_native.size_parse("2G"))
+    lk.set_weight(_native.gguf_estimate("m.gguf", n_ctx=512)["total"], "estimated")
+
+    def on_wait(st: Dict[str, Any], waited: float) -> Optional[bool]:
+        return waited > 60 or not st["holders"]
+
+    try:
+        if isinstance(lk, heavylock.backends.NativeLock) and lk.acquire(
+                5, on_wait=on_wait, first=1.0, every=15.0):
+            lk.check()
+            kind: str = lk.kind
+            flags: int = lk.flags & _native.FLAG_LOST
+            lk.release()
+            return flags + len(kind)
+    except heavylock.SelfDeadlock as e:
+        return e.errno or 0
+    except heavylock.LockLost:
+        return -1
+    free: Optional[int] = _native.mem_free()
+    return len(_native.size_format(free or 0))
 """
 
 
