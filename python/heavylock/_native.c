@@ -81,8 +81,12 @@ static PyObject *shown_target(const char *path) {
       if (*c == '@')
         at = c; /* the last '@' ends the user info */
     const char *colon = at ? memchr(user, ':', (size_t)(at - user)) : NULL;
-    if (colon != NULL)
-      return PyUnicode_FromFormat("%.*s:***%s", (int)(colon - path), path, at);
+    if (colon != NULL) {
+      PyObject *head = PyUnicode_DecodeFSDefaultAndSize(path, colon - path);
+      PyObject *r = head ? PyUnicode_FromFormat("%U:***%s", head, at) : NULL;
+      Py_XDECREF(head);
+      return r;
+    }
   }
   return PyUnicode_DecodeFSDefault(path);
 }
@@ -96,15 +100,43 @@ static PyObject *raise_hl(int rc, const char *path, const char *detail) {
   /* Only the remote kind sets a detail, and the library never clears it: a
    * detail read after a failure on a lock file would be an old server's. */
   const char *more = path && strstr(path, "://") ? hl_error_detail() : "";
-  PyObject *msgobj = PyUnicode_FromFormat(
-      "%s%s%s", detail ? detail : hl_strerror(rc), more && *more ? ": " : "",
-      more && *more ? more : "");
+  /* libpq's messages span lines ("...failed: Connection refused\n\tIs the
+   * server running..."): one line each, for logs and terminals. */
+  char line[1024];
+  size_t n = 0;
+  for (const char *c = more ? more : ""; *c && n < sizeof(line) - 1; c++)
+    if ((unsigned char)*c >= 0x20 && *c != 0x7f)
+      line[n++] = *c;
+    else if (n > 0 && line[n - 1] != ' ')
+      line[n++] = ' ';
+  while (n > 0 && line[n - 1] == ' ')
+    n--;
+  line[n] = '\0';
+  PyObject *msgobj = PyUnicode_FromFormat("%s%s", detail ? detail : hl_strerror(rc),
+                                          n ? ": " : "");
+  if (msgobj != NULL && n) {
+    PyObject *tail = PyUnicode_DecodeUTF8(line, (Py_ssize_t)n, "replace");
+    PyObject *joined = tail ? PyUnicode_Concat(msgobj, tail) : NULL;
+    Py_XDECREF(tail);
+    Py_DECREF(msgobj);
+    msgobj = joined;
+  }
   if (msgobj == NULL)
     return NULL;
   PyObject *target = path ? shown_target(path) : Py_NewRef(Py_None);
   if (target == NULL) {
     Py_DECREF(msgobj);
     return NULL;
+  }
+  if (path != NULL && *more) { /* the detail may quote the URL, password and all */
+    PyObject *raw = PyUnicode_DecodeFSDefault(path);
+    PyObject *clean = raw ? PyUnicode_Replace(msgobj, raw, target, -1) : NULL;
+    Py_XDECREF(raw);
+    Py_DECREF(msgobj);
+    if ((msgobj = clean) == NULL) {
+      Py_DECREF(target);
+      return NULL;
+    }
   }
   PyObject *cls = NULL; /* an OSError subclass of ours, else OSError picks */
   PyObject *plain = NULL; /* an exception that is not an OSError */

@@ -501,3 +501,20 @@ def test_a_timed_wait_keeps_one_ticket(lockfile):
         let_go(b)
     assert got == [True]
     lk.close()
+
+
+def test_a_server_error_names_the_server_and_hides_the_password():
+    """The library's detail (libpq's words) is appended on one line, and the
+    URL's password never reaches the message or the filename."""
+    with pytest.raises(OSError) as exc:
+        _native.Lock("postgresql://ci:s3cret@127.0.0.1:1/db?name=x")
+    if exc.value.errno == errno.ENOSYS:
+        pytest.skip("this heavylock was built without libpq")
+    assert isinstance(exc.value, ConnectionRefusedError)
+    msg = str(exc.value)
+    assert "port 1 failed" in msg and "\n" not in msg and "\t" not in msg
+    assert exc.value.filename == "postgresql://ci:***@127.0.0.1:1/db?name=x"
+    with pytest.raises(OSError) as exc:
+        _native.Lock("postgresql://ci:s3cret@127.0.0.1:1/db?name=%zz")
+    assert "percent-escape" in str(exc.value) and "s3cret" not in str(exc.value)
+    assert "s3cret" not in exc.value.filename
