@@ -100,6 +100,12 @@ static PyObject *raise_hl(int rc, const char *path, const char *detail) {
   /* Only the remote kind sets a detail, and the library never clears it: a
    * detail read after a failure on a lock file would be an old server's. */
   const char *more = path && strstr(path, "://") ? hl_error_detail() : "";
+  if (rc == HL_ENOBUDGET) { /* the library's words name the CLI's option */
+    detail = "memory admission on a remote lock needs a static budget: open_lock(..., "
+             "budget=BYTES) or Lock.set_budget(BYTES); no live memory can be read across "
+             "machines";
+    more = "";
+  }
   /* libpq's messages span lines ("...failed: Connection refused\n\tIs the
    * server running..."): one line each, for logs and terminals. */
   char line[1024];

@@ -441,6 +441,9 @@ def test_a_terminated_session_is_lock_lost(tmp_path):
     assert not heavylock.status(url)["held"]
     assert lk.acquire(10)  # the next acquire connects again
     lk.close()
+    # Memory admission needs a static budget on a remote lock.
+    with pytest.raises(ValueError, match=r"budget=BYTES\) or Lock.set_budget"):
+        heavylock.open_lock(url, slots=0).acquire(5)
     assert list(tmp_path.iterdir()) == []
 
 
