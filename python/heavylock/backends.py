@@ -101,7 +101,7 @@ class Timeout(TimeoutError):
 
     def __init__(self, path: str, holder: str, timeout: Optional[float]) -> None:
         waited = "one try" if not timeout else f"waiting {timeout:g} s"
-        self.message = f"could not take the lock {path} after {waited}: {holder}"
+        self.message = f"could not take the lock {_shown(path)} after {waited}: {holder}"
         super().__init__(errno.ETIMEDOUT, self.message)
         self.path = path
         self.holder = holder
@@ -276,7 +276,7 @@ class BaseLock:
             self.release()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.path!r} {'held' if self.held else 'free'}>"
+        return f"<{type(self).__name__} {_shown(self.path)!r} {'held' if self.held else 'free'}>"
 
 
 class NativeLock(BaseLock):

@@ -521,3 +521,5 @@ def test_a_server_error_names_the_server_and_hides_the_password():
         _native.Lock("postgresql://ci:s3cret@127.0.0.1:1/db?name=%zz")
     assert "percent-escape" in str(exc.value) and "s3cret" not in str(exc.value)
     assert "s3cret" not in exc.value.filename
+    t = heavylock.Timeout("postgresql://ci:s3cret@db/x?name=y", "held by pid 1", 5)
+    assert "s3cret" not in str(t) and "postgresql://ci:***@db/x?name=y" in str(t)
