@@ -6,9 +6,10 @@
         ...
 
 How it waits: the backend's blocking ``acquire`` runs in a thread of its
-own, in slices of ``SLICE`` seconds (the native backend is woken at once on
-release within a slice, by inotify).  Between slices the thread looks at a
-"cancelled" flag.  When the waiting task is cancelled, the flag is set under
+own.  The native backend waits once (keeping its place in the queue) and its
+``on_wait`` looks at a "cancelled" flag every ``SLICE`` seconds; the others
+wait in slices of ``SLICE`` seconds and look at the flag between them.
+When the waiting task is cancelled, the flag is set under
 a mutex shared with the thread: if the thread has already won, the task
 releases; if it wins afterwards, the thread releases itself.  The task then
 waits (at most one slice) for the thread to finish, so that when the
@@ -25,10 +26,10 @@ import asyncio
 import threading
 import time
 from types import TracebackType
-from typing import Any, Optional, Type
+from typing import Any, Dict, Optional, Type
 
-from heavylock.backends import (_DEFAULT, BaseLock, PathArg, Timeout, describe_holder,
-                                open_lock as _open_lock)
+from heavylock.backends import (_DEFAULT, BaseLock, NativeLock, PathArg, Timeout,
+                                describe_holder, open_lock as _open_lock)
 
 __all__ = ["AsyncLock", "open_lock", "SLICE"]
 
@@ -64,8 +65,18 @@ class AsyncLock:
     def timeout(self) -> Optional[float]:
         return self.sync.timeout
 
+    @property
+    def kind(self) -> str:
+        return self.sync.kind
+
     def set_label(self, label: Optional[str]) -> None:
         self.sync.set_label(label)
+
+    def set_weight(self, nbytes: int, source: str = "declared") -> None:
+        self.sync.set_weight(nbytes, source)
+
+    def check(self) -> None:
+        self.sync.check()
 
     def release(self) -> None:
         self.sync.release()
@@ -74,9 +85,28 @@ class AsyncLock:
         self.sync.close()
 
     def _wait(self, timeout: Optional[float], state: _Wait) -> bool:
-        """In the waiting thread: acquire in slices until won, out of time or
+        """In the waiting thread: acquire until won, out of time or
         cancelled."""
         lk = self.sync
+        if isinstance(lk, NativeLock):
+            # One wait that keeps its place in the queue (slots admit first
+            # come, first served); the core's wait callback looks at the
+            # flag every SLICE seconds.
+            def cancelled(st: Dict[str, Any], waited: float) -> bool:
+                with state.mu:
+                    return state.cancelled
+
+            with state.mu:
+                if state.cancelled:
+                    return False
+            if not lk.acquire(timeout, on_wait=cancelled, first=SLICE, every=SLICE):
+                return False
+            with state.mu:
+                if not state.cancelled:
+                    state.won = True
+                    return True
+            lk.release()  # the task gave up while we won: nothing stays locked
+            return False
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         while True:
             with state.mu:
@@ -167,6 +197,8 @@ async def _settled(fut: asyncio.Future[Any]) -> None:
 
 
 def open_lock(path: PathArg, backend: Optional[str] = None, *,
-              timeout: Optional[float] = None, label: Optional[str] = None) -> AsyncLock:
+              timeout: Optional[float] = None, label: Optional[str] = None, slots: int = 1,
+              budget: int = 0) -> AsyncLock:
     """:func:`heavylock.open_lock` for asyncio: ``async with open_lock(p):``."""
-    return AsyncLock(_open_lock(path, backend, timeout=timeout, label=label))
+    return AsyncLock(_open_lock(path, backend, timeout=timeout, label=label, slots=slots,
+                                budget=budget))

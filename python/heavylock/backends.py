@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import time
 import warnings
 import weakref
 from types import ModuleType, TracebackType
-from typing import Any, ClassVar, Dict, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Type, TypeVar, Union
 
 try:
     import heavylock._native as _native_mod
@@ -61,6 +62,36 @@ class FallbackWarning(UserWarning):
     """The native extension could not be loaded; a pure-Python backend serves."""
 
 
+class SelfDeadlock(OSError):
+    """Waiting would never end: this handle already holds the lock, or this
+    process (or its parent) holds it through another descriptor (a
+    conftest's filelock, ``flock L pytest``).  ``errno`` is EDEADLK."""
+
+
+class LockLost(OSError):
+    """The lock was lost while held or waited for: a PostgreSQL lock's
+    session ended (server restart, ``pg_terminate_backend``, the network
+    gave up) and the server released it.  Stop the protected work."""
+
+
+#: The signature of ``on_wait``: (status dict, seconds waited) -> stop?
+OnWait = Callable[[Dict[str, Any], float], Optional[bool]]
+
+_URL = re.compile(r"^[A-Za-z0-9+.-]+://")
+
+
+def is_url(target: str) -> bool:
+    """Is ``target`` a lock server's URL (``postgresql://...``), not a path?
+    The same test as the C core's: a scheme, then ``://``."""
+    return _URL.match(target) is not None
+
+
+def _needs_native(what: str) -> ValueError:
+    reason = (f"it could not be imported ({_NATIVE_ERROR})" if _native is None
+              else "choose the 'native' backend")
+    return ValueError(f"{what} needs the native extension heavylock._native: {reason}")
+
+
 class Timeout(TimeoutError):
     """The lock at :attr:`path` was not acquired in time.
 
@@ -70,7 +101,7 @@ class Timeout(TimeoutError):
 
     def __init__(self, path: str, holder: str, timeout: Optional[float]) -> None:
         waited = "one try" if not timeout else f"waiting {timeout:g} s"
-        self.message = f"could not take the lock {path} after {waited}: {holder}"
+        self.message = f"could not take the lock {_shown(path)} after {waited}: {holder}"
         super().__init__(errno.ETIMEDOUT, self.message)
         self.path = path
         self.holder = holder
@@ -133,6 +164,8 @@ def _open_flags() -> int:
 
 def _check_path(path: str) -> None:
     """Refuse a symlink or non-regular file at the lock path; create parents."""
+    if is_url(path):  # never a directory named "postgresql:" on disk
+        raise _needs_native(f"the lock server URL {_shown(path)}")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -144,8 +177,13 @@ def _check_path(path: str) -> None:
         raise OSError(errno.EINVAL, "lock path is not a regular file", path)
 
 
+def _shown(target: str) -> str:
+    """A target for messages: a URL's password becomes ***."""
+    return re.sub(r"^([A-Za-z0-9+.-]+://[^/?#@:]*:)[^/?#]*@", r"\1***@", target)
+
+
 def _already_held(path: str) -> OSError:
-    return OSError(errno.EDEADLK, "this handle already holds the lock", path)
+    return SelfDeadlock(errno.EDEADLK, "this handle already holds the lock", path)
 
 
 class _Default:
@@ -195,6 +233,22 @@ class BaseLock:
     def set_label(self, label: Optional[str]) -> None:
         """Label shown by ``heavylock status`` (native backend only)."""
 
+    def set_weight(self, nbytes: int, source: str = "declared") -> None:
+        """Expected peak memory in bytes (0 unknown) and where the number came
+        from ("declared", "measured", "estimated"); it matters only with
+        slots != 1 (native backend), an exclusive lock ignores it."""
+
+    def check(self) -> None:
+        """Raise :class:`LockLost` when the held lock was lost (a remote
+        lock's session ended); file locks cannot be lost."""
+        if not self.held:
+            raise RuntimeError("the lock is not held by this handle")
+
+    @property
+    def kind(self) -> str:
+        """What serves the handle: "flock", "slots", "pg"."""
+        return "flock" if self.name in ("native", "filelock", "fcntl") else self.name
+
     @property
     def held(self) -> bool:
         """True while this handle holds the lock."""
@@ -222,13 +276,14 @@ class BaseLock:
             self.release()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.path!r} {'held' if self.held else 'free'}>"
+        return f"<{type(self).__name__} {_shown(self.path)!r} {'held' if self.held else 'free'}>"
 
 
 class NativeLock(BaseLock):
     name = "native"
 
-    def __init__(self, path: str, timeout: Optional[float] = None) -> None:
+    def __init__(self, path: str, timeout: Optional[float] = None, *, slots: int = 1,
+                 budget: int = 0) -> None:
         if _native is None:
             raise RuntimeError(f"the native extension heavylock._native could not be "
                                f"imported: {_NATIVE_ERROR}")
@@ -236,9 +291,32 @@ class NativeLock(BaseLock):
         # The C handle releases in its deallocator, so a dropped handle
         # never keeps the lock.
         self._lock = _native.Lock(path)
+        if slots != 1:
+            self._lock.set_slots(slots)
+        if budget:
+            self._lock.set_budget(budget)
 
-    def acquire(self, timeout: Optional[float] = None) -> bool:
-        return bool(self._lock.acquire(timeout))
+    def acquire(self, timeout: Optional[float] = None, *, on_wait: Optional[OnWait] = None,
+                first: float = 1.0, every: float = 15.0) -> bool:
+        """As :meth:`BaseLock.acquire`; ``on_wait(status, waited)`` is called
+        while waiting (first after ``first`` s, then every ``every`` s): a
+        true result ends the wait (False), an exception propagates."""
+        return bool(self._lock.acquire(timeout, on_wait=on_wait, first=first, every=every))
+
+    def set_weight(self, nbytes: int, source: str = "declared") -> None:
+        self._lock.set_weight(nbytes, source)
+
+    def check(self) -> None:
+        self._lock.check()
+
+    @property
+    def kind(self) -> str:
+        return str(self._lock.kind)
+
+    @property
+    def flags(self) -> int:
+        """FLAG_OTHER_CONTENT | FLAG_LOST for the current or last hold."""
+        return int(self._lock.flags)
 
     def release(self) -> None:
         self._lock.release()
@@ -519,17 +597,41 @@ def choose_backend(value: Optional[str], source: str = "HEAVYLOCK_BACKEND") -> s
 
 
 def open_lock(path: PathArg, backend: Optional[str] = None, *,
-              timeout: Optional[float] = None, label: Optional[str] = None) -> BaseLock:
-    """Open a lock handle on ``path`` with ``backend`` (default: the
+              timeout: Optional[float] = None, label: Optional[str] = None, slots: int = 1,
+              budget: int = 0) -> BaseLock:
+    """Open a lock handle on ``path`` (a lock file, or a lock server's
+    ``postgresql://`` URL) with ``backend`` (default: the
     ``HEAVYLOCK_BACKEND`` variable, else the best available).  ``timeout``
     is how long ``with`` waits (None: forever); ``label`` goes into the
-    holder record."""
+    holder record; ``slots`` how many holders at once (1 exclusive, 0 by
+    memory: see :meth:`BaseLock.set_weight`); ``budget`` the bytes all
+    holders may use (0: live memory).  Slots and URLs need the native
+    backend (ValueError otherwise)."""
+    target = os.fspath(path)
     if backend is None:
         backend = choose_backend(os.environ.get("HEAVYLOCK_BACKEND"))
-    lk = _CLASSES[backend](os.fspath(path), timeout)
+    if backend != "native":
+        if slots != 1:
+            raise _needs_native(f"slots={slots!r}")
+        if is_url(target):
+            raise _needs_native(f"the lock server URL {_shown(target)}")
+    lk: BaseLock
+    if backend == "native":
+        lk = NativeLock(target, timeout, slots=slots, budget=budget)
+    else:
+        lk = _CLASSES[backend](target, timeout)
     if label is not None:
         lk.set_label(label)
     return lk
+
+
+def _url_target(source: str, v: str) -> Tuple[str, str, str]:
+    """A lock server's URL from ``source``, passed through untouched."""
+    if not v.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"{source}='{v}' is a URL of no known lock server; use "
+                         "postgresql://USER@HOST/DB?name=NAME")
+    return v, source, (f"{source} is set to a PostgreSQL URL: the lock is shared by every "
+                       "machine that uses that server")
 
 
 def resolve_path(root: Optional[PathArg] = None) -> Tuple[str, str, str]:
@@ -539,7 +641,15 @@ def resolve_path(root: Optional[PathArg] = None) -> Tuple[str, str, str]:
     if _native is not None:
         path, source, why = _native.resolve_path(None if root is None else os.fspath(root))
         return path, source, why
+    v = os.environ.get("HEAVYLOCK_URL")
+    if v:
+        if not is_url(v):
+            raise ValueError(f"HEAVYLOCK_URL='{v}' is not a URL; use postgresql://USER@HOST/DB"
+                             "?name=NAME, or HEAVYLOCK_PATH for a lock file")
+        return _url_target("HEAVYLOCK_URL", v)
     v = os.environ.get("HEAVYLOCK_PATH")
+    if v and is_url(v):
+        return _url_target("HEAVYLOCK_PATH", v)
     if v is not None:
         if not v:
             raise ValueError("HEAVYLOCK_PATH is set but empty; unset it or name a lock file")
@@ -567,7 +677,8 @@ def resolve_path(root: Optional[PathArg] = None) -> Tuple[str, str, str]:
 
 
 def status(path: PathArg) -> Dict[str, Any]:
-    """Who holds the lock at ``path`` and who waits (see ``heavylock status``)."""
+    """Who holds the lock at ``path`` (a file or a lock server's URL) and
+    who waits (see ``heavylock status``)."""
     if _native is None:
         raise RuntimeError("status needs the native extension heavylock._native")
     return dict(_native.status(os.fspath(path)))

@@ -269,8 +269,32 @@ def load(path: str) -> str:
     return name + p + source + why
 
 async def aload(path: str) -> bool:
-    async with aio.open_lock(path) as alk:
+    async with aio.open_lock(path, slots=2) as alk:
         return alk.held
+
+def slots(path: str) -> int:
+    from typing import Any, Dict, Optional
+    from heavylock import _native
+    lk = heavylock.open_lock(path, slots=0, budget=_native.size_parse("2G"))
+    lk.set_weight(_native.gguf_estimate("m.gguf", n_ctx=512)["total"], "estimated")
+
+    def on_wait(st: Dict[str, Any], waited: float) -> Optional[bool]:
+        return waited > 60 or not st["holders"]
+
+    try:
+        if isinstance(lk, heavylock.backends.NativeLock) and lk.acquire(
+                5, on_wait=on_wait, first=1.0, every=15.0):
+            lk.check()
+            kind: str = lk.kind
+            flags: int = lk.flags & _native.FLAG_LOST
+            lk.release()
+            return flags + len(kind)
+    except heavylock.SelfDeadlock as e:
+        return e.errno or 0
+    except heavylock.LockLost:
+        return -1
+    free: Optional[int] = _native.mem_free()
+    return len(_native.size_format(free or 0))
 """
 
 
@@ -363,3 +387,77 @@ def test_without_the_extension_the_package_works_and_says_so_once(tmp_path, lock
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"backend {want}" in r.stdout, r.stdout
+
+
+SLOT_HOLDER = textwrap.dedent("""
+    import sys
+    from heavylock import _native
+    lk = _native.Lock(sys.argv[1])
+    lk.set_slots(2)
+    assert lk.acquire(30)
+    print("held", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_async_native_wait_keeps_its_place_in_the_queue(lockfile):
+    """An asyncio waiter on a full slots lock keeps one ticket for the whole
+    wait (before, its 0.2 s slices left and rejoined the queue, so later
+    waiters kept passing it), and gets the freed slot before a later one."""
+    lockfile.parent.mkdir(parents=True, exist_ok=True)
+    holders = [subprocess.Popen([sys.executable, "-c", SLOT_HOLDER, str(lockfile)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    assert [h.stdout.readline() for h in holders] == ["held\n"] * 2
+
+    def start_later():
+        return subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+            import sys
+            from heavylock import _native
+            lk = _native.Lock(sys.argv[1])
+            lk.set_slots(2)
+            print("got" if lk.acquire(60) else "no", flush=True)
+        """), str(lockfile)], stdout=subprocess.PIPE, text=True)
+
+    later = None
+
+    def ticket(pid):
+        for w in heavylock.status(lockfile)["waiters"]:
+            if w["pid"] == pid and w["ticket"]:
+                return w["ticket"]
+        return None
+
+    async def main():
+        alk = aio.open_lock(lockfile, "native", slots=2)
+        task = asyncio.create_task(alk.acquire(60))
+        mine = await asyncio.to_thread(wait_for, lambda: ticket(os.getpid()),
+                                       what="our ticket")
+        nonlocal later
+        later = start_later()
+        assert await asyncio.to_thread(wait_for, lambda: ticket(later.pid),
+                                       what="the later waiter's ticket") > mine
+        seen = set()
+        end = time.monotonic() + 1.0  # five slices of the old waiter
+        while time.monotonic() < end:
+            seen.add(ticket(os.getpid()))
+            await asyncio.sleep(0.02)
+        assert seen == {mine}, "the asyncio waiter left and rejoined the queue"
+        holders[0].stdin.close()  # one slot frees: the first in line gets it
+        assert await asyncio.wait_for(task, 30) is True
+        st = heavylock.status(lockfile)
+        assert later.pid in [w["pid"] for w in st["waiters"]]
+        assert later.poll() is None
+        alk.release()
+        alk.close()
+
+    try:
+        asyncio.run(main())
+        assert later.stdout.readline() == "got\n"
+        assert ticket(os.getpid()) is None
+    finally:
+        for p in holders + ([later] if later else []):
+            if p.stdin:
+                p.stdin.close()
+            if p.poll() is None:
+                p.kill()
+            p.wait(30)
