@@ -84,7 +84,10 @@ class _State:
         test in the report and the timeline.  (Returns None: the report is
         xdist's to shape.)"""
         node = getattr(report, "node", None)
-        self.recorder.crashed(crashitem, node.gateway.id if node is not None else "")
+        worker = node.gateway.id if node is not None else ""
+        if self.spool and worker:
+            self.recorder.from_spool(self.spool, worker)  # its events first, with the lock times
+        self.recorder.crashed(crashitem, worker)
 
 
 def _state(config) -> _State:

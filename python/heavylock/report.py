@@ -63,6 +63,7 @@ class Recorder:
         self.notes = []           # summary lines from other parts (the lane)
         self._sampling = None
         self._spool = None
+        self._spooled = set()     # workers whose spool the controller has read
         if spool_dir and settings.worker:
             self._spool = open(os.path.join(spool_dir, f"{settings.worker}.jsonl"), "a",
                                encoding="utf-8")
@@ -159,7 +160,11 @@ class Recorder:
         return False
 
     def from_spool(self, spool_dir, worker):
-        """A worker died: take the last spooled state of each of its events."""
+        """A worker died: take the last spooled state of each of its events
+        (once: xdist may report the crash before or after the node is down)."""
+        if worker in self._spooled:
+            return
+        self._spooled.add(worker)
         latest = {}
         try:
             with open(os.path.join(spool_dir, f"{worker}.jsonl"), encoding="utf-8") as f:

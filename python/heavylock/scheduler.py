@@ -507,16 +507,6 @@ class Lane:
         lanes = set(self.sched.lane_ids) if self.sched else set()
         for e in self.recorder.remote_events:
             e["lane"] = e.get("worker") in lanes
-        if self.sched is None:
-            return
-        now = time.time()
-        for c in self.sched.crashed:
-            self.recorder.remote_events.append({
-                "nodeid": c["nodeid"], "worker": c["worker"], "heavy": c["heavy"],
-                "lane": c["worker"] in lanes, "rule": "worker crashed while running it",
-                "crashed": True, "start": self.started.get(c["nodeid"], now),
-                "wait_start": None, "acquired": None, "released": None, "end": now})
-
     def _notes(self):
         dsession = self.config.pluginmanager.getplugin("dsession")
         if dsession is None:

@@ -228,7 +228,7 @@ def test_lane_worker_killed_mid_test_nothing_lost_nothing_twice(pytester, env):
     r.stdout.fnmatch_lines(["*worker gw? crashed while running test_crash.py::test_heavy?1? "
                             "(reported as failed); the lane moved on to gw?"])
     events = json.loads(report.read_text())["events"]
-    crashed = [e for e in events if e.get("crashed")]
+    crashed = [e for e in events if e.get("outcome") == "crashed"]
     assert [e["nodeid"] for e in crashed] == ["test_crash.py::test_heavy[1]"]
 
 
