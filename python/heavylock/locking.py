@@ -143,7 +143,7 @@ class LockClient:
         try:
             self.lock.release()
         except OSError as exc:  # LockLost from the release of a lost remote lock
-            lost = lost or str(exc)
+            lost = lost or " ".join(str(exc.strerror or exc).split())
         flags = native_attr(self.lock, "flags") or 0
         if not lost and flags & LOST_FLAG:
             lost = (f"{self.path} was deleted or replaced while it was held: the lock did "
@@ -165,7 +165,9 @@ class LockClient:
                 except OSError as exc:  # heavylock.LockLost (an OSError)
                     if stop.is_set():
                         return
-                    self.lost = str(exc) or "the server ended the session"
+                    # one line: libpq's messages carry newlines and tabs
+                    self.lost = " ".join(str(exc.strerror or exc).split()) or \
+                        "the server ended the session"
                     self.write_notice(f"LOST THE LOCK {self.path}: {self.lost}; the heavy "
                                       "test running now is no longer protected and will "
                                       "fail")

@@ -172,7 +172,7 @@ def test_weight_sources_declared_measured_estimated(pytester, env, tmp_path):
         def test_model(request, local_model_path):
             hold(request, 0.01)
     """))
-    report = tmp_path / "r.json"
+    report = pytester.path / "r.json"  # (as --opt=path: an existing path argument moves rootdir)
     (tmp_path / "models").mkdir()
     model = tmp_path / "models" / "model.gguf"  # the lock goes next to it, here
     model.symlink_to(os.path.abspath(MODEL))
@@ -180,7 +180,7 @@ def test_weight_sources_declared_measured_estimated(pytester, env, tmp_path):
     os.environ["LOCAL_MODEL_PATH"] = str(model)
     try:
         args = ("--heavylock-slots", "auto", "--heavylock-budget", "4G", "--heavylock-explain",
-                "--heavylock-report", str(report))
+                f"--heavylock-report={report}")
         first = pytester.runpytest_subprocess(*args)
         first.assert_outcomes(passed=3)
         first.stdout.fnmatch_lines([
