@@ -45,8 +45,8 @@ def describe_status(st):
     """'held by ...' from a status dict with holders (the slots and pg kinds),
     or None when it names none."""
     holders = st.get("holders") or []
-    if not holders:
-        return None
+    if not holders or st.get("kind") not in ("slots", "pg"):
+        return None  # the exclusive lock: describe_holder names its command line
     parts = []
     for h in holders[:4]:
         w = h.get("weight") or 0
@@ -58,7 +58,7 @@ def describe_status(st):
         parts.append(what)
     more = f" and {len(holders) - 4} more" if len(holders) > 4 else ""
     free = st.get("free_bytes")
-    tail = f"; {_fmt_bytes(free)} free" if free is not None and st.get("kind") != "flock" else ""
+    tail = f"; {_fmt_bytes(free)} free" if free is not None else ""
     return f"held by {'; '.join(parts)}{more}{tail}"
 
 
@@ -205,7 +205,9 @@ class LockClient:
                 sys.stderr.flush()
 
     def describe_holder(self, st=None):
-        if st is not None:
+        # the slot table and the server know labels and weights; for the
+        # exclusive file lock the holder's command line says more
+        if st is not None and (self.settings.slots != 1 or self.settings.remote):
             said = describe_status(st)
             if said:
                 return said
