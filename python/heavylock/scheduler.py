@@ -522,7 +522,13 @@ class Lane:
         if self.sched is None:
             return
         now = time.time()
+        # the worker's spool already told of a test it died in: one event
+        # each (a second one, without its lock times, would hide the first)
+        known = {e["nodeid"] for e in self.recorder.remote_events
+                 if e.get("kind", "test") == "test"}
         for c in self.sched.crashed:
+            if c["nodeid"] in known:
+                continue
             self.recorder.remote_events.append({
                 "nodeid": c["nodeid"], "worker": c["worker"], "heavy": c["heavy"],
                 "lane": c["worker"] in lanes, "rule": "worker crashed while running it",
