@@ -113,8 +113,9 @@ class Verdicts:
 
     @staticmethod
     def write(config, heavy, count, weights=None):
-        """Worker: heavy is {nodeid: rule}, weights {nodeid: bytes}.  A worker on another host cannot
-        reach the directory; the controller then runs without a lane."""
+        """Worker: heavy is {nodeid: rule}, weights {nodeid: bytes} (what
+        --heavylock-slots auto sizes the lanes by).  A worker on another host
+        cannot reach the directory; the controller then runs without a lane."""
         directory = config.workerinput.get(WORKERINPUT_KEY)
         if not directory:
             return
