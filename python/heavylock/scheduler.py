@@ -573,8 +573,10 @@ class Lane:
         if len(sched.heavy) == n_all:
             idle = len(sched.node2collection) - len(lane_ids)
             lanes = "one lane" if len(lane_ids) == 1 else f"{len(lane_ids)} lanes"
+            at_once = ("one at a time" if self.slots == 1 else "admitted by memory"
+                       if self.slots == 0 else f"at most {self.slots} at once")
             lines.append(f"every test is heavy ({next(iter(sched.heavy.values()))}): {lanes}, "
-                         f"{', '.join(lane_ids)}, ran all {n_all} tests one at a time "
+                         f"{', '.join(lane_ids)}, ran all {n_all} tests {at_once} "
                          f"({heavy_time:.2f} s{skipped}); the other {max(idle, 0)} worker(s) "
                          "sat idle")
         else:
