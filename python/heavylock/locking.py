@@ -253,8 +253,12 @@ class LockClient:
         0 unknown) is what a lock with slots admits it by."""
         lk = self.handle()
         lk.set_label(label)
-        if self.settings.slots != 1:
-            lk.set_weight(int(weight), source=source)
+        s = self.settings
+        if s.slots != 1:
+            # N slots on a lock server without a budget count holders only:
+            # a weight there would ask for memory no one can read
+            counted = s.remote and not s.budget
+            lk.set_weight(0 if counted else int(weight), source=source)
         self.lost = None
         wait_start = time.time()
         if lk.acquire(0):

@@ -319,9 +319,9 @@ class Settings:
         self.slots, self.slots_source = parse_slots(config)
         self.budget, self.budget_source = parse_budget(config)
         self.remote = is_url(self.path)
-        if self.remote and self.slots != 1 and not self.budget:
+        if self.remote and self.slots == 0 and not self.budget:
             raise pytest.UsageError(
-                f"{self.slots_source}: slots on the lock server {self.path} (from "
+                f"{self.slots_source}: slots auto on the lock server {self.path} (from "
                 f"{self.path_source}) need --heavylock-budget SIZE (or HEAVYLOCK_BUDGET): "
                 "there is no live memory to read across machines")
         self.resident_warn = parse_resident_warn(config)

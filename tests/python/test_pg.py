@@ -152,3 +152,39 @@ def test_terminated_session_fails_the_heavy_test(tmp_path):
     assert "LOST THE LOCK" in out, out
     assert "FAILED test_victim.py::test_victim - Failed: heavylock: lost the lock:" in out, out
     assert "PASSED test_victim.py::test_after" in out, out
+
+
+SLOTTED = textwrap.dedent("""
+    import os, time
+    import pytest
+
+    @pytest.mark.parametrize("i", range(6))
+    @pytest.mark.llm(mem="1G")
+    def test_heavy(i):
+        t0 = time.time()
+        time.sleep(0.4)
+        with open(os.environ["IV_LOG"], "a") as f:
+            f.write(f"{t0!r} {time.time()!r} {os.getpid()}\\n")
+""")
+
+
+@pytest.mark.parametrize("args", [("--heavylock-slots", "2"),
+                                  ("--heavylock-slots", "auto", "--heavylock-budget", "2.5G")])
+def test_plugin_slots_on_a_url(tmp_path, args):
+    """The plugin's slots on a lock server: -n 3, the lane off, 2 slots (or
+    auto with a budget for two 1 GiB tests): two heavy tests overlap, never
+    three."""
+    pytest.importorskip("xdist")
+    target, log = url("py_slots"), tmp_path / "iv.log"
+    (tmp_path / "test_s.py").write_text(SLOTTED)
+    env = dict(os.environ, IV_LOG=str(log), HEAVYLOCK_URL=target)
+    for k in ("HEAVYLOCK_PATH", "LOCAL_MODEL_PATH", "PYTEST_ADDOPTS", "RUN_HEAVY_INTEGRATION"):
+        env.pop(k, None)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                        "xdist", "-n", "3", "--heavylock-lane", "off", *args], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    iv = sorted(tuple(float(x) for x in line.split()[:2]) for line in open(log))
+    assert len(iv) == 6
+    assert overlaps(iv), iv                                    # two at once
+    assert all(c[0] >= a[1] for a, c in zip(iv, iv[2:])), iv   # never three

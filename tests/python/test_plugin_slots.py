@@ -225,7 +225,7 @@ def test_weight_sources_declared_measured_estimated(pytester, env, tmp_path):
     (("--heavylock-budget", "2X"), {}, "*--heavylock-budget: invalid budget '2X'*"),
     ((), {"HEAVYLOCK_BUDGET": "-1G"}, "*HEAVYLOCK_BUDGET: invalid budget '-1G'*"),
     (("--heavylock-slots", "auto"), {"HEAVYLOCK_URL": "postgresql://u@h/db?name=x"},
-     "*--heavylock-slots: slots on the lock server postgresql://u@h/db?name=x (from "
+     "*--heavylock-slots: slots auto on the lock server postgresql://u@h/db?name=x (from "
      "HEAVYLOCK_URL) need --heavylock-budget SIZE*"),
 ])
 def test_bad_slots_and_budget_are_usage_errors(pytester, env, monkeypatch, args, envs, expect):
