@@ -15,11 +15,10 @@ import pytest
 
 pytest.importorskip("xdist")  # a test dependency: requirements-dev.txt installs it
 
-MODEL = "/work/main/examples/llm-app/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL = os.environ.get("HEAVYLOCK_TEST_GGUF") or (
-    MODEL if os.path.isfile(MODEL) else
-    os.path.join(os.path.dirname(__file__), "..", "..", "examples", "llm-app", "models",
-                 "SmolLM2-135M-Instruct.Q4_1.gguf"))
+# the example's real model (make example-setup; make test-py passes it)
+MODEL = os.environ.get("LLM_APP_MODEL") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "examples", "llm-app", "models",
+    "SmolLM2-135M-Instruct.Q4_1.gguf")
 G = 2**30
 
 RECORDING = """
