@@ -523,12 +523,13 @@ class Lane:
         if self.sched is None:
             return
         now = time.time()
-        # the worker's spool already told of a test it died in: one event
-        # each (a second one, without its lock times, would hide the first)
-        known = {e["nodeid"] for e in self.recorder.remote_events
+        # the worker's spool already told of a test it died in: mark that
+        # event (a second one, without its lock times, would hide the first)
+        known = {e["nodeid"]: e for e in self.recorder.remote_events
                  if e.get("kind", "test") == "test"}
         for c in self.sched.crashed:
             if c["nodeid"] in known:
+                known[c["nodeid"]].update(crashed=True, lane=c["worker"] in lanes)
                 continue
             self.recorder.remote_events.append({
                 "nodeid": c["nodeid"], "worker": c["worker"], "heavy": c["heavy"],

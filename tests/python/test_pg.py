@@ -186,5 +186,9 @@ def test_plugin_slots_on_a_url(tmp_path, args):
     assert r.returncode == 0, r.stdout + r.stderr
     iv = sorted(tuple(float(x) for x in line.split()[:2]) for line in open(log))
     assert len(iv) == 6
-    assert overlaps(iv), iv                                    # two at once
-    assert all(c[0] >= a[1] for a, c in zip(iv, iv[2:])), iv   # never three
+    points = sorted([(a, 1) for a, _ in iv] + [(b, -1) for _, b in iv])
+    n = most = 0
+    for _, d in points:  # the most open at one instant
+        n += d
+        most = max(most, n)
+    assert most == 2, iv   # two at once, never three
