@@ -1,5 +1,6 @@
 """The main job, end to end: the example suite with -n 4, opted out, then
-opted in without heavylock, with the lock alone and with the heavy lane,
+opted in without heavylock, with the lock alone, with the heavy lane and
+with slots admitted by memory (--heavylock-slots=auto),
 side by side (wall time and peak RSS of the whole process tree, sampled
 every 20 ms), then the heavylock summary and the timeline picture.
 
@@ -69,7 +70,12 @@ def main():
     # --heavylock-lane=off row.  The timeline shows the lane run.
     runs = [("without heavylock (-p no:heavylock)", ["-p", "no:heavylock"]),
             ("with heavylock, the lock alone (--heavylock-lane=off)", ["--heavylock-lane=off"]),
-            ("with heavylock, heavy lane (default)", [f"--heavylock-timeline={a.timeline}"])]
+            ("with heavylock, heavy lane (default)", [f"--heavylock-timeline={a.timeline}"]),
+            # admission by memory: each heavy test weighs the GGUF model's
+            # estimate (no cache here, so nothing measured), and as many lanes
+            # as those weights fit in the memory free now (at most workers - 1)
+            ("with heavylock, slots by memory (--heavylock-slots=auto)",
+             ["--heavylock-slots=auto"])]
     results = []
     for name, extra in runs:
         rc, wall, peak, _ = run(pytest + extra, heavy, f"2. opted in, {name}")

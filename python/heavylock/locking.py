@@ -6,8 +6,10 @@ up on a deadline."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
+import threading
 import time
 
 import pytest
@@ -17,8 +19,47 @@ from heavylock import backends
 NOTICE_AFTER = 1.0     # first "waiting for" line after this many seconds
 NOTICE_EVERY = 15.0    # then at most this often
 
+CHECK_EVERY = 1.0      # a remote lock's holder asks the server this often
+LOST_FLAG = 2          # _native.FLAG_LOST, for an extension that does not name it
+
 # pytest-timeout's timer of a test: (its settings, monotonic time it was set).
 TIMER_KEY = pytest.StashKey["tuple"]()
+
+
+def native_attr(lk, name):
+    """An attribute of the lock's C handle (the backend wrapper's own when it
+    forwards it), or None for the backends without one."""
+    v = getattr(lk, name, None)
+    if v is None:
+        v = getattr(getattr(lk, "_lock", None), name, None)
+    return v
+
+
+def _fmt_bytes(n):
+    from heavylock.settings import size_format
+
+    return size_format(n)
+
+
+def describe_status(st):
+    """'held by ...' from a status dict with holders (the slots and pg kinds),
+    or None when it names none."""
+    holders = st.get("holders") or []
+    if not holders or st.get("kind") not in ("slots", "pg"):
+        return None  # the exclusive lock: describe_holder names its command line
+    parts = []
+    for h in holders[:4]:
+        w = h.get("weight") or 0
+        what = f"pid {h.get('pid')}"
+        if h.get("label"):
+            what += f" ({h['label']})"
+        if w:
+            what += f", {_fmt_bytes(w)} {h.get('weight_source') or ''}".rstrip()
+        parts.append(what)
+    more = f" and {len(holders) - 4} more" if len(holders) > 4 else ""
+    free = st.get("free_bytes")
+    tail = f"; {_fmt_bytes(free)} free" if free is not None else ""
+    return f"held by {'; '.join(parts)}{more}{tail}"
 
 
 def ancestors(pid=None):
@@ -69,6 +110,8 @@ class LockClient:
         self.config = config
         self.settings = settings
         self.lock = None
+        self.lost = None          # why the held lock was lost (LockLost), or None
+        self._watch = None        # (stop event, thread) checking a remote lock
 
     @property
     def path(self):
@@ -76,7 +119,16 @@ class LockClient:
 
     def handle(self):
         if self.lock is None:
-            self.lock = backends.open_lock(self.path, self.settings.backend)
+            s = self.settings
+            if s.slots == 1 and not s.budget:
+                # the seed's exclusive lock, exactly as before
+                self.lock = backends.open_lock(self.path, s.backend)
+            else:
+                try:
+                    self.lock = backends.open_lock(self.path, s.backend, slots=s.slots,
+                                                   budget=s.budget)
+                except ValueError as exc:  # slots need the native backend
+                    raise pytest.UsageError(f"{s.slots_source}: {exc}") from None
         return self.lock
 
     @property
@@ -84,9 +136,56 @@ class LockClient:
         return self.lock is not None and self.lock.held
 
     def release(self):
-        self.lock.release()
+        """Release; returns why the lock did not protect the work it held
+        (lost to the server, or the file deleted/replaced while held), or None."""
+        self._stop_watch()
+        lost, self.lost = self.lost, None
+        try:
+            self.lock.release()
+        except OSError as exc:  # LockLost from the release of a lost remote lock
+            lost = lost or " ".join(str(exc.strerror or exc).split())
+        flags = native_attr(self.lock, "flags") or 0
+        if not lost and flags & LOST_FLAG:
+            lost = (f"{self.path} was deleted or replaced while it was held: the lock did "
+                    "not exclude processes that opened the new file")
+        return lost
+
+    # -- a remote lock's holder learns within a second that it lost it
+
+    def _start_watch(self):
+        check = native_attr(self.lock, "check")
+        if check is None or native_attr(self.lock, "kind") != "pg":
+            return
+        stop = threading.Event()
+
+        def run():
+            while not stop.wait(CHECK_EVERY):
+                try:
+                    check()
+                except OSError as exc:  # heavylock.LockLost (an OSError)
+                    if stop.is_set():
+                        return
+                    # one line: libpq's messages carry newlines and tabs
+                    self.lost = " ".join(str(exc.strerror or exc).split()) or \
+                        "the server ended the session"
+                    self.write_notice(f"LOST THE LOCK {self.path}: {self.lost}; the heavy "
+                                      "test running now is no longer protected and will "
+                                      "fail")
+                    return
+
+        t = threading.Thread(target=run, name="heavylock-check", daemon=True)
+        t.start()
+        self._watch = (stop, t)
+
+    def _stop_watch(self):
+        if self._watch is not None:
+            stop, t = self._watch
+            stop.set()
+            t.join()
+            self._watch = None
 
     def close(self):
+        self._stop_watch()
         if self.lock is not None:
             self.lock.close()
 
@@ -105,7 +204,13 @@ class LockClient:
                 sys.stderr.write(f"\nheavylock: {text}\n")
                 sys.stderr.flush()
 
-    def describe_holder(self):
+    def describe_holder(self, st=None):
+        # the slot table and the server know labels and weights; for the
+        # exclusive file lock the holder's command line says more
+        if st is not None and (self.settings.slots != 1 or self.settings.remote):
+            said = describe_status(st)
+            if said:
+                return said
         if backends._native is None:
             return "held by another process"
         try:
@@ -141,20 +246,64 @@ class LockClient:
                     "one of them at another file (--heavylock-path / HEAVYLOCK_PATH).")
         return None
 
-    def acquire(self, label, item=None):
+    def acquire(self, label, item=None, weight=0, source="unknown"):
         """Take the lock, saying who holds it while we wait.  Returns
         (wait_start, acquired) wall times.  `item`, the test that waits,
-        has its pytest-timeout timer stopped meanwhile."""
+        has its pytest-timeout timer stopped meanwhile.  `weight` (bytes,
+        0 unknown) is what a lock with slots admits it by."""
         lk = self.handle()
         lk.set_label(label)
+        s = self.settings
+        if s.slots != 1:
+            # N slots on a lock server without a budget count holders only:
+            # a weight there would ask for memory no one can read
+            counted = s.remote and not s.budget
+            lk.set_weight(0 if counted else int(weight), source=source)
+        self.lost = None
         wait_start = time.time()
         if lk.acquire(0):
+            self._start_watch()
             return wait_start, time.time()
+        why = self.never_ends()
+        if why:
+            pytest.fail(f"heavylock: {why}", pytrace=False)
         with timer_stopped(item):
-            self._wait(lk)
+            if "on_wait" in _params(lk.acquire):
+                self._wait_native(lk)
+            else:
+                self._wait(lk)
+        self._start_watch()
         return wait_start, time.time()
 
+    def _give_up(self, timeout, st=None):
+        pytest.fail(f"heavylock: gave up after waiting {timeout:g} s for {self.path}, "
+                    f"{self.describe_holder(st)} (--heavylock-timeout)", pytrace=False)
+
+    def _wait_native(self, lk):
+        """The C library's one wait loop: it sleeps in the kernel (or the
+        server), and calls back for the notices."""
+        last = {}
+
+        def on_wait(st, waited):
+            last["st"] = st
+            why = self.never_ends()
+            if why:
+                raise pytest.fail.Exception(f"heavylock: {why}", pytrace=False)
+            self.write_notice(f"waiting for {self.path}, {self.describe_holder(st)} "
+                              f"(waited {waited:.0f} s)")
+
+        timeout = self.settings.timeout
+        try:
+            got = lk.acquire(timeout, on_wait=on_wait, first=NOTICE_AFTER, every=NOTICE_EVERY)
+        except OSError as exc:
+            if exc.__class__.__name__ == "SelfDeadlock":
+                pytest.fail(f"heavylock: {exc}", pytrace=False)
+            raise
+        if not got:
+            self._give_up(timeout, last.get("st"))
+
     def _wait(self, lk):
+        """The other backends (filelock, fcntl, pidfile): slices in Python."""
         timeout = self.settings.timeout
         start = time.monotonic()
         next_notice = NOTICE_AFTER
@@ -171,9 +320,14 @@ class LockClient:
             if timeout is not None:
                 left = timeout - waited
                 if left <= 0:
-                    holder = self.describe_holder()
-                    pytest.fail(f"heavylock: gave up after waiting {timeout:g} s for "
-                                f"{self.path}, {holder} (--heavylock-timeout)", pytrace=False)
+                    self._give_up(timeout)
                 slice_ = min(slice_, left)
             if lk.acquire(max(slice_, 0.01)):
                 return
+
+
+def _params(fn):
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return {}

@@ -28,6 +28,8 @@ from heavylock.scheduler import Lane
 from heavylock.scheduler import addoptions as add_lane_options
 from heavylock.selection import Selector
 from heavylock.settings import DEFAULT_MARKERS, Settings, addoptions
+from heavylock.weights import PeakMeter, Weights
+from heavylock.weights import describe as describe_weight
 
 STATE_KEY = pytest.StashKey["_State"]()
 
@@ -51,6 +53,8 @@ class _State:
         # if they die (made by the controller for its first worker).
         self.spool = getattr(config, "workerinput", {}).get("heavylock_spool")
         self.recorder = Recorder(self.settings, self.spool)
+        self.weights = Weights(config, self.settings)
+        self.peak = PeakMeter()
         self.current = None       # event of the test holding the lock
         self.running = None       # event of the test in progress
 
@@ -61,7 +65,12 @@ class _State:
         event, self.running = self.running, None
         now = time.time()  # taken before the release, so that no next holder precedes it
         if self.current is not None:
-            self.client.release()
+            peak = self.peak.stop()
+            if peak is not None:
+                self.current["peak"] = peak
+            lost = self.client.release()
+            if lost:
+                self.current["lost"] = lost
             self.current["released"] = now
             after = rss()
             if after is not None and self.current.get("rss_before") is not None:
@@ -71,6 +80,17 @@ class _State:
         if event is not None:
             event["end"] = now
             self.recorder.touch(event)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item):
+        """A heavy test whose lock was lost while it ran (the server ended the
+        session) fails at the end of its call: it ran unprotected."""
+        outcome = yield
+        lost = self.client.lost if self.current is not None else None
+        if lost and outcome.excinfo is None:
+            exc = pytest.fail.Exception(f"heavylock: lost the lock: {lost} (the test ran on "
+                                        "without the lock's protection)", pytrace=False)
+            outcome.force_exception(exc)
 
     def pytest_runtest_logreport(self, report):
         """Each test's outcome, for the report (kept by the process that
@@ -151,7 +171,9 @@ def pytest_make_collect_report(collector):
         if before is not None and after is not None:
             event["rss_growth"] = after - before
         event["released"] = event["end"] = time.time()  # before others may win
-        state.client.release()
+        lost = state.client.release()
+        if lost:
+            event["lost"] = lost
         state.recorder.touch(event)
 
 
@@ -159,6 +181,11 @@ def pytest_collection_modifyitems(session, config, items):
     selector = _state(config).selector
     for item in items:
         selector.verdict(item)
+    lane = config.pluginmanager.getplugin("heavylock-lane")
+    if lane is not None:  # the weights the lane sizes itself by (auto)
+        state = _state(config)
+        lane.weights = {it.nodeid: state.weights.of(it)[0] for it in items
+                        if selector.verdict(it)[0]}
 
 
 def pytest_report_collectionfinish(config, start_path, items):
@@ -172,7 +199,11 @@ def pytest_report_collectionfinish(config, start_path, items):
     if config.getoption("heavylock_explain"):
         for it in items:
             is_heavy, rule = verdict(it)
-            lines.append(f"  {'HEAVY' if is_heavy else 'light'}  {it.nodeid}  ({rule})")
+            weight = ""
+            if is_heavy:
+                n, source, problem = state.weights.of(it)
+                weight = f", {problem}" if problem else f", {describe_weight(n, source)}"
+            lines.append(f"  {'HEAVY' if is_heavy else 'light'}  {it.nodeid}  ({rule}{weight})")
     elif heavy:
         lines.append("  (--heavylock-explain shows which tests and why)")
     return lines
@@ -209,10 +240,15 @@ def pytest_runtest_setup(item):
         reason = _skip_reason_for_model(state.settings)
         if reason:
             pytest.skip(reason)  # no need to wait for the lock just to skip
+    weight, source, problem = state.weights.of(item)
+    if problem:
+        pytest.fail(f"heavylock: {problem}", pytrace=False)
+    event["weight"], event["weight_source"] = weight, source
     worker = state.settings.worker
     label = f"{item.nodeid} [{worker}]" if worker else item.nodeid
     event["rss_before"] = rss()
-    event["wait_start"], event["acquired"] = state.client.acquire(label, item)
+    event["wait_start"], event["acquired"] = state.client.acquire(label, item, weight, source)
+    state.peak.start(rss())
     state.current = event
     state.recorder.touch(event)
 
@@ -228,6 +264,7 @@ def pytest_sessionfinish(session):
         state.recorder.to_workeroutput(workeroutput)
         return
     state.recorder.stop_sampling()
+    state.weights.save(state.recorder.events + state.recorder.remote_events)
     state.recorder.write_files(session.config)
     if state.spool:
         shutil.rmtree(state.spool, ignore_errors=True)
@@ -314,7 +351,9 @@ class _ExplicitLock:
         if self._event is not None:
             event, self._event = self._event, None
             event["released"] = event["end"] = time.time()  # before others may win
-            self._state.client.release()
+            lost = self._state.client.release()
+            if lost:
+                event["lost"] = lost
             self._state.recorder.touch(event)
         return False
 

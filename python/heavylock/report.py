@@ -229,7 +229,7 @@ class Recorder:
         tests = [e for e in everything if e.get("kind", "test") != "import"]
         events = [e for e in tests if e.get("acquired")]
         problems = (self.heavy_imports() or self.left_resident() or self.errors
-                    or any(e.get("outcome") == "crashed" for e in everything))
+                    or any(e.get("outcome") == "crashed" or e.get("lost") for e in everything))
         if not events and not problems:
             if any(e["heavy"] for e in tests):
                 tr.write_sep("-", "heavylock")
@@ -250,6 +250,20 @@ class Recorder:
             tr.write_line("slowest holders:")
             for held, nodeid in sorted(holds, reverse=True)[:5]:
                 tr.write_line(f"  {held:7.2f} s  {nodeid}")
+        if self.settings.slots != 1 and events:
+            counts = {}
+            for e in events:
+                src = e.get("weight_source") or "unknown"
+                counts[src] = counts.get(src, 0) + 1
+            order = ("declared", "measured", "estimated", "unknown")
+            said = ", ".join(f"{counts[k]} {'unknown (exclusive)' if k == 'unknown' else k}"
+                             for k in order if k in counts)
+            tr.write_line(f"weights of the {len(events)} heavy tests: {said} (declared: "
+                          "@pytest.mark.llm(mem=...); measured: peak of an earlier run; "
+                          "estimated: the GGUF model's header)")
+        for e in everything:
+            if e.get("lost"):
+                tr.write_line(f"{e['nodeid']}: {e['lost']}", red=True)
         for e in sorted(self.left_resident(), key=lambda e: -e["resident"]):
             where = f" [{e['worker']}]" if e.get("worker") else ""
             tr.write_line(f"{e['nodeid']}{where} left {e['resident'] / MiB:.0f} MiB resident "

@@ -32,7 +32,7 @@ import time
 
 import pytest
 
-from heavylock.settings import FALSE_VALUES, TRUE_VALUES, setting
+from heavylock.settings import FALSE_VALUES, TRUE_VALUES, setting, size_format
 
 WORKERINPUT_KEY = "heavylock_verdicts"
 CACHE_KEY = "heavylock/durations"
@@ -40,16 +40,12 @@ USER_DISTS = ("loadscope", "loadfile", "loadgroup", "worksteal", "each")
 
 LANE_HELP = ("run heavy tests in a lane of their own under pytest-xdist's default "
              "--dist load: on (default) or off")
-SLOTS_HELP = ("how many lanes (workers that run heavy tests), 1 by default; 'auto' will "
-              "admit by memory (for now it means 1)")
 
 
 def addoptions(parser):
     group = parser.getgroup("heavylock")
     group.addoption("--heavylock-lane", default=None, metavar="on|off", help=LANE_HELP)
-    group.addoption("--heavylock-slots", default=None, metavar="N|auto", help=SLOTS_HELP)
     parser.addini("heavylock_lane", LANE_HELP, default="")
-    parser.addini("heavylock_slots", SLOTS_HELP, default="")
 
 
 def parse_lane(config):
@@ -65,20 +61,25 @@ def parse_lane(config):
     raise pytest.UsageError(f"{where}: invalid value {v!r}: expected on or off")
 
 
-def parse_slots(config):
-    """How many lanes.  'auto' will mean "as many as memory admits"; until the
-    memory admission is wired in, it means one lane."""
-    v, where = setting(config, "heavylock_slots", "HEAVYLOCK_SLOTS", "heavylock_slots")
-    if v is None or str(v).strip().lower() == "auto":
-        return 1
-    try:
-        n = int(str(v).strip())
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise pytest.UsageError(f"{where}: invalid number of slots {v!r}: expected a whole "
-                                "number of at least 1, or auto")
-    return n
+def auto_lanes(weights, budget, workers):
+    """How many lanes --heavylock-slots auto gets: as many of the heaviest
+    known weights as fit in the budget together (a static budget, else the
+    memory available now), at least 1, and at most workers - 1 so that one
+    worker keeps the light tests.  An unknown weight (0) runs alone, so
+    with none known there is one lane.  The lock still admits by memory at
+    each test; the lanes only decide how many workers may ask at once."""
+    if not budget:
+        from heavylock import backends
+
+        mem = getattr(backends._native, "mem_available", None)
+        budget = (mem() if mem is not None else None) or 0
+    lanes, used = 0, 0
+    for w in sorted((w for w in weights if w > 0), reverse=True):
+        if used + w > budget:
+            break
+        used += w
+        lanes += 1
+    return max(1, min(lanes, workers - 1 if workers > 1 else 1))
 
 
 def _expected_nodes(config):
@@ -102,6 +103,7 @@ class Verdicts:
 
     def __init__(self):
         self.directory = None
+        self.weights = {}   # nodeid -> bytes, as the workers judged them
 
     def for_node(self, node):
         """Controller: called for each worker before it starts."""
@@ -110,9 +112,10 @@ class Verdicts:
         node.workerinput[WORKERINPUT_KEY] = self.directory
 
     @staticmethod
-    def write(config, heavy, count):
-        """Worker: heavy is {nodeid: rule}.  A worker on another host cannot
-        reach the directory; the controller then runs without a lane."""
+    def write(config, heavy, count, weights=None):
+        """Worker: heavy is {nodeid: rule}, weights {nodeid: bytes} (what
+        --heavylock-slots auto sizes the lanes by).  A worker on another host
+        cannot reach the directory; the controller then runs without a lane."""
         directory = config.workerinput.get(WORKERINPUT_KEY)
         if not directory:
             return
@@ -120,7 +123,8 @@ class Verdicts:
         path = os.path.join(directory, f"{wid}.json")
         try:
             with open(path + ".part", "w", encoding="utf-8") as f:
-                json.dump({"worker": wid, "count": count, "heavy": heavy}, f)
+                json.dump({"worker": wid, "count": count, "heavy": heavy,
+                           "weights": weights or {}}, f)
             os.replace(path + ".part", path)
         except OSError:
             pass
@@ -140,6 +144,7 @@ class Verdicts:
                 continue
             if collection is not None and data.get("count") != len(collection):
                 continue
+            self.weights = dict(data.get("weights") or {})
             return dict(data.get("heavy") or {}), None
         return None, (f"no worker's verdicts reached the controller through {self.directory} "
                       "(workers on other hosts?)")
@@ -251,6 +256,11 @@ class LaneScheduling:
         self.heavy = {i: verdicts[nid] for i, nid in enumerate(self.collection)
                       if nid in verdicts}
         self.heavy_queue = self._longest_first(sorted(self.heavy))
+        if self.lane.slots == 0:  # auto: as many lanes as the known weights fit
+            s = self.lane.settings
+            known = [self.lane.verdicts.weights.get(self.collection[i], 0) for i in self.heavy]
+            self.slots = auto_lanes(known, s.budget, self.numnodes)
+            self.log("auto lanes:", self.slots)
         self.light_queue = [i for i in range(len(self.collection)) if i not in self.heavy]
         self._assign_lanes()
         self._first_light_chunks()  # lanes take none while heavy work is queued
@@ -417,7 +427,9 @@ class Lane:
         self.selector = selector
         self.recorder = recorder
         self.on, self.on_where = parse_lane(config)
-        self.slots = parse_slots(config)
+        self.settings = selector.settings
+        self.slots = self.settings.slots  # lanes: one per slot; 0 = auto (auto_lanes)
+        self.weights = {}       # nodeid -> bytes (this process's collection)
         self.verdicts = Verdicts()
         self.sched = None
         self.heavy = {}         # nodeid -> rule (this process's collection, or the controller's)
@@ -436,7 +448,8 @@ class Lane:
             if heavy:
                 self.heavy[item.nodeid] = rule
         if hasattr(self.config, "workerinput"):
-            Verdicts.write(self.config, self.heavy, len(session.items))
+            Verdicts.write(self.config, self.heavy, len(session.items),
+                           {k: v for k, v in self.weights.items() if k in self.heavy})
 
     # -- controller
 
@@ -544,14 +557,23 @@ class Lane:
         if len(sched.heavy) == n_all:
             idle = len(sched.node2collection) - len(lane_ids)
             lanes = "one lane" if len(lane_ids) == 1 else f"{len(lane_ids)} lanes"
+            at_once = ("one at a time" if self.slots == 1 else "admitted by memory"
+                       if self.slots == 0 else f"at most {self.slots} at once")
             lines.append(f"every test is heavy ({next(iter(sched.heavy.values()))}): {lanes}, "
-                         f"{', '.join(lane_ids)}, ran all {n_all} tests one at a time "
+                         f"{', '.join(lane_ids)}, ran all {n_all} tests {at_once} "
                          f"({heavy_time:.2f} s{skipped}); the other {max(idle, 0)} worker(s) "
                          "sat idle")
         else:
             lines.append(f"heavy lane: {', '.join(lane_ids)} ran {len(ran_heavy)} heavy tests "
                          f"({heavy_time:.2f} s{skipped}), {order}; light tests ran on "
                          f"{', '.join(light_workers) or 'no other worker'}")
+        if self.slots == 0:
+            s = self.settings
+            budget = (f"the budget {size_format(s.budget)}" if s.budget
+                      else "the memory available at the start")
+            lines.append(f"--heavylock-slots auto ({s.slots_source}): {sched.slots} lane(s), as "
+                         f"many of the heaviest known weights as fit in {budget} (at least 1, "
+                         "at most one less than the workers, so that one keeps the light tests)")
         for c in sched.crashed:
             moved = c["heavy"] and lane_ids[-1] != c["worker"]
             lines.append(f"worker {c['worker']} crashed while running {c['nodeid']} "

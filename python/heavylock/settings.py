@@ -30,6 +30,13 @@ TIMEOUT_HELP = ("fail a test's setup when it waited this many seconds for the lo
 BACKEND_HELP = "lock backend: native, filelock, fcntl or pidfile (default: best available)"
 RULES_HELP = ("which selection rules apply: any of marker, env, path, fixture, token, or a "
               "preset: all (the default) or strict (= marker env)")
+SLOTS_HELP = ("how many heavy tests may hold the lock at once, machine-wide: a number (1, the "
+              "default, is the exclusive lock), or auto: admit by memory, each test by its "
+              "weight (@pytest.mark.llm(mem=...), its peak measured in an earlier run, or its "
+              "GGUF model's estimate); with xdist, also how many lanes")
+BUDGET_HELP = ("the memory all heavy holders may use together, with --heavylock-slots other "
+               "than 1: a size (512M, 2G, 1.5GiB) or auto (default: live memory, "
+               "MemAvailable and the cgroup's limit); required for a postgresql:// lock")
 RESIDENT_HELP = ("warn when a heavy test leaves more than this many MiB resident after it "
                  f"released the lock (default {DEFAULT_RESIDENT_WARN_MIB:g}; 0 turns it off)")
 
@@ -49,6 +56,10 @@ def addoptions(parser):
                     help="write every test's outcome, lock wait and hold times as JSON")
     group.addoption("--heavylock-timeline", default=None, metavar="PATH",
                     help="draw the run (.svg or .html): tests per worker, lock waits, memory")
+    group.addoption("--heavylock-slots", default=None, metavar="N|auto", help=SLOTS_HELP)
+    parser.addini("heavylock_slots", SLOTS_HELP, default="")
+    group.addoption("--heavylock-budget", default=None, metavar="SIZE|auto", help=BUDGET_HELP)
+    parser.addini("heavylock_budget", BUDGET_HELP, default="")
     parser.addini("heavylock_run_heavy", RUN_HEAVY_HELP, type="bool", default=False)
     parser.addini("heavylock_path", PATH_HELP, default="")
     parser.addini("heavylock_timeout", TIMEOUT_HELP, default="")
@@ -152,13 +163,89 @@ def parse_resident_warn(config):
     return int(mib * 2**20)
 
 
+def is_url(value) -> bool:
+    """A lock server's URL (the PostgreSQL kind): passed through untouched,
+    never made absolute, never a directory to create."""
+    return str(value).startswith(("postgresql://", "postgres://"))
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
+          "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40,
+          "tib": 2**40}
+
+
+def size_parse(text) -> int:
+    """Bytes from "512M", "2G", "1.5GiB" or plain bytes (ValueError when
+    not a size).  The C library's parser when the extension has it (one
+    grammar for the CLI and the plugin); this mirror of it otherwise."""
+    native = getattr(backends._native, "size_parse", None)
+    if native is not None:
+        return int(native(str(text)))
+    t = str(text).strip()
+    i = len(t)
+    while i and t[i - 1].isalpha():
+        i -= 1
+    number, unit = t[:i].strip(), t[i:].lower()
+    try:
+        n = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size") from None
+    if unit not in _UNITS or not n >= 0 or n == float("inf"):
+        raise ValueError(f"{text!r} is not a size")
+    return int(n * _UNITS[unit])
+
+
+def size_format(n) -> str:
+    native = getattr(backends._native, "size_format", None)
+    if native is not None:
+        return native(int(n))
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def parse_slots(config):
+    """(slots, where): a number of at least 1, or 0 for auto (admission by
+    memory)."""
+    v, where = setting(config, "heavylock_slots", "HEAVYLOCK_SLOTS", "heavylock_slots")
+    if v is None:
+        return 1, "default"
+    text = str(v).strip().lower()
+    if text == "auto":
+        return 0, where
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise pytest.UsageError(f"{where}: invalid number of slots {v!r}: expected a whole "
+                                "number of at least 1, or auto")
+    return n, where
+
+
+def parse_budget(config):
+    """(bytes, where): 0 is auto (live memory)."""
+    v, where = setting(config, "heavylock_budget", "HEAVYLOCK_BUDGET", "heavylock_budget")
+    if v is None or str(v).strip().lower() == "auto":
+        return 0, where or "default"
+    try:
+        n = size_parse(v)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise pytest.UsageError(f"{where}: invalid budget {v!r}: expected a size such as "
+                                "512M, 2G or 1.5GiB, or auto (live memory)")
+    return n, where
+
+
 def missing_model_lock(config):
     """When LOCAL_MODEL_PATH names a file that does not exist (yet): the lock
     path next to it and the problem, for the tests that need the model.  A
     fast run must not stop for a model that is still to be downloaded; the
     seed puts the lock in the model's directory, which is created like the
     default models/.  Returns (path, problem) or None."""
-    if "HEAVYLOCK_PATH" in os.environ:
+    if "HEAVYLOCK_PATH" in os.environ or os.environ.get("HEAVYLOCK_URL"):
         return None
     v = os.environ.get("LOCAL_MODEL_PATH")
     if not v or os.path.lexists(v):
@@ -176,9 +263,14 @@ def resolve_lock_path(config):
     if opt is not None:
         if not opt:
             raise pytest.UsageError("--heavylock-path is empty; name a lock file")
+        if is_url(opt):
+            return opt, "--heavylock-path", None
         return os.path.abspath(opt), "--heavylock-path", None
+    for env in ("HEAVYLOCK_URL", "HEAVYLOCK_PATH"):  # a server's URL: nothing to resolve
+        if is_url(os.environ.get(env, "")):
+            return os.environ[env], env, None
     ini = config.getini("heavylock_path")
-    env_set = "HEAVYLOCK_PATH" in os.environ or "LOCAL_MODEL_PATH" in os.environ
+    env_set = any(v in os.environ for v in ("HEAVYLOCK_URL", "HEAVYLOCK_PATH", "LOCAL_MODEL_PATH"))
     if ini and not env_set:
         return str(config.rootpath / ini), f"ini option heavylock_path in {config.inipath}", None
     try:
@@ -224,6 +316,14 @@ class Settings:
             raise pytest.UsageError(str(exc)) from None
         self.path, self.path_source, self.model_problem = resolve_lock_path(config)
         self.rules = parse_rules(config)
+        self.slots, self.slots_source = parse_slots(config)
+        self.budget, self.budget_source = parse_budget(config)
+        self.remote = is_url(self.path)
+        if self.remote and self.slots == 0 and not self.budget:
+            raise pytest.UsageError(
+                f"{self.slots_source}: slots auto on the lock server {self.path} (from "
+                f"{self.path_source}) need --heavylock-budget SIZE (or HEAVYLOCK_BUDGET): "
+                "there is no live memory to read across machines")
         self.resident_warn = parse_resident_warn(config)
         self.markers = [m for m in config.getini("heavylock_markers") if m]
         self.paths = [p.strip("/") for p in config.getini("heavylock_paths") if p.strip("/")]
@@ -233,4 +333,9 @@ class Settings:
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 
     def where(self):
-        return f"{self.path} (from {self.path_source}, backend {self.backend})"
+        shown = f"{self.path} (from {self.path_source}, backend {self.backend}"
+        if self.slots != 1:
+            budget = size_format(self.budget) if self.budget else "live memory"
+            slots = "auto" if self.slots == 0 else str(self.slots)
+            shown += f", slots {slots}, budget {budget}"
+        return shown + ")"

@@ -71,11 +71,6 @@ HEAVY = textwrap.dedent("""
 """)
 
 
-# The plugin still resolves --heavylock-path / HEAVYLOCK_URL as a lock file
-# (settings.resolve_lock_path and backends.resolve_path make it absolute), so
-# the two runs use two files.  Strict: once the plugin passes URLs through,
-# this XPASSes and fails until the marker is removed.
-@pytest.mark.xfail(strict=True, reason="plugin does not pass a postgresql:// URL through yet")
 def test_two_pytest_runs_share_one_lock(tmp_path):
     """Two pytest runs with -n 2 each, in different directories (so a lock
     file could not be shared by accident), against one URL: their heavy tests
@@ -92,7 +87,7 @@ def test_two_pytest_runs_share_one_lock(tmp_path):
         (tmp_path / d / "test_heavy.py").write_text(HEAVY)
         runs.append(subprocess.Popen(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2",
-             "-p", "xdist", "--heavylock-path", target],
+             "-p", "xdist", "--heavylock-lane", "off", "--heavylock-path", target],
             cwd=tmp_path / d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True))
     outs = [r.communicate(timeout=300)[0] for r in runs]
@@ -104,3 +99,96 @@ def test_two_pytest_runs_share_one_lock(tmp_path):
     assert len({pid for _, _, pid in iv}) >= 3  # several workers of both runs took turns
     for d in ("a", "b"):
         assert not any("postgres" in p.name for p in (tmp_path / d).rglob("*")), outs
+
+
+VICTIM = textwrap.dedent("""
+    import os, time
+    import pytest
+
+    @pytest.mark.llm
+    def test_victim():
+        open(os.environ["STARTED"], "w").close()
+        end = time.monotonic() + 60
+        while not os.path.exists(os.environ["DONE"]) and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(3)   # the plugin checks every second: a generous window
+
+    @pytest.mark.llm
+    def test_after():
+        pass
+""")
+
+
+def test_terminated_session_fails_the_heavy_test(tmp_path):
+    """pg_terminate_backend of the holder's session while a heavy test runs:
+    the plugin says so at once, that test fails with "lost the lock", and
+    the session goes on (the next heavy test takes the lock again)."""
+    target = url("py_lost")
+    started, done = tmp_path / "started", tmp_path / "done"
+    (tmp_path / "test_victim.py").write_text(VICTIM)
+    env = dict(os.environ, STARTED=str(started), DONE=str(done), HEAVYLOCK_URL=target)
+    for k in ("HEAVYLOCK_PATH", "LOCAL_MODEL_PATH", "PYTEST_ADDOPTS", "RUN_HEAVY_INTEGRATION"):
+        env.pop(k, None)
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA"],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 60
+        while not started.exists():
+            assert time.monotonic() < end and run.poll() is None, "the victim never started"
+            time.sleep(0.05)
+        # the holder's row in heavylock's table names its session
+        q = ("SELECT count(pg_terminate_backend(backend_pid)) FROM heavylock_holders "
+             "WHERE label LIKE '%test_victim%'")
+        killed = subprocess.run(["psql", BASE, "-Atc", q], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        assert killed == "1", killed
+        done.touch()
+        out = run.communicate(timeout=120)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1, out
+    assert "LOST THE LOCK" in out, out
+    assert "FAILED test_victim.py::test_victim - Failed: heavylock: lost the lock:" in out, out
+    assert "PASSED test_victim.py::test_after" in out, out
+
+
+SLOTTED = textwrap.dedent("""
+    import os, time
+    import pytest
+
+    @pytest.mark.parametrize("i", range(6))
+    @pytest.mark.llm(mem="1G")
+    def test_heavy(i):
+        t0 = time.time()
+        time.sleep(0.4)
+        with open(os.environ["IV_LOG"], "a") as f:
+            f.write(f"{t0!r} {time.time()!r} {os.getpid()}\\n")
+""")
+
+
+@pytest.mark.parametrize("args", [("--heavylock-slots", "2"),
+                                  ("--heavylock-slots", "auto", "--heavylock-budget", "2.5G")])
+def test_plugin_slots_on_a_url(tmp_path, args):
+    """The plugin's slots on a lock server: -n 3, the lane off, 2 slots (or
+    auto with a budget for two 1 GiB tests): two heavy tests overlap, never
+    three."""
+    pytest.importorskip("xdist")
+    target, log = url("py_slots"), tmp_path / "iv.log"
+    (tmp_path / "test_s.py").write_text(SLOTTED)
+    env = dict(os.environ, IV_LOG=str(log), HEAVYLOCK_URL=target)
+    for k in ("HEAVYLOCK_PATH", "LOCAL_MODEL_PATH", "PYTEST_ADDOPTS", "RUN_HEAVY_INTEGRATION"):
+        env.pop(k, None)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                        "xdist", "-n", "3", "--heavylock-lane", "off", *args], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    iv = sorted(tuple(float(x) for x in line.split()[:2]) for line in open(log))
+    assert len(iv) == 6
+    points = sorted([(a, 1) for a, _ in iv] + [(b, -1) for _, b in iv])
+    n = most = 0
+    for _, d in points:  # the most open at one instant
+        n += d
+        most = max(most, n)
+    assert most == 2, iv   # two at once, never three
