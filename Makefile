@@ -9,7 +9,7 @@ HEAVYLOCK := $(BUILD)/heavylock
 SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.build meson.options
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
-.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup \
+.PHONY: all bench-fairness build test test-c test-py test-asan check-win demo bench clean example-setup \
         stress stress-short fuzz test-valgrind check-dist-c
 
 all: build
@@ -117,6 +117,10 @@ demo: example-setup
 
 bench: build $(VENV)/.pkg
 	$(PY) bench/handoff.py --heavylock $(HEAVYLOCK)
+
+# Worst wait against the fair share under N-way contention (issue #8 item 7).
+bench-fairness: build
+	nice $(BUILD)/fairness $(or $(FAIRNESS_N),64) $(or $(FAIRNESS_K),5) 5
 
 clean:
 	rm -rf build $(VENV)

@@ -625,6 +625,22 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
 #endif
     if (rc < 0)
       return rc; /* HL_EBUSY or an error; the descriptor stays for the wait */
+#ifdef HL_HAVE_SLOTS
+    /* Got it without a ticket while others queue for it (we came back
+     * between a release and the first in line): no barging, go in line. */
+    if (rc == 0 && fs->queue == NULL && !fs->queue_failed && !fs->readonly &&
+        hl__queue_others(fs->path)) {
+      /* Close, not just unlock: the close is the event the first in line
+       * may be waiting for (it may have tried while we held). */
+      hl__os_unlock(fs->fd);
+      flock_drop_fd(fs);
+      if (!waiting)
+        return HL_EBUSY;
+      if (hl__queue_join(fs->path, ask, &fs->queue) < 0)
+        fs->queue_failed = 1;
+      return HL_EBUSY;
+    }
+#endif
     if (flock_still_ours(fs)) {
       if (flock_ghost(fs)) {
         /* The ghost's release sends no event on our file: poll for it. */
