@@ -11,7 +11,7 @@ PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.to
 
 .PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup \
         stress stress-short fuzz test-valgrind check-dist-c bench-lane bench-lane-quick \
-        test-pg bench-pg bench-slots bench-slots-quick
+        test-pg bench-pg bench-slots bench-slots-quick bench-fairness
 
 all: build
 
@@ -165,6 +165,10 @@ bench-slots: build
 
 bench-slots-quick: build
 	$(PY) bench/slots.py --quick --heavylock $(HEAVYLOCK)
+
+# Worst wait against the fair share under N-way contention (issue #8 item 7).
+bench-fairness: build
+	nice $(BUILD)/fairness $(or $(FAIRNESS_N),64) $(or $(FAIRNESS_K),5) 5
 
 clean:
 	rm -rf build $(VENV)

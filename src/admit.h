@@ -44,6 +44,8 @@ typedef struct hl__queue_s hl__queue_t;
 int hl__queue_join(const char *lockpath, const hl__ask_t *ask, hl__queue_t **q);
 int hl__queue_first(hl__queue_t *q);
 void hl__queue_leave(hl__queue_t *q); /* NULL ok; closes the table (wakes others) */
+/* Are others queued on `lockpath` now (a racy read, for fairness only)? */
+int hl__queue_others(const char *lockpath);
 
 /* Tests: sleep this long between deciding and registering (kind-slots.c). */
 void hl__slots_set_admit_delay(unsigned us);

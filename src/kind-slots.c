@@ -299,9 +299,18 @@ static int snapshot(int tfd, int self, int clean, snapshot_t *s) {
   s->e = calloc((size_t)(s->n ? s->n : 1), sizeof(entry_t));
   if (s->e == NULL)
     return -ENOMEM;
+  /* One read for the whole table (entries are ENTRY_SIZE apart on disk). */
+  char *raw = malloc((size_t)(s->n ? s->n : 1) * ENTRY_SIZE);
+  if (raw == NULL)
+    return -ENOMEM;
+  if ((rc = pread_all(tfd, raw, (size_t)s->n * ENTRY_SIZE, entry_off(0))) < 0) {
+    free(raw);
+    return rc;
+  }
+  for (int i = 0; i < s->n; i++)
+    memcpy(&s->e[i], raw + (size_t)i * ENTRY_SIZE, sizeof(entry_t));
+  free(raw);
   for (int i = 0; i < s->n; i++) {
-    if ((rc = pread_all(tfd, &s->e[i], sizeof(entry_t), entry_off(i))) < 0)
-      return rc;
     if (s->e[i].state == E_EMPTY || i == self)
       continue;
     if (!ofd_live(tfd, entry_off(i))) {
@@ -511,6 +520,8 @@ static int decide(slots_state_t *ss, const hl__ask_t *ask) {
   return rc;
 }
 
+static int count_ahead(slots_state_t *ss);
+
 /* Tests widen the window between the decision and the registration, where
  * two newcomers would both take the last slot without the admission lock. */
 static unsigned admit_delay_us;
@@ -523,6 +534,8 @@ static int slots_try(void *state, const hl__ask_t *ask, int waiting) {
     return rc;
   if (waiting)
     arm(ss); /* before the attempt: a change after it wakes us */
+  if (ss->idx >= 0 && count_ahead(ss) > 0)
+    return HL_EBUSY; /* not first: no need to take the admission lock */
   if ((rc = ofd_lock(ss->tfd, ADMIT_BYTE, F_WRLCK, 1)) < 0)
     return rc;
   if (ss->idx < 0 && (rc = enqueue(ss, ask)) < 0)
@@ -820,20 +833,42 @@ int hl__queue_join(const char *lockpath, const hl__ask_t *ask, hl__queue_t **qp)
   return 0;
 }
 
-int hl__queue_first(hl__queue_t *q) {
-  slots_state_t *ss = &q->ss;
-  if (ofd_lock(ss->tfd, ADMIT_BYTE, F_WRLCK, 1) < 0)
-    return 1; /* cannot tell: do not hold anyone up */
+/* Live waiters with a lower ticket than ours.  Read without the admission
+ * lock: tickets only grow, so no entry ahead of us can appear, and one
+ * that leaves just as we read costs at most one more wake-up.  This keeps a
+ * crowd of waiters, all woken by one release, from queueing up on the
+ * admission lock only to learn they are not first. */
+static int count_ahead(slots_state_t *ss) {
   snapshot_t s;
   memset(&s, 0, sizeof(s));
   int ahead = 0;
-  if (snapshot(ss->tfd, ss->idx, 1, &s) == 0)
+  if (snapshot(ss->tfd, ss->idx, 0, &s) == 0)
     for (int i = 0; i < s.n; i++)
       if (i != ss->idx && s.e[i].state == E_WAITING && s.e[i].ticket < ss->ticket)
         ahead++;
   free(s.e);
-  (void)ofd_lock(ss->tfd, ADMIT_BYTE, F_UNLCK, 0);
-  return ahead == 0;
+  return ahead;
+}
+
+int hl__queue_first(hl__queue_t *q) { return count_ahead(&q->ss) == 0; }
+
+int hl__queue_others(const char *lockpath) {
+  char *tpath = table_path(lockpath);
+  if (tpath == NULL)
+    return 0;
+  int tfd = table_open_ro(tpath);
+  free(tpath);
+  if (tfd < 0)
+    return 0; /* no table, no queue */
+  snapshot_t s;
+  memset(&s, 0, sizeof(s));
+  int waiting = 0;
+  if (snapshot(tfd, -1, 0, &s) == 0)
+    for (int i = 0; i < s.n; i++)
+      waiting += s.e[i].state == E_WAITING;
+  free(s.e);
+  close(tfd);
+  return waiting > 0;
 }
 
 void hl__queue_leave(hl__queue_t *q) {

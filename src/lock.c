@@ -249,12 +249,27 @@ const char *hl_lock_kind(const hl_lock_t *lk) { return lk->kind->name; }
  * admission depends on numbers that change without events. */
 #define RECHECK_MS 100
 
-/* Is `pid` this process or one of its ancestors? */
-static int self_or_ancestor(long pid) {
-  long p = hl__os_getpid();
+/*
+ * Is `pid` one of our ancestors, with every process from our parent up to it
+ * blocked waiting for a child (wait4/waitid)?  Then it waits for us while we
+ * would wait for it: `flock L heavylock run --lock L`, or a test that holds
+ * the lock and runs a command that takes it.  A parent that holds the lock
+ * and is busy with something else (it may still release) is waited for.
+ */
+/* 1: yes; 2: an ancestor, not (yet) waiting for us; 0: not an ancestor;
+ * -EINTR: a signal arrived (pass it out: the host's handler must run). */
+static int ancestor_waits_for_us(long pid) {
+  long p = hl__os_parent_pid(hl__os_getpid());
+  int waiting = 1;
   for (int depth = 0; p > 1 && depth < 64; depth++) {
+    if (waiting) {
+      int w = hl__os_in_child_wait(p);
+      if (w < 0)
+        return w;
+      waiting = w;
+    }
     if (p == pid)
-      return 1;
+      return waiting ? 1 : 2;
     p = hl__os_parent_pid(p);
   }
   return 0;
@@ -262,8 +277,9 @@ static int self_or_ancestor(long pid) {
 
 /*
  * A holder that is this process through a descriptor that is none of our
- * handles (a conftest's filelock, `flock L heavylock run --lock L`), or one
- * of our ancestors (they wait for us): waiting would never end.
+ * handles (a conftest's filelock on the same file), or an ancestor waiting
+ * for us (see above): waiting would never end.  1 so, 2 the holder is an
+ * ancestor that does not wait for us (yet), 0 no, -EINTR.
  */
 static int held_by_self(hl_lock_t *lk) {
   hl_status_t *st = malloc(sizeof(*st));
@@ -276,7 +292,7 @@ static int held_by_self(hl_lock_t *lk) {
     if (st->holder_pid == hl__os_getpid())
       self = !registry_held(lk);
     else
-      self = self_or_ancestor(st->holder_pid);
+      self = ancestor_waits_for_us(st->holder_pid);
   }
   free(st);
   return self;
@@ -299,8 +315,20 @@ static int notify(hl_lock_t *lk, double waited) {
 static int wait_loop(hl_lock_t *lk, double start, double deadline) {
   const hl__kind_t *k = lk->kind;
   double next_cb = lk->cb ? start + lk->cb_first : INFINITY;
+  /* The self-deadlock check again, backing off: a parent that forked us
+   * may reach its waitpid() only after our first look. */
+  double self_every = 0.05, next_self = start + self_every;
   for (;;) {
     double t = hl__os_monotonic();
+    if (t >= next_self) {
+      int self = held_by_self(lk);
+      if (self < 0)
+        return self;
+      if (self == 1)
+        return HL_ESELF;
+      self_every = self_every < 1.0 ? self_every * 2 : 2.0;
+      next_self = t + self_every;
+    }
     if (t >= next_cb) {
       int rc = notify(lk, t - start);
       if (rc != 0)
@@ -361,12 +389,30 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
     }
   }
   if (rc == HL_EBUSY && timeout != 0) {
-    if (held_by_self(lk))
+    int self = held_by_self(lk);
+    if (self < 0) {
+      rc = self;
+    } else if (self == 1) {
       rc = HL_ESELF;
-    else if (block)
-      rc = k->acquire_blocking(lk->state, &lk->ask);
-    else
+    } else if (block) {
+      /* Held by a parent that may be about to wait for us (it forked us a
+       * moment ago): look again for a little while before blocking in the
+       * kernel, where no check can reach us. */
+      for (int i = 0; self == 2 && i < 8 && rc == HL_EBUSY; i++) {
+        if ((rc = hl__os_sleep_ms(25)) < 0)
+          break;
+        if ((rc = k->try_acquire(lk->state, &lk->ask, 0)) == HL_EBUSY)
+          self = held_by_self(lk);
+      }
+      if (self < 0)
+        rc = self;
+      else if (self == 1)
+        rc = HL_ESELF;
+      else if (rc == HL_EBUSY)
+        rc = k->acquire_blocking(lk->state, &lk->ask);
+    } else {
       rc = wait_loop(lk, start, deadline);
+    }
   }
   if (rc == 0) {
     lk->held = 1;
@@ -637,6 +683,22 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
 #endif
     if (rc < 0)
       return rc; /* HL_EBUSY or an error; the descriptor stays for the wait */
+#ifdef HL_HAVE_SLOTS
+    /* Got it without a ticket while others queue for it (we came back
+     * between a release and the first in line): no barging, go in line. */
+    if (rc == 0 && fs->queue == NULL && !fs->queue_failed && !fs->readonly &&
+        hl__queue_others(fs->path)) {
+      /* Close, not just unlock: the close is the event the first in line
+       * may be waiting for (it may have tried while we held). */
+      hl__os_unlock(fs->fd);
+      flock_drop_fd(fs);
+      if (!waiting)
+        return HL_EBUSY;
+      if (hl__queue_join(fs->path, ask, &fs->queue) < 0)
+        fs->queue_failed = 1;
+      return HL_EBUSY;
+    }
+#endif
     if (flock_still_ours(fs)) {
       if (flock_ghost(fs)) {
         /* The ghost's release sends no event on our file: poll for it. */

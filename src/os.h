@@ -76,6 +76,9 @@ int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick);
 /* quick: holders only, skip the slow scan of /proc for inotify waiters. */
 /* Parent of `pid`, 0 when unknown. */
 long hl__os_parent_pid(long pid);
+/* 1 when `pid` is blocked waiting for a child to exit (Linux: wchan
+ * do_wait), 0 when not or unknown, -EINTR when a signal cut the look short. */
+int hl__os_in_child_wait(long pid);
 /* Lock file deleted or replaced under its holder.  A holder keeps its flock
  * on the old inode, which no path names any more, so a newcomer that opens
  * the path gets a fresh inode and "wins": two holders.  The kernel still

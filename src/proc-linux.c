@@ -135,6 +135,21 @@ static void scan_inotify_waiters(const hl__fileid_t *id, hl_status_t *st) {
   closedir(proc);
 }
 
+/* Blocked in wait4/waitid: the kernel function it sleeps in is do_wait.  A
+ * process that polls with waitpid(WNOHANG) passes through do_wait too, so
+ * one look is not enough: it must be there on three looks 2 ms apart. */
+int hl__os_in_child_wait(long pid) {
+  char path[64], buf[64];
+  snprintf(path, sizeof(path), "/proc/%ld/wchan", pid);
+  for (int look = 0; look < 3; look++) {
+    if (look && hl__os_sleep_ms(2) < 0)
+      return -EINTR; /* the caller's signal handler must get to run */
+    if (read_small(path, buf, sizeof(buf)) <= 0 || strcmp(buf, "do_wait") != 0)
+      return 0;
+  }
+  return 1;
+}
+
 long hl__os_parent_pid(long pid) {
   char path[64], buf[1024];
   snprintf(path, sizeof(path), "/proc/%ld/stat", pid);

@@ -26,6 +26,11 @@ int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick) {
   return -ENOSYS;
 }
 
+int hl__os_in_child_wait(long pid) {
+  (void)pid;
+  return 0;
+}
+
 long hl__os_parent_pid(long pid) {
   (void)pid;
   return 0;

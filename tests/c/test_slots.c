@@ -687,10 +687,32 @@ static void test_self_deadlock(void) {
     hl_lock_t *o;
     if (hl_lock_open(&o, lockpath) < 0)
       _exit(2);
-    _exit(hl_lock_acquire(o, 30) == HL_ESELF ? 0 : 1);
+    int rc = hl_lock_acquire(o, 30);
+    if (rc != HL_ESELF)
+      fprintf(stderr, "child of a waiting parent: %s\n", hl_strerror(rc));
+    _exit(rc == HL_ESELF ? 0 : 1);
   }
   reap_ok(c);
+  /* A parent that holds but does not wait for the child (it is busy, and
+   * will release): the child waits as usual and gets in. */
+  c = fork();
+  if (c == 0) {
+    close(fd); /* not ours: only the parent holds */
+    hl_lock_t *o;
+    if (hl_lock_open(&o, lockpath) < 0)
+      _exit(2);
+    int rc = hl_lock_acquire(o, 30);
+    if (rc != 0)
+      fprintf(stderr, "child of a busy parent: %s\n", hl_strerror(rc));
+    _exit(rc == 0 ? 0 : 1);
+  }
+  wait_status(pid_queued, c, "the child waiting for its busy parent");
+  spin_ms(200); /* busy, not in waitpid: the child keeps waiting */
+  ASSERT_EQ(waitpid(c, NULL, WNOHANG), 0);
+  close(fd);    /* the parent releases */
+  reap_ok(c);
   /* Not a parent: an unrelated holder is waited for as usual. */
+  fd = open(lockpath, O_RDWR | O_CLOEXEC);
   close(fd);
   pid_t h = spawn_flock_writer(0.3, NULL, NULL);
   usleep(100000);
