@@ -135,12 +135,26 @@ static void registry_leave(hl_lock_t *lk) {
   hl__os_registry_unlock();
 }
 
-/* Does a handle of this process (another thread's) hold the lock `id`? */
-static int registry_held(const hl_lock_t *lk) {
+/* Handles of this process between their first try and their registration:
+ * the kernel may already name this process as the holder while the registry
+ * does not know it yet. */
+static int inflight;
+
+static void inflight_add(int d) {
+  hl__os_registry_lock();
+  inflight += d;
+  hl__os_registry_unlock();
+}
+
+/* Could the kernel's "held by this process" be another handle of ours (one
+ * of another thread, holding, waiting, or about to register)?  Such a holder
+ * releases in time, so waiting for it is no deadlock. */
+static int registry_busy(const hl_lock_t *lk) {
   int found = 0;
   hl__os_registry_lock();
-  for (hl_lock_t *o = registry; o; o = o->next)
-    if (o != lk && o->owner_pid == lk->owner_pid && o->held && same_id(o->id, lk->id))
+  found = inflight > 0;
+  for (hl_lock_t *o = registry; o && !found; o = o->next)
+    if (o != lk && o->owner_pid == lk->owner_pid && same_id(o->id, lk->id))
       found = 1;
   hl__os_registry_unlock();
   return found;
@@ -288,9 +302,13 @@ static int held_by_self(hl_lock_t *lk) {
   memset(st, 0, sizeof(*st));
   st->held_for = -1;
   int self = 0;
+  /* Asked before and after the kernel's answer: a handle of another thread
+   * that takes or lets go of the lock in between must not look like a
+   * descriptor that is none of ours. */
+  int busy = registry_busy(lk);
   if (lk->kind->status(lk->target, st, HL__STATUS_QUICK) == 0 && st->held && st->holder_pid > 0) {
     if (st->holder_pid == hl__os_getpid())
-      self = !registry_held(lk);
+      self = !busy && !registry_busy(lk);
     else
       self = ancestor_waits_for_us(st->holder_pid);
   }
@@ -373,21 +391,20 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
   /* No deadline and no notices: a kind that can block in the kernel does
    * (the flock kind: flock(2), so that /proc/locks shows the waiter). */
   int block = forever && lk->cb == NULL && k->acquire_blocking != NULL;
+  inflight_add(1);
   int rc = k->try_acquire(lk->state, &lk->ask, timeout != 0 && !block);
   if (rc == 0 || rc == HL_EBUSY) {
     int idrc = k->identity(lk->state, lk->id);
-    if (idrc < 0) {
-      if (rc == 0)
+    int reg = idrc < 0 ? idrc : registry_enter(lk, rc == HL_EBUSY);
+    if (reg < 0) {
+      if (rc == 0 && idrc < 0)
         k->release(lk->state);
       k->cancel(lk->state);
-      return idrc;
-    }
-    int reg = registry_enter(lk, rc == HL_EBUSY);
-    if (reg < 0) {
-      k->cancel(lk->state);
+      inflight_add(-1);
       return reg;
     }
   }
+  inflight_add(-1);
   if (rc == HL_EBUSY && timeout != 0) {
     int self = held_by_self(lk);
     if (self < 0) {
