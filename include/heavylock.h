@@ -23,7 +23,9 @@
  * `filelock`, `portalocker` and util-linux `flock(1)` on the same path.  The
  * kernel drops it when the holder dies, so no stale lock outlives its
  * process.  The lock file is never unlinked (waiters may be queued on its
- * inode) and is only truncated by the process that holds the lock.
+ * inode) and is only truncated by the process that holds the lock, and only
+ * when it is empty or a holder record (never another tool's file or a model
+ * named as the lock by mistake).
  *
  * Timeouts (hl_lock_acquire)
  * --------------------------
@@ -303,7 +305,11 @@ struct hl_status_s {
  * died and a child it passed the descriptor to holds it (heavylock run),
  * holder_pid names that child.  Elsewhere a shared try-lock probes whether
  * the lock is held.  Never creates or modifies the file.  A missing file is
- * "free".  Returns 0 or -errno.
+ * "free", unless a holder still holds a lock file that was deleted (or
+ * replaced) at this path: then held, with deleted_file set (Linux).  A record
+ * is trusted (has_record) only when the kernel names its pid as the holder
+ * and the start time matches that process; otherwise it is stale_record.
+ * Returns 0 or -errno.
  */
 int hl_status(const char *path, hl_status_t *st);
 

@@ -477,3 +477,24 @@ def test_doctor_sees_a_deleted_lock_file(cli, lockfile):
         assert "deleted or replaced while held" in r.stdout
     finally:
         kill_group(holder)
+
+
+NOFLOCK_SHIM = r"""
+#include <errno.h>
+#include <sys/file.h>
+/* A file system where flock(2) "succeeds" and excludes nobody (some FUSE
+ * and network file systems behave so). */
+int flock(int fd, int op) { (void)fd; (void)op; return 0; }
+"""
+
+
+def test_doctor_finds_a_flock_that_excludes_nobody(cli, tmp_path):
+    shim_c = tmp_path / "noflock.c"
+    shim_c.write_text(NOFLOCK_SHIM)
+    shim = tmp_path / "noflock.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(shim_c)], check=True)
+    env = {**os.environ, "LD_PRELOAD": str(shim)}
+    r = run(cli, "doctor", tmp_path / "x.lock", env=env)
+    assert r.returncode == 1, r.stdout
+    assert "flock(2) does NOT exclude across processes" in r.stdout
+    assert run(cli, "doctor", tmp_path / "x.lock").returncode == 0  # without the shim
