@@ -12,6 +12,7 @@
  * Exit 0 when all is well, 1 when a problem was found (each one named).
  */
 #define _GNU_SOURCE
+#include "cli.h"
 #include "heavylock.h"
 
 #include <errno.h>
@@ -30,8 +31,6 @@
 #include <sys/inotify.h>
 #include <sys/vfs.h>
 #endif
-
-int cmd_doctor(int argc, char **argv);
 
 static int problems;
 
@@ -214,6 +213,37 @@ static void kernel_views(const char *dir) {
 #endif
 }
 
+/* A lock server: can we reach it, what it runs, who holds and waits. */
+static int doctor_server(const char *target) {
+  char shown[HL_PATH_MAX + 8], line[1024], safe[1024];
+  cli_show_target(target, shown, sizeof(shown));
+  int rc = hl_pg_doctor(target, line, sizeof(line));
+  cli_show_target(line, safe, sizeof(safe));
+  if (rc == -ENOSYS)
+    problem("%s: this heavylock was built without the PostgreSQL backend (libpq was not "
+            "found at build time)", shown);
+  else if (rc < 0)
+    problem("%s: %s", shown, safe[0] ? safe : hl_strerror(rc));
+  else
+    say("server", "%s", safe);
+  if (rc == 0) {
+    hl_status_t hs;
+    if ((rc = hl_status(target, &hs)) < 0) {
+      problem("cannot read the lock's status from the server: %s", hl_strerror(rc));
+    } else {
+      char who[512];
+      hl_holder_describe(&hs, who, sizeof(who));
+      say("now", "%s; %d holder%s, %d waiting", who, hs.nholders, hs.nholders == 1 ? "" : "s",
+          hs.nwaiters);
+    }
+  }
+  if (problems)
+    printf("%d problem%s found\n", problems, problems == 1 ? "" : "s");
+  else
+    printf("all is well\n");
+  return problems ? 1 : 0;
+}
+
 int cmd_doctor(int argc, char **argv) {
   static const struct option opts[] = {{"root", required_argument, NULL, 'r'},
                                        {"lock", required_argument, NULL, 'L'},
@@ -251,7 +281,8 @@ int cmd_doctor(int argc, char **argv) {
       return 1;
     }
     snprintf(path, sizeof(path), "%s", given);
-    say("lock path", "%s (given on the command line)", path);
+    char shown[HL_PATH_MAX + 8];
+    say("lock path", "%s (given on the command line)", cli_show_target(path, shown, sizeof(shown)));
   } else {
     hl_path_t p;
     int rc = hl_path_resolve(root, &p);
@@ -260,9 +291,13 @@ int cmd_doctor(int argc, char **argv) {
       return 1;
     }
     snprintf(path, sizeof(path), "%s", p.path);
-    say("lock path", "%s", path);
+    char shown[HL_PATH_MAX + 8];
+    say("lock path", "%s", cli_show_target(path, shown, sizeof(shown)));
     say("decided by", "%s: %s", p.source, p.why);
   }
+
+  if (cli_is_url(path))
+    return doctor_server(path);
 
   struct stat st;
   if (lstat(path, &st) < 0) {

@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "heavylock.h"
+#include "cli.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -30,10 +32,10 @@
 #define EX_UNAVAILABLE 69
 #define EX_OSERR 71
 #define EX_CANTCREAT 73
+#define EX_TEMPFAIL 75
 
 static const char *prog = "heavylock";
 
-int cmd_doctor(int argc, char **argv); /* doctor.c */
 
 /* One message, one write(2): stderr is unbuffered, so stdio would write the
  * prefix, the text and the newline apart, and two heavylock processes
@@ -104,8 +106,54 @@ static void usage(void) {
          "\n"
          "Exit status of run: the command's, or 128+N if it died of signal N;\n"
          "the -E code on conflict or timeout; 64 bad usage; 66 cannot open the lock file;\n"
-         "69 cannot run the command; 73 read-only file system or disk full.\n"
+         "69 cannot run the command; 73 read-only file system or disk full;\n"
+         "75 the lock (on a server) was lost while the command ran, and it exited 0.\n"
          "Exit status of status: 0 free, 1 held.\n");
+}
+
+int cli_is_url(const char *target) {
+  const char *p = strstr(target, "://");
+  if (p == NULL || p == target)
+    return 0;
+  for (const char *q = target; q < p; q++)
+    if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || *q == '+' || *q == '-'))
+      return 0;
+  return 1;
+}
+
+const char *cli_show_target(const char *target, char *buf, size_t len) {
+  snprintf(buf, len, "%s", target);
+  char *scheme = strstr(buf, "://");
+  if (!cli_is_url(target) || scheme == NULL)
+    return buf;
+  char *user = scheme + 3, *at = strchr(user, '@'), *slash = strchr(user, '/');
+  char *colon = strchr(user, ':');
+  if (at && (!slash || at < slash) && colon && colon < at) {
+    /* user:password@host -> user:***@host */
+    size_t tail = strlen(at) + 1;
+    if ((size_t)(colon + 1 - buf) + 3 + tail <= len) {
+      memmove(colon + 4, at, tail);
+      memcpy(colon + 1, "***", 3);
+    }
+  }
+  return buf;
+}
+
+/* What the library knew beyond an error code (a server's words), as " (...)",
+ * with any URL password hidden; "" when nothing. */
+static const char *error_detail(char *buf, size_t len) {
+  const char *d = hl_error_detail();
+  if (d == NULL || d[0] == '\0') {
+    buf[0] = '\0';
+    return buf;
+  }
+  char shown[1024];
+  cli_show_target(d, shown, sizeof(shown));
+  for (char *p = shown; *p; p++) /* one line */
+    if ((unsigned char)*p < 0x20)
+      *p = ' ';
+  snprintf(buf, len, ": %s", shown);
+  return buf;
 }
 
 static int open_error_code(int rc) {
@@ -122,7 +170,7 @@ static int lock_path(const char *opt, const char *root, char *out, size_t len, i
     if (n >= len || n >= HL_PATH_MAX)
       return usage_error("lock path is %zu bytes long; the limit is %d", n, HL_PATH_MAX - 1);
     memcpy(out, opt, n + 1);
-    if (create) {
+    if (create && !cli_is_url(opt)) {
       char dir[HL_PATH_MAX];
       memcpy(dir, opt, n + 1);
       char *slash = strrchr(dir, '/');
@@ -296,9 +344,16 @@ static int cmd_run(int argc, char **argv) {
   int rc = lock_path(lockopt, root, path, sizeof(path), 1);
   if (rc)
     return rc;
+  char shown[HL_PATH_MAX + 8], detail[1100];
+  cli_show_target(path, shown, sizeof(shown));
   hl_lock_t *lk;
   if ((rc = hl_lock_open(&lk, path)) < 0) {
-    warnx("cannot open lock file %s: %s", path, hl_strerror(rc));
+    if (rc == -ENOSYS && cli_is_url(path))
+      warnx("cannot use %s: this heavylock was built without the PostgreSQL backend "
+            "(libpq was not found at build time)", shown);
+    else
+      warnx("cannot open lock %s: %s%s", shown, hl_strerror(rc),
+            error_detail(detail, sizeof(detail)));
     return open_error_code(rc);
   }
   if (label)
@@ -323,13 +378,22 @@ static int cmd_run(int argc, char **argv) {
     return conflict;
   }
   if (rc < 0) {
-    warnx("cannot lock %s: %s", path, hl_strerror(rc));
+    warnx("cannot lock %s: %s%s", shown, hl_strerror(rc), error_detail(detail, sizeof(detail)));
     hl_lock_close(lk);
     return open_error_code(rc);
   }
   if (verbose && (hl_lock_flags(lk) & HL_FLAG_OTHER_CONTENT))
     warnx("lock file has other content: no holder record written (%s)", path);
 
+  /* A remote lock can be lost while the command runs (the server
+   * restarted, the network broke): look every second, so SIGCHLD is taken
+   * by sigtimedwait instead of a blocking waitpid. */
+  int remote = strcmp(hl_lock_kind(lk), "pg") == 0;
+  sigset_t chld, old_mask;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  if (remote)
+    sigprocmask(SIG_BLOCK, &chld, &old_mask);
   fflush(NULL);
   pid_t pid = fork();
   if (pid < 0) {
@@ -338,6 +402,8 @@ static int cmd_run(int argc, char **argv) {
     return EX_OSERR;
   }
   if (pid == 0) {
+    if (remote)
+      sigprocmask(SIG_SETMASK, &old_mask, NULL);
     /* Like flock(1): the command inherits the lock, so it stays held while
      * the command runs even if this process is killed. */
     int fd = (int)hl_lock_fd(lk);
@@ -349,13 +415,27 @@ static int cmd_run(int argc, char **argv) {
     warnx("failed to execute %s: %s", cmd[0], strerror(errno));
     _exit(errno == ENOMEM ? EX_OSERR : EX_UNAVAILABLE);
   }
-  int status;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) {
+  int status, lost = 0;
+  for (;;) {
+    pid_t r = waitpid(pid, &status, remote ? WNOHANG : 0);
+    if (r == pid)
+      break;
+    if (r < 0 && errno != EINTR) {
       status = EX_OSERR << 8;
       break;
     }
+    if (!remote)
+      continue;
+    struct timespec second = {1, 0};
+    if (sigtimedwait(&chld, NULL, &second) < 0 && errno == EAGAIN && !lost &&
+        hl_lock_check(lk) == HL_ELOST) {
+      lost = 1;
+      warnx("LOST THE LOCK %s while %s runs%s: others may now hold it; the command goes on "
+            "unprotected", shown, cmd[0], error_detail(detail, sizeof(detail)));
+    }
   }
+  if (remote)
+    sigprocmask(SIG_SETMASK, &old_mask, NULL);
   hl_lock_release(lk);
   if (hl_lock_flags(lk) & HL_FLAG_LOST)
     warnx("warning: lock file %s was deleted or replaced while the command ran; "
@@ -363,7 +443,9 @@ static int cmd_run(int argc, char **argv) {
           "meanwhile", path);
   hl_lock_close(lk);
   if (WIFEXITED(status))
-    return WEXITSTATUS(status);
+    /* A command that succeeded without the lock it asked for did not do
+     * what was asked: EX_TEMPFAIL, run it again. */
+    return lost && WEXITSTATUS(status) == 0 ? EX_TEMPFAIL : WEXITSTATUS(status);
   if (WIFSIGNALED(status))
     return 128 + WTERMSIG(status);
   return EX_OSERR;

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -192,3 +193,53 @@ def test_plugin_slots_on_a_url(tmp_path, args):
         n += d
         most = max(most, n)
     assert most == 2, iv   # two at once, never three
+
+
+def test_cli_run_says_when_it_loses_the_lock(cli, tmp_path):
+    """`heavylock run` on a URL whose session is ended while the command runs:
+    it says LOST THE LOCK within seconds (not when the command ends), and a
+    command that then exits 0 gives 75 (EX_TEMPFAIL): it ran unprotected."""
+    target, started, done = url("cli_lost"), tmp_path / "started", tmp_path / "done"
+    wait_done = (f"import os, time; open({str(started)!r}, 'w').close()\n"
+                 f"while not os.path.exists({str(done)!r}): time.sleep(0.02)")
+    run = subprocess.Popen([cli, "run", "--lock", target, "--label", "cli-victim", "--",
+                            sys.executable, "-c", wait_done],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < end and run.poll() is None, run.communicate()
+            time.sleep(0.02)
+        q = ("SELECT count(pg_terminate_backend(backend_pid)) FROM heavylock_holders "
+             "WHERE label = 'cli-victim'")
+        killed = subprocess.run(["psql", BASE, "-Atc", q], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        assert killed == "1", killed
+        lines = []  # stderr, read while the command still runs
+        reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)
+        reader.start()
+        end = time.monotonic() + 10
+        while not any("LOST THE LOCK" in line for line in lines):
+            assert time.monotonic() < end, f"no word of the lost lock within 10 s: {lines}"
+            time.sleep(0.05)
+        done.touch()
+        run.wait(timeout=30)
+        reader.join(timeout=5)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 75, lines
+
+
+def test_doctor_on_a_url_checks_the_server_and_hides_passwords(cli):
+    ok = subprocess.run([cli, "doctor", url("doctor")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "connected to PostgreSQL" in ok.stdout and "all is well" in ok.stdout
+    bad = subprocess.run([cli, "doctor", "postgresql://bob:s3cret@127.0.0.1:1/x"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "PROBLEM" in bad.stdout, bad.stdout
+    assert "s3cret" not in bad.stdout + bad.stderr and "bob:***@" in bad.stdout
+    run = subprocess.run([cli, "run", "-w", "1", "--lock", "postgresql://bob:s3cret@127.0.0.1:1/x",
+                          "--", "true"], capture_output=True, text=True)
+    assert run.returncode != 0 and "s3cret" not in run.stdout + run.stderr, run.stderr
+    assert "bob:***@" in run.stderr
