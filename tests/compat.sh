@@ -15,9 +15,10 @@ for which in "${sets[@]}"; do
   esac
   venv=build/compat-$which
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q meson meson-python ninja filelock "${pins[@]}"
+  "$venv/bin/pip" install -q meson meson-python ninja filelock pytest-timeout "${pins[@]}"
   PATH=$PWD/$venv/bin:$PATH "$venv/bin/pip" install -q --no-build-isolation --no-deps .
   echo "== $which: $("$venv/bin/python" -m pytest --version 2>&1)"
   HEAVYLOCK_CLI=$PWD/build/c/heavylock "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/python/test_plugin.py tests/python/test_native.py tests/python/test_lane.py
+    tests/python/test_plugin.py tests/python/test_plugin_*.py tests/python/test_native.py \
+    tests/python/test_lane.py
 done
