@@ -18,7 +18,9 @@ for which in "${sets[@]}"; do
   "$venv/bin/pip" install -q meson meson-python ninja filelock pytest-timeout "${pins[@]}"
   PATH=$PWD/$venv/bin:$PATH "$venv/bin/pip" install -q --no-build-isolation --no-deps .
   echo "== $which: $("$venv/bin/python" -m pytest --version 2>&1)"
-  HEAVYLOCK_CLI=$PWD/build/c/heavylock "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+  HEAVYLOCK_CLI=$PWD/build/c/heavylock \
+  LLM_APP_MODEL=$PWD/examples/llm-app/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider \
     tests/python/test_plugin.py tests/python/test_plugin_*.py tests/python/test_native.py \
     tests/python/test_lane.py
 done
