@@ -4,6 +4,7 @@
  */
 #define WIN32_LEAN_AND_MEAN
 #include "os.h"
+#include "proc-stub.h"
 
 #include <errno.h>
 #include <windows.h>
@@ -20,37 +21,6 @@ unsigned long long hl__os_proc_start(long pid) {
   return t;
 }
 
-int hl_proc_cmdline(long pid, char *buf, size_t len) {
-  (void)pid;
-  if (len)
-    buf[0] = '\0';
-  return -ENOSYS;
-}
-
-int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick) {
-  (void)id;
-  (void)st;
-  (void)quick;
-  return -ENOSYS;
-}
-
-int hl__os_in_child_wait(long pid) {
-  (void)pid;
-  return 0;
-}
-
-long hl__os_parent_pid(long pid) {
-  (void)pid;
-  return 0;
-}
-
-int hl__os_ghost_holder(const char *path, const hl__fileid_t *cur, long *pid) {
-  (void)path;
-  (void)cur;
-  (void)pid;
-  return 0; /* no lock table to ask */
-}
-
 int hl_mem_available(uint64_t *bytes) {
   MEMORYSTATUSEX m;
   m.dwLength = sizeof(m);
@@ -58,10 +28,4 @@ int hl_mem_available(uint64_t *bytes) {
     return -EIO;
   *bytes = m.ullAvailPhys;
   return 0;
-}
-
-int hl_mem_tree_rss(long pid, uint64_t *bytes) {
-  (void)pid;
-  (void)bytes;
-  return -ENOSYS;
 }

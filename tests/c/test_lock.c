@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "heavylock.h"
 #include "os.h"
+#include "test.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,62 +25,22 @@
 #include <time.h>
 #include <unistd.h>
 
-/* ---- libuv test/task.h style assertions ---- */
-#define ASSERT(expr)                                                                    \
-  do {                                                                                  \
-    if (!(expr)) {                                                                      \
-      fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #expr);      \
-      abort();                                                                          \
-    }                                                                                   \
-  } while (0)
-#define ASSERT_EQ(a, b)                                                                 \
-  do {                                                                                  \
-    long long a_ = (long long)(a), b_ = (long long)(b);                                 \
-    if (a_ != b_) {                                                                     \
-      fprintf(stderr, "%s:%d: %s == %s failed: %lld != %lld (%s)\n", __FILE__, __LINE__, \
-              #a, #b, a_, b_, a_ < 0 ? hl_strerror((int)a_) : "");                      \
-      abort();                                                                          \
-    }                                                                                   \
-  } while (0)
-#define ASSERT_STR(a, b)                                                                \
-  do {                                                                                  \
-    if (strcmp((a), (b)) != 0) {                                                        \
-      fprintf(stderr, "%s:%d: \"%s\" != \"%s\"\n", __FILE__, __LINE__, (a), (b));       \
-      abort();                                                                          \
-    }                                                                                   \
-  } while (0)
-
 static char dir[256];
 static char lockpath[320];
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+static void setup(const char *name) {
+  (void)name;
+  test_tmpdir(dir, sizeof(dir), lockpath, sizeof(lockpath), "hl-test");
 }
 
-static void setup(void) {
-  snprintf(dir, sizeof(dir), "/tmp/hl-test-%ld-XXXXXX", (long)getpid());
-  ASSERT(mkdtemp(dir) != NULL);
-  snprintf(lockpath, sizeof(lockpath), "%s/models/.llm_load.lock", dir);
-}
-
-static void cleanup(void) {
-  char cmd[300];
-  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-  if (system(cmd) != 0)
-    fprintf(stderr, "cleanup of %s failed\n", dir);
-}
+static void cleanup(void) { test_rmtree(dir); }
 
 /* A child that takes the lock, says so through a pipe, then holds it until
  * killed (or for `hold` seconds).  Returns its pid. */
 static pid_t spawn_holder(const char *path, const char *label, double hold) {
-  int p[2];
-  ASSERT(pipe(p) == 0);
-  pid_t pid = fork();
-  ASSERT(pid >= 0);
+  int ready;
+  pid_t pid = test_fork_ready(&ready);
   if (pid == 0) {
-    close(p[0]);
     hl_lock_t *lk;
     if (hl_lock_open(&lk, path) < 0)
       _exit(10);
@@ -87,18 +48,11 @@ static pid_t spawn_holder(const char *path, const char *label, double hold) {
       hl_lock_set_label(lk, label);
     if (hl_lock_acquire(lk, -1) < 0)
       _exit(11);
-    if (write(p[1], "x", 1) != 1)
-      _exit(12);
-    double end = now() + hold;
-    while (now() < end)
-      usleep(1000);
+    test_say_ready(ready);
+    test_hold(hold);
     hl_lock_close(lk);
     _exit(0);
   }
-  close(p[1]);
-  char c;
-  ASSERT_EQ(read(p[0], &c, 1), 1);
-  close(p[0]);
   return pid;
 }
 
@@ -114,12 +68,6 @@ static void wait_waiters(const char *path, int n) {
     usleep(5000);
   } while (now() < end);
   ASSERT(!"waiters never showed up in status");
-}
-
-static int reap(pid_t pid) {
-  int st;
-  ASSERT_EQ(waitpid(pid, &st, 0), pid);
-  return st;
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -277,17 +225,10 @@ static void test_killed_holder(void) {
 
 #define NPROC 6
 #define NITER 40
-struct interval {
-  double from, to;
-  long pid;
-};
 
 static void test_mutual_exclusion(void) {
   size_t n = NPROC * NITER;
-  struct interval *iv =
-      mmap(NULL, n * sizeof(*iv), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  ASSERT(iv != MAP_FAILED);
-  memset(iv, 0, n * sizeof(*iv));
+  struct interval *iv = shared(n * sizeof(*iv));
   pid_t kids[NPROC];
   for (int k = 0; k < NPROC; k++) {
     kids[k] = fork();
@@ -843,10 +784,7 @@ struct ivl {
  * the lock until the old holder lets go; status names the old holder; the
  * holder learns that its file was lost.  Judged from recorded intervals. */
 static void deleted_or_replaced(int replace) {
-  struct ivl *iv = mmap(NULL, 2 * sizeof(*iv), PROT_READ | PROT_WRITE,
-                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  ASSERT(iv != MAP_FAILED);
-  memset(iv, 0, 2 * sizeof(*iv));
+  struct ivl *iv = shared(2 * sizeof(*iv));
   int go[2], ready[2];
   ASSERT(pipe(go) == 0 && pipe(ready) == 0);
   pid_t holder = fork();
@@ -918,9 +856,7 @@ static void test_replaced_while_held(void) { deleted_or_replaced(1); }
  * only the bounded re-check wakes a timed waiter.  Fails if the re-check is
  * gone or slow (RECHECK_MS 100000). */
 static void test_unlock_without_close(void) {
-  double *t = mmap(NULL, 2 * sizeof(double), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
-  ASSERT(t != MAP_FAILED);
+  double *t = shared(2 * sizeof(double));
   int go[2], ready[2];
   ASSERT(pipe(go) == 0 && pipe(ready) == 0);
   pid_t holder = fork();
@@ -986,9 +922,7 @@ static void test_huge_timeouts(void) {
   ASSERT_EQ(hl_lock_release(lk), 0);
   hl_lock_close(lk);
   for (int nowatch = 0; nowatch < 2; nowatch++) {
-    double *t = mmap(NULL, 3 * sizeof(double), PROT_READ | PROT_WRITE,
-                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    ASSERT(t != MAP_FAILED);
+    double *t = shared(3 * sizeof(double));
     int go[2];
     ASSERT(pipe(go) == 0);
     pid_t holder = spawn_holder(lockpath, NULL, 1.0);
@@ -1200,10 +1134,7 @@ static void test_inherited_holder(void) {
   ASSERT_EQ(st.held, 0);
 }
 
-static const struct {
-  const char *name;
-  void (*fn)(void);
-} tests[] = {
+static const struct test_entry tests[] = {
 #define T(n) {#n, test_##n}
     T(basic), T(record), T(busy_and_timeout), T(same_thread_deadlock), T(other_thread_waits),
     T(fork_child_cannot_release), T(killed_holder), T(mutual_exclusion), T(hostile_paths),
@@ -1216,19 +1147,5 @@ static const struct {
 };
 
 int main(int argc, char **argv) {
-  int ran = 0;
-  for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-    if (argc > 1 && strcmp(argv[1], tests[i].name) != 0)
-      continue;
-    setup();
-    tests[i].fn();
-    cleanup();
-    printf("ok %s\n", tests[i].name);
-    ran++;
-  }
-  if (ran == 0) {
-    fprintf(stderr, "no test named %s\n", argc > 1 ? argv[1] : "");
-    return 1;
-  }
-  return 0;
+  return test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]), setup, cleanup);
 }

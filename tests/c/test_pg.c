@@ -23,28 +23,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ASSERT(expr)                                                                    \
-  do {                                                                                  \
-    if (!(expr)) {                                                                      \
-      fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #expr);      \
-      abort();                                                                          \
-    }                                                                                   \
-  } while (0)
-#define ASSERT_EQ(a, b)                                                                 \
-  do {                                                                                  \
-    long long a_ = (long long)(a), b_ = (long long)(b);                                 \
-    if (a_ != b_) {                                                                     \
-      fprintf(stderr, "%s:%d: %s == %s failed: %lld != %lld (%s) [%s]\n", __FILE__,     \
-              __LINE__, #a, #b, a_, b_, a_ < 0 ? hl_strerror_pg((int)a_) : "",          \
-              hl__pg_errdetail());                                                      \
-      abort();                                                                          \
-    }                                                                                   \
-  } while (0)
-
 /* From kind-pg.c (internal). */
 const char *hl__pg_errdetail(void);
 int hl__pg_check(void *state);
 uint64_t hl__pg_key(const char *name, const char *role);
+
+/* What ASSERT_EQ adds after a failed comparison: the server's last error. */
+static const char *pg_detail(void) {
+  static char buf[600];
+  snprintf(buf, sizeof(buf), "[%s]", hl__pg_errdetail());
+  return buf;
+}
+#define TEST_DETAIL() pg_detail()
+#include "test.h"
 
 static const char *hl_strerror_pg(int rc) {
   switch (rc) {
@@ -58,12 +49,6 @@ static const char *hl_strerror_pg(int rc) {
 
 static const char *base_url;  /* the server */
 static char url[1024];        /* the server + this test's lock name */
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* ---- a handle over the kind's callbacks, acquired the way lock.c does ---- */
 
@@ -142,42 +127,13 @@ static long backend_of(PGconn *c, long pid) {
   return sql_long(c, sql);
 }
 
-typedef struct interval_s {
-  double start, end;
-  int who;
-} interval_t;
-
-/* The largest number of intervals open at one instant. */
-static int max_overlap(interval_t *iv, int n) {
-  int best = 0;
-  for (int i = 0; i < n; i++) {
-    int c = 0;
-    for (int j = 0; j < n; j++)
-      if (iv[j].start <= iv[i].start && iv[i].start < iv[j].end)
-        c++;
-    if (c > best)
-      best = c;
-  }
-  return best;
-}
-
-static void *shared_map(size_t len) {
-  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  ASSERT(p != MAP_FAILED);
-  memset(p, 0, len);
-  return p;
-}
-
 /* A child that opens the lock (slots, weight, budget), takes it, writes "x"
  * to the pipe, and holds until killed or `hold` seconds passed. */
 static pid_t spawn_holder(int slots, uint64_t weight, uint64_t budget, const char *label,
                           double hold) {
-  int p[2];
-  ASSERT(pipe(p) == 0);
-  pid_t pid = fork();
-  ASSERT(pid >= 0);
+  int ready;
+  pid_t pid = test_fork_ready(&ready);
   if (pid == 0) {
-    close(p[0]);
     t_lock t;
     if (t_open(&t, url) < 0)
       _exit(10);
@@ -187,25 +143,12 @@ static pid_t spawn_holder(int slots, uint64_t weight, uint64_t budget, const cha
     snprintf(t.ask.label, sizeof(t.ask.label), "%s", label ? label : "");
     if (t_acquire(&t, 30) < 0)
       _exit(11);
-    if (write(p[1], "x", 1) != 1)
-      _exit(12);
-    double end = now() + hold;
-    while (now() < end)
-      usleep(2000);
+    test_say_ready(ready);
+    test_hold(hold);
     t_close(&t);
     _exit(0);
   }
-  close(p[1]);
-  char c;
-  ASSERT_EQ(read(p[0], &c, 1), 1);
-  close(p[0]);
   return pid;
-}
-
-static int reap(pid_t pid) {
-  int st;
-  ASSERT_EQ(waitpid(pid, &st, 0), pid);
-  return st;
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -304,7 +247,7 @@ static void test_keys(void) {
 /* N processes x M iterations on one name; never more than `slots` at once. */
 static void exclusion(int slots, int nproc, int iters, double hold) {
   int n = nproc * iters;
-  interval_t *iv = shared_map(sizeof(interval_t) * (size_t)n);
+  struct interval *iv = shared(sizeof(struct interval) * (size_t)n);
   pid_t kids[16];
   for (int p = 0; p < nproc; p++) {
     kids[p] = fork();
@@ -317,13 +260,13 @@ static void exclusion(int slots, int nproc, int iters, double hold) {
       for (int i = 0; i < iters; i++) {
         if (t_acquire(&t, 120) < 0)
           _exit(11);
-        interval_t *me = &iv[p * iters + i];
-        me->start = now();
-        double end = me->start + hold;
+        struct interval *me = &iv[p * iters + i];
+        me->from = now();
+        double end = me->from + hold;
         while (now() < end)
           ;
-        me->end = now();
-        me->who = p + 1;
+        me->to = now();
+        me->pid = getpid();
         if (t_release(&t) < 0)
           _exit(12);
       }
@@ -334,14 +277,14 @@ static void exclusion(int slots, int nproc, int iters, double hold) {
   for (int p = 0; p < nproc; p++)
     ASSERT_EQ(reap(kids[p]), 0);
   for (int i = 0; i < n; i++)
-    ASSERT(iv[i].who != 0 && iv[i].end > iv[i].start);
-  int m = max_overlap(iv, n);
+    ASSERT(iv[i].pid != 0 && iv[i].to > iv[i].from);
+  int m = max_concurrent(iv, n);
   printf("  %d processes x %d iterations, slots %d: at most %d at once\n", nproc, iters, slots,
          m);
   ASSERT(m <= slots);
   if (slots > 1)
     ASSERT(m >= 2); /* really more than one: not an exclusive lock in disguise */
-  munmap(iv, sizeof(interval_t) * (size_t)n);
+  munmap(iv, sizeof(struct interval) * (size_t)n);
 }
 
 static void test_exclusion(void) { exclusion(1, 8, 50, 0.001); }
@@ -352,7 +295,7 @@ static void killed_holder(int slots) {
   pid_t holders[3];
   for (int i = 0; i < slots; i++)
     holders[i] = spawn_holder(slots, 0, 0, "doomed", 60);
-  double *got = shared_map(sizeof(double));
+  double *got = shared(sizeof(double));
   pid_t w = fork();
   if (w == 0) {
     t_lock t;
@@ -399,7 +342,7 @@ static void test_killed_holder(void) {
  * and a waiter gets in.
  */
 static void test_terminated(void) {
-  double *seen = shared_map(2 * sizeof(double));
+  double *seen = shared(2 * sizeof(double));
   int p[2];
   ASSERT(pipe(p) == 0);
   pid_t h = fork();
@@ -458,7 +401,7 @@ static void test_restart(void) {
       abort();
     return;
   }
-  int *res = shared_map(4 * sizeof(int));
+  int *res = shared(4 * sizeof(int));
   int p[2];
   ASSERT(pipe(p) == 0);
   pid_t h = fork();
@@ -581,7 +524,7 @@ static void test_status(void) {
 static void test_memory(void) {
   const uint64_t G = 1ull << 30, budget = 3 * G;
   int nproc = 6, iters = 15, n = nproc * iters;
-  interval_t *iv = shared_map(sizeof(interval_t) * (size_t)n);
+  struct interval *iv = shared(sizeof(struct interval) * (size_t)n);
   pid_t kids[6];
   for (int p = 0; p < nproc; p++) {
     kids[p] = fork();
@@ -595,12 +538,12 @@ static void test_memory(void) {
       for (int i = 0; i < iters; i++) {
         if (t_acquire(&t, 120) < 0)
           _exit(11);
-        interval_t *me = &iv[p * iters + i];
-        me->start = now();
-        while (now() < me->start + 0.005)
+        struct interval *me = &iv[p * iters + i];
+        me->from = now();
+        while (now() < me->from + 0.005)
           ;
-        me->end = now();
-        me->who = p + 1;
+        me->to = now();
+        me->pid = getpid();
         t_release(&t);
       }
       t_close(&t);
@@ -609,7 +552,7 @@ static void test_memory(void) {
   }
   for (int p = 0; p < nproc; p++)
     ASSERT_EQ(reap(kids[p]), 0);
-  int m = max_overlap(iv, n);
+  int m = max_concurrent(iv, n);
   printf("  weights 1 GiB, budget 3 GiB: at most %d at once\n", m);
   ASSERT(m <= 3 && m >= 2);
 
@@ -742,7 +685,7 @@ static void test_mixed(void) {
   ASSERT_EQ(t_acquire(&s1, 0), 0);
   ASSERT_EQ(t_acquire(&x, 0), HL_EBUSY);
   /* An exclusive waiter queues behind the slot holder... */
-  double *got = shared_map(sizeof(double));
+  double *got = shared(sizeof(double));
   pid_t w = fork();
   if (w == 0) {
     t_lock t;
@@ -801,16 +744,20 @@ static void test_path_url(void) {
   unsetenv("HEAVYLOCK_PATH");
 }
 
-static const struct {
-  const char *name;
-  void (*fn)(void);
-} tests[] = {
+static const struct test_entry tests[] = {
 #define T(n) {#n, test_##n}
     T(basic), T(bad_targets), T(keys), T(exclusion), T(slots), T(killed_holder),
     T(terminated), T(restart), T(status), T(memory), T(doctor), T(public_api),
     T(path_url), T(mixed),
 #undef T
 };
+
+/* Each test on its own lock name, so that a failed one leaves nothing in
+ * the way of the next. */
+static void name_lock(const char *name) {
+  snprintf(url, sizeof(url), "%s%cname=test_%s_%ld", base_url,
+           strchr(base_url, '?') ? '&' : '?', name, (long)getpid());
+}
 
 int main(int argc, char **argv) {
   base_url = getenv("HEAVYLOCK_TEST_PG_URL");
@@ -820,21 +767,5 @@ int main(int argc, char **argv) {
                     "(tests/pg-cluster.sh start; eval \"$(tests/pg-cluster.sh env)\")\n");
     return ci && strcmp(ci, "true") == 0 ? 1 : 77; /* 77: skipped, never in CI */
   }
-  int ran = 0;
-  for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-    if (argc > 1 && strcmp(argv[1], tests[i].name) != 0)
-      continue;
-    /* Each test on its own lock name, so that a failed one leaves nothing
-     * in the way of the next. */
-    snprintf(url, sizeof(url), "%s%cname=test_%s_%ld", base_url,
-             strchr(base_url, '?') ? '&' : '?', tests[i].name, (long)getpid());
-    tests[i].fn();
-    printf("ok %s\n", tests[i].name);
-    ran++;
-  }
-  if (ran == 0) {
-    fprintf(stderr, "no test named %s\n", argc > 1 ? argv[1] : "");
-    return 1;
-  }
-  return 0;
+  return test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]), name_lock, NULL);
 }

@@ -11,6 +11,7 @@
 #include "admit.h"
 #include "heavylock.h"
 #include "os.h"
+#include "test.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -26,68 +27,18 @@
 #include <time.h>
 #include <unistd.h>
 
-#define ASSERT(expr)                                                                    \
-  do {                                                                                  \
-    if (!(expr)) {                                                                      \
-      fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #expr);      \
-      abort();                                                                          \
-    }                                                                                   \
-  } while (0)
-#define ASSERT_EQ(a, b)                                                                 \
-  do {                                                                                  \
-    long long a_ = (long long)(a), b_ = (long long)(b);                                 \
-    if (a_ != b_) {                                                                     \
-      fprintf(stderr, "%s:%d: %s == %s failed: %lld != %lld (%s)\n", __FILE__, __LINE__, \
-              #a, #b, a_, b_, a_ < 0 ? hl_strerror((int)a_) : "");                      \
-      abort();                                                                          \
-    }                                                                                   \
-  } while (0)
-
 #define MiB (1ull << 20)
 #define GiB (1ull << 30)
 
 static char dir[256];
 static char lockpath[320];
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+static void setup(const char *name) {
+  (void)name;
+  test_tmpdir(dir, sizeof(dir), lockpath, sizeof(lockpath), "hl-slots");
 }
 
-static void setup(void) {
-  snprintf(dir, sizeof(dir), "/tmp/hl-slots-%ld-XXXXXX", (long)getpid());
-  ASSERT(mkdtemp(dir) != NULL);
-  snprintf(lockpath, sizeof(lockpath), "%s/models/.llm_load.lock", dir);
-}
-
-static void cleanup(void) {
-  char cmd[300];
-  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-  if (system(cmd) != 0)
-    fprintf(stderr, "cleanup of %s failed\n", dir);
-}
-
-static int reap(pid_t pid) {
-  int st;
-  ASSERT_EQ(waitpid(pid, &st, 0), pid);
-  return st;
-}
-
-static void reap_ok(pid_t pid) {
-  int st = reap(pid);
-  if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
-    fprintf(stderr, "child %d: status 0x%x\n", pid, st);
-    abort();
-  }
-}
-
-static void *shared(size_t n) {
-  void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  ASSERT(p != MAP_FAILED);
-  memset(p, 0, n);
-  return p;
-}
+static void cleanup(void) { test_rmtree(dir); }
 
 /* A handle with slots/weight/budget set, or _exit(code) in a child. */
 static hl_lock_t *open_slots(int slots, uint64_t weight, uint64_t budget, const char *label) {
@@ -136,29 +87,6 @@ static int pid_queued(const hl_status_t *st, long pid) {
       return 1;
   return 0;
 }
-/* ---- recorded intervals ---- */
-
-struct interval {
-  double from, to;
-  long pid;
-};
-
-/* Most intervals open at one instant. */
-static int max_concurrent(struct interval *iv, size_t n) {
-  int best = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (iv[i].pid == 0)
-      continue;
-    int c = 0;
-    for (size_t j = 0; j < n; j++)
-      if (iv[j].pid && iv[j].from <= iv[i].from && iv[i].from < iv[j].to)
-        c++;
-    if (c > best)
-      best = c;
-  }
-  return best;
-}
-
 static void spin_ms(double ms) {
   double end = now() + ms / 1000.0;
   while (now() < end) {
@@ -988,10 +916,7 @@ static void test_gguf_estimate(void) {
   }
 }
 
-static const struct {
-  const char *name;
-  void (*fn)(void);
-} tests[] = {
+static const struct test_entry tests[] = {
 #define T(n) {#n, test_##n}
     T(slots_two),        T(racing_admissions), T(third_waits),       T(killed_slot_holder), T(budget_two),
     T(too_big_runs_alone), T(growth_accounting), T(dies_mid_load),     T(interop_exclusive),
@@ -1002,19 +927,5 @@ static const struct {
 };
 
 int main(int argc, char **argv) {
-  int ran = 0;
-  for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-    if (argc > 1 && strcmp(argv[1], tests[i].name) != 0)
-      continue;
-    setup();
-    tests[i].fn();
-    cleanup();
-    printf("ok %s\n", tests[i].name);
-    ran++;
-  }
-  if (ran == 0) {
-    fprintf(stderr, "no test named %s\n", argc > 1 ? argv[1] : "");
-    return 1;
-  }
-  return 0;
+  return test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]), setup, cleanup);
 }
