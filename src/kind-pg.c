@@ -60,6 +60,7 @@
 #include "kind.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -960,9 +961,18 @@ static void pg_close(void *state, int owner) {
     if (s->conn)
       PQfinish(s->conn); /* ends the session: the server drops anything left */
   }
-  /* A forked child must not PQfinish: that would send Terminate on the
-   * parent's socket and end the parent's session (and its lock).  libpq
-   * marks its socket close-on-exec; the child leaks the PGconn instead. */
+  /* A forked child must not end the parent's session: PQfinish would send
+   * Terminate on the socket it shares with the parent.  So the child's copy
+   * of the descriptor is pointed at /dev/null first (dup2 changes only this
+   * process's descriptor table); PQfinish then says goodbye to nothing and
+   * frees the PGconn.  Without /dev/null the PGconn is left allocated. */
+  else if (s->conn) {
+    int fd = PQsocket(s->conn), null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0 && null >= 0 && dup2(null, fd) == fd)
+      PQfinish(s->conn);
+    if (null >= 0)
+      close(null);
+  }
   free(s->conninfo);
   free(s);
 }

@@ -475,7 +475,10 @@ static void test_status(void) {
     if (t_open(&t, url) < 0)
       _exit(10);
     snprintf(t.ask.label, sizeof(t.ask.label), "the waiter");
-    _exit(t_acquire(&t, 30) == 0 ? 0 : 11);
+    int rc = t_acquire(&t, 30);
+    t_close(&t);
+    free(st); /* the parent's, inherited: valgrind checks the child's heap too */
+    _exit(rc == 0 ? 0 : 11);
   }
   /* The waiter shows itself first, then queues in the server: wait for both. */
   for (int i = 0; i < 500; i++) {
@@ -625,6 +628,7 @@ static void test_public_api(void) {
     /* Its parent holds: lock.c's self check (through the kind's status,
      * holder_pid of a local exclusive holder) refuses to wait for it. */
     int rc = hl_lock_acquire(c, 0.2);
+    hl_lock_close(c); /* valgrind checks the child's heap too */
     _exit(rc == HL_ESELF ? 0 : (fprintf(stderr, "child: %d\n", rc), 11));
   }
   ASSERT_EQ(reap(w), 0);
