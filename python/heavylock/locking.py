@@ -218,9 +218,13 @@ class LockClient:
         except OSError:
             return "held by another process"
 
-    def never_ends(self):
-        """Why waiting would never end (the holder is this very process through
-        another handle, or a process that waits for this one), or None."""
+    def never_ends(self, native_said=False):
+        """Why waiting would never end (the holder is this very process
+        through another handle, or a parent that waits for this one), or
+        None.  The native backend decides in C (SelfDeadlock: a parent counts
+        only while it waits for its children), and `native_said` asks for the
+        words only; the other backends decide here from the kernel's lock
+        table."""
         if backends._native is None or self.held:
             return None
         try:
@@ -228,7 +232,7 @@ class LockClient:
         except OSError:
             return None
         pid = st.get("holder_pid") or 0
-        if not st.get("held") or pid <= 0:
+        if not native_said and (not st.get("held") or pid <= 0):
             return None
         fix = ("Remove the old locking code (the heavylock plugin serializes heavy tests "
                "itself), or point one of them at another file (--heavylock-path / "
@@ -238,7 +242,7 @@ class LockClient:
                     "through another handle (an old conftest hook or fixture that takes "
                     "filelock/flock on the same file, e.g. in pytest_runtest_setup), so "
                     f"waiting for it would never end. {fix}")
-        if pid in ancestors():
+        if native_said or pid in ancestors():
             return (f"{self.path} is {self.describe_holder()}: that is a parent of this "
                     f"process (pid {os.getpid()}), which waits for this run to end, so "
                     "waiting for it would never end. Run pytest outside the command that "
@@ -264,9 +268,6 @@ class LockClient:
         if lk.acquire(0):
             self._start_watch()
             return wait_start, time.time()
-        why = self.never_ends()
-        if why:
-            pytest.fail(f"heavylock: {why}", pytrace=False)
         with timer_stopped(item):
             if "on_wait" in _params(lk.acquire):
                 self._wait_native(lk)
@@ -286,9 +287,6 @@ class LockClient:
 
         def on_wait(st, waited):
             last["st"] = st
-            why = self.never_ends()
-            if why:
-                raise pytest.fail.Exception(f"heavylock: {why}", pytrace=False)
             self.write_notice(f"waiting for {self.path}, {self.describe_holder(st)} "
                               f"(waited {waited:.0f} s)")
 
@@ -297,7 +295,8 @@ class LockClient:
             got = lk.acquire(timeout, on_wait=on_wait, first=NOTICE_AFTER, every=NOTICE_EVERY)
         except OSError as exc:
             if exc.__class__.__name__ == "SelfDeadlock":
-                pytest.fail(f"heavylock: {exc}", pytrace=False)
+                why = self.never_ends(native_said=True) or str(exc)
+                pytest.fail(f"heavylock: {why}", pytrace=False)
             raise
         if not got:
             self._give_up(timeout, last.get("st"))
