@@ -352,8 +352,8 @@ static int cmd_run(int argc, char **argv) {
       warnx("cannot use %s: this heavylock was built without the PostgreSQL backend "
             "(libpq was not found at build time)", shown);
     else
-      warnx("cannot open lock %s: %s%s", shown, hl_strerror(rc),
-            error_detail(detail, sizeof(detail)));
+      warnx("cannot open lock %s%s: %s%s", cli_is_url(path) ? "" : "file ", shown,
+            hl_strerror(rc), error_detail(detail, sizeof(detail)));
     return open_error_code(rc);
   }
   if (label)
