@@ -3,7 +3,8 @@
  * An input is up to three NUL-separated values; the first byte says which
  * of HEAVYLOCK_PATH, LOCAL_MODEL_PATH and the root they become (unset
  * otherwise).  Properties: success gives an absolute, NUL-terminated path
- * from a named source; HL_EENV names the variable in `why`.
+ * from a named source, or a lock server's URL passed through untouched;
+ * HL_EENV names the variable in `why`.
  */
 #define _GNU_SOURCE
 #include "heavylock.h"
@@ -35,7 +36,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int rc = hl_path_resolve(root, &out);
   if (memchr(out.path, 0, sizeof(out.path)) == NULL || memchr(out.why, 0, sizeof(out.why)) == NULL)
     abort();
-  if (rc == 0 && (out.path[0] != '/' || out.source == NULL))
+  int url = strncmp(out.path, "postgresql://", 13) == 0 || strncmp(out.path, "postgres://", 11) == 0;
+  if (rc == 0 && url && (sel & 1) && vals[0] && strcmp(out.path, vals[0]) != 0)
+    abort(); /* a URL is the value as given, never rewritten */
+  if (rc == 0 && ((out.path[0] != '/' && !url) || out.source == NULL))
     abort();
   if (rc == HL_EENV && (out.source == NULL || strstr(out.why, out.source) == NULL))
     abort();
