@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -431,6 +432,7 @@ static void test_exclusive_not_starved(void) {
   for (int k = 0; k < 4; k++) {
     kids[k] = fork();
     if (kids[k] == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed test leaves no stream spinning */
       hl_lock_t *lk = open_slots(3, 0, 0, "stream");
       while (!*stop) {
         if (hl_lock_acquire(lk, 30) < 0)
@@ -550,6 +552,7 @@ static void test_heavylock_exclusive_not_starved(void) {
   for (int k = 0; k < 6; k++) {
     kids[k] = fork();
     if (kids[k] == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed test leaves no stream spinning */
       hl_lock_t *lk = open_slots(3, 0, 0, "stream");
       while (!*stop) {
         if (hl_lock_acquire(lk, 30) < 0)
@@ -586,7 +589,11 @@ static void test_heavylock_exclusive_not_starved(void) {
     after += adm->at[i] > queued && adm->at[i] < t[1];
   fprintf(stderr, "heavylock exclusive waiter got in after %.0f ms under a stream; "
           "%d slot admissions after it queued\n", (t[1] - t[0]) * 1000, after);
-  ASSERT(after <= 3);
+  /* By design at most 3 (the stream waiters queued before it); each of the
+   * 6 stream processes may also have been admitted before it queued but
+   * stamped its time after (slow machines, valgrind).  Without the
+   * hold-off the stream admits ~18 in 300 ms and never lets it in. */
+  ASSERT(after <= 6);
   ASSERT(t[1] - t[0] < 10.0);
   *stop = 1;
   for (int k = 0; k < 6; k++)
