@@ -137,7 +137,9 @@ static struct interval *run_workers(int nproc, int niter, int slots, uint64_t we
 /* ---------------------------------------------------------------- tests */
 
 static void test_slots_two(void) {
-  struct interval *iv = run_workers(NPROC, NITER, 2, 0, 0, 2.0);
+  /* Holds long enough that two overlap even where admission is slow
+   * (valgrind: a 2 ms hold ended before the next holder got in). */
+  struct interval *iv = run_workers(NPROC, NITER, 2, 0, 0, 20.0);
   int most = max_concurrent(iv, NPROC * NITER);
   fprintf(stderr, "slots 2: at most %d at once\n", most);
   ASSERT(most <= 2); /* never 3 */
@@ -252,7 +254,7 @@ static void test_killed_slot_holder(void) {
 
 static void test_budget_two(void) {
   /* Budget for two and a half: never three at once, and two do overlap. */
-  struct interval *iv = run_workers(NPROC, 20, 0, 1 * GiB, 5 * GiB / 2, 2.0);
+  struct interval *iv = run_workers(NPROC, 20, 0, 1 * GiB, 5 * GiB / 2, 20.0);
   int most = max_concurrent(iv, NPROC * 20);
   fprintf(stderr, "budget 2.5 GiB, weight 1 GiB: at most %d at once\n", most);
   ASSERT(most <= 2);
