@@ -204,7 +204,8 @@ def test_cli_run_says_when_it_loses_the_lock(cli, tmp_path):
                  f"while not os.path.exists({str(done)!r}): time.sleep(0.02)")
     run = subprocess.Popen([cli, "run", "--lock", target, "--label", "cli-victim", "--",
                             sys.executable, "-c", wait_done],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # so that a failure kills the command too
     try:
         end = time.monotonic() + 30
         while not started.exists():
@@ -226,8 +227,10 @@ def test_cli_run_says_when_it_loses_the_lock(cli, tmp_path):
         run.wait(timeout=30)
         reader.join(timeout=5)
     finally:
+        done.touch()
         if run.poll() is None:
-            run.kill()
+            os.killpg(run.pid, 9)
+            run.wait()
     assert run.returncode == 75, lines
 
 
