@@ -267,21 +267,17 @@ static int doctor_server(const char *target) {
 }
 
 int cmd_doctor(int argc, char **argv) {
-  static const struct option opts[] = {{"root", required_argument, NULL, 'r'},
-                                       {"lock", required_argument, NULL, 'L'},
-                                       {"help", no_argument, NULL, 'h'},
-                                       {NULL, 0, NULL, 0}};
+  struct option opts[32];
+  char shorts[64];
+  cli_getopt_args("doctor", opts, 32, shorts, sizeof(shorts));
   const char *root = NULL, *given = NULL;
   int c;
-  while ((c = getopt_long(argc, argv, "+r:L:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
     switch (c) {
     case 'r': root = optarg; break;
     case 'L': given = optarg; break;
     case 'h':
-      printf("Usage: heavylock doctor [--root <dir>] [PATH]\n"
-             "Check why locking might not work: the lock path, its file system, whether\n"
-             "flock excludes there (tried on a scratch file), inotify, /proc/locks, and\n"
-             "who holds and waits now.  Exit 0 when all is well, 1 when a problem is found.\n");
+      cli_usage();
       return 0;
     default:
       fprintf(stderr, "heavylock: bad usage\nTry 'heavylock --help' for more information.\n");

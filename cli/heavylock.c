@@ -68,48 +68,7 @@ static int usage_error(const char *fmt, ...) {
   return EX_USAGE;
 }
 
-static void usage(void) {
-  printf("Usage:\n"
-         " heavylock run [options] -- <command> [<argument>...]\n"
-         " heavylock status [--lock <path>] [--json]\n"
-         " heavylock path [--root <dir>]\n"
-         " heavylock gguf <model.gguf>\n"
-         " heavylock doctor [--root <dir>] [<lock path>]\n"
-         "\n"
-         "Run heavy commands (model loads) one at a time across processes, under an\n"
-         "exclusive flock(2) on a lock file that flock(1) and Python's filelock share.\n"
-         "\n"
-         "The lock file is --lock, else $HEAVYLOCK_PATH, else .llm_load.lock next to\n"
-         "$LOCAL_MODEL_PATH, else models/.llm_load.lock under --root (default: .).\n"
-         "\n"
-         "Options for run:\n"
-         " -n, --nonblock             fail rather than wait\n"
-         " -w, --timeout <secs>       wait for a limited amount of time\n"
-         " -E, --conflict-exit-code <number>  exit code after conflict or timeout (default 1)\n"
-         " -l, --label <text>         label for the holder record (shown by status)\n"
-         " -o, --close                do not pass the lock to the command\n"
-         " -v, --verbose              say who holds the lock while waiting, and how long it took\n"
-         " -q, --quiet                do not say anything while waiting\n"
-         "     --slots <n>|auto       up to n holders at once (default 1: exclusive);\n"
-         "                            auto: as many as memory admits\n"
-         "     --mem <size>           this command's expected peak memory (512M, 2G,\n"
-         "                            1.5GiB, bytes); implies --slots auto\n"
-         "     --budget <size>|auto   memory for all holders (default auto: live free\n"
-         "                            memory minus what loading holders still need)\n"
-         "\n"
-         "Options for all commands:\n"
-         " -L, --lock <path>          the lock file\n"
-         " -r, --root <dir>           project root for the default lock path\n"
-         " -j, --json                 status as JSON\n"
-         " -h, --help                 display this help\n"
-         " -V, --version              display version\n"
-         "\n"
-         "Exit status of run: the command's, or 128+N if it died of signal N;\n"
-         "the -E code on conflict or timeout; 64 bad usage; 66 cannot open the lock file;\n"
-         "69 cannot run the command; 73 read-only file system or disk full;\n"
-         "75 the lock (on a server) was lost while the command ran, and it exited 0.\n"
-         "Exit status of status: 0 free, 1 held.\n");
-}
+static void usage(void) { cli_usage(); }
 
 int cli_is_url(const char *target) {
   const char *p = strstr(target, "://");
@@ -269,16 +228,9 @@ static int parse_slots(const char *v) {
 }
 
 static int cmd_run(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"nonblock", no_argument, NULL, 'n'},  {"nb", no_argument, NULL, 'n'},
-      {"timeout", required_argument, NULL, 'w'}, {"wait", required_argument, NULL, 'w'},
-      {"conflict-exit-code", required_argument, NULL, 'E'},
-      {"label", required_argument, NULL, 'l'}, {"close", no_argument, NULL, 'o'},
-      {"verbose", no_argument, NULL, 'v'},   {"quiet", no_argument, NULL, 'q'},
-      {"lock", required_argument, NULL, 'L'}, {"root", required_argument, NULL, 'r'},
-      {"slots", required_argument, NULL, 'S'}, {"mem", required_argument, NULL, 'M'},
-      {"budget", required_argument, NULL, 'B'},
-      {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0}};
+  struct option opts[32];
+  char shorts[64];
+  cli_getopt_args("run", opts, 32, shorts, sizeof(shorts));
   double timeout = -1;
   int slots = -1; /* not given */
   uint64_t mem = 0, budget = 0;
@@ -286,7 +238,7 @@ static int cmd_run(int argc, char **argv) {
   int conflict = 1, verbose = 0, quiet = 0, close_fd = 0, c;
   const char *label = NULL, *lockopt = NULL, *root = NULL;
   char *end;
-  while ((c = getopt_long(argc, argv, "+nw:E:l:ovqL:r:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
     switch (c) {
     case 'n': timeout = 0; break;
     case 'w':
@@ -511,14 +463,12 @@ static void term_str(const char *str) {
 }
 
 static int cmd_status(int argc, char **argv) {
-  static const struct option opts[] = {{"lock", required_argument, NULL, 'L'},
-                                       {"root", required_argument, NULL, 'r'},
-                                       {"json", no_argument, NULL, 'j'},
-                                       {"help", no_argument, NULL, 'h'},
-                                       {NULL, 0, NULL, 0}};
+  struct option opts[32];
+  char shorts[64];
+  cli_getopt_args("status", opts, 32, shorts, sizeof(shorts));
   const char *lockopt = NULL, *root = NULL;
   int json = 0, c;
-  while ((c = getopt_long(argc, argv, "+L:r:jh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
     switch (c) {
     case 'L': lockopt = optarg; break;
     case 'r': root = optarg; break;
@@ -702,12 +652,12 @@ static int cmd_status(int argc, char **argv) {
 }
 
 static int cmd_path(int argc, char **argv) {
-  static const struct option opts[] = {{"root", required_argument, NULL, 'r'},
-                                       {"help", no_argument, NULL, 'h'},
-                                       {NULL, 0, NULL, 0}};
+  struct option opts[32];
+  char shorts[64];
+  cli_getopt_args("path", opts, 32, shorts, sizeof(shorts));
   const char *root = NULL;
   int c;
-  while ((c = getopt_long(argc, argv, "+r:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
     switch (c) {
     case 'r': root = optarg; break;
     case 'h': usage(); return 0;
@@ -732,8 +682,28 @@ static int cmd_path(int argc, char **argv) {
 }
 
 static int cmd_gguf(int argc, char **argv) {
-  if (argc != 2)
+  struct option opts[32];
+  char shorts[64];
+  cli_getopt_args("gguf", opts, 32, shorts, sizeof(shorts));
+  unsigned long long ctx = 0; /* 0: the model's own context length */
+  int c;
+  char *end;
+  while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
+    switch (c) {
+    case 'c':
+      errno = 0;
+      ctx = strtoull(optarg, &end, 10);
+      if (end == optarg || *end || errno || ctx < 1 || ctx > (1ull << 32) || optarg[0] == '-')
+        return usage_error("invalid --ctx value: '%s' (expected a number of tokens, 1 to %llu)",
+                           optarg, 1ull << 32);
+      break;
+    case 'h': usage(); return 0;
+    default: return usage_error("bad usage");
+    }
+  }
+  if (argc - optind != 1)
     return usage_error("gguf: expected one model file");
+  argv += optind - 1; /* argv[1]: the model */
   hl_gguf_estimate_t e;
   hl_gguf_t g;
   int rc = hl_gguf_read(argv[1], &g); /* a FIFO is refused, not waited on */
@@ -747,8 +717,8 @@ static int cmd_gguf(int argc, char **argv) {
          argv[1], g.version, g.architecture, g.name, (unsigned long long)g.context_length,
          (unsigned long long)g.n_tensors, (unsigned long long)g.n_kv,
          (unsigned long long)g.file_size, (unsigned long long)g.tensor_bytes);
-  if (hl_gguf_estimate(argv[1], 0, &e) == 0) {
-    char a[32], b[32], c[32], d[32];
+  if (hl_gguf_estimate(argv[1], ctx, &e) == 0) {
+    char a[32], b[32], c[32], d[32], o[32]; /* one buffer per figure: all are printed at once */
     printf("layers:         %llu\nheads:          %llu (kv %llu)\nembedding:      %llu\n"
            "kv cache (f16, %llu tokens): %llu bytes (%s)\n"
            "estimate:       %llu bytes (%s = weights %s + kv cache %s + compute %s)\n",
@@ -757,7 +727,7 @@ static int cmd_gguf(int argc, char **argv) {
            (unsigned long long)e.context_length, (unsigned long long)e.kv_cache,
            hl_size_format(e.kv_cache, a, sizeof(a)), (unsigned long long)e.total,
            hl_size_format(e.total, b, sizeof(b)), hl_size_format(e.weights, c, sizeof(c)),
-           hl_size_format(e.kv_cache, d, sizeof(d)), hl_size_format(e.overhead, a, sizeof(a)));
+           hl_size_format(e.kv_cache, d, sizeof(d)), hl_size_format(e.overhead, o, sizeof(o)));
   }
   return 0;
 }
