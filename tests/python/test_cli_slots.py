@@ -214,6 +214,15 @@ def test_status_free_and_budget_text(cli, lockfile):
         kill(a)
 
 
+def _estimate(out):
+    """(total, weights, kv cache, compute) in bytes from `heavylock gguf`."""
+    import re
+    total = int(re.search(r"^estimate: +(\d+) bytes", out, re.M).group(1))
+    kv = int(re.search(r"^kv cache \(f16, \d+ tokens\): (\d+) bytes", out, re.M).group(1))
+    parts = re.search(r"= weights (\S+ \S+) \+ kv cache (\S+ \S+) \+ compute (\S+ \S+)\)", out)
+    return total, kv, parts.groups()
+
+
 def test_gguf_prints_estimate(cli):
     if not os.path.exists(MODEL):
         pytest.skip("model not fetched (make example-setup)")
@@ -221,4 +230,49 @@ def test_gguf_prints_estimate(cli):
     assert r.returncode == 0, r.stderr
     # SmolLM2-135M: 30 layers x 8192 tokens x 3 KV heads x (64 + 64) x 2 bytes
     assert f"kv cache (f16, 8192 tokens): {30 * 8192 * 3 * 128 * 2} bytes" in r.stdout
-    assert "estimate:" in r.stdout
+    full, _, _ = _estimate(r.stdout)
+    # The application runs it with 256 tokens: --ctx says so (issue #16).
+    r = run(cli, "gguf", "--ctx", "256", MODEL)
+    assert r.returncode == 0, r.stderr
+    assert f"kv cache (f16, 256 tokens): {30 * 256 * 3 * 128 * 2} bytes" in r.stdout
+    small, kv, _ = _estimate(r.stdout)
+    assert small == full - 30 * (8192 - 256) * 3 * 128 * 2 and small < full * 0.6, (small, full)
+
+
+def _toy_gguf(path, ctx=4096, layers=16, embd=2048, heads=32, kv_heads=8, data=10 << 20):
+    """A GGUF v3 header with the keys the estimate reads, then `data` bytes."""
+    import struct
+
+    def s(x):
+        return struct.pack("<Q", len(x)) + x.encode()
+
+    kvs = [("toy.context_length", ctx), ("toy.block_count", layers),
+           ("toy.embedding_length", embd), ("toy.attention.head_count", heads),
+           ("toy.attention.head_count_kv", kv_heads)]
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs) + 1)
+    for k, v in kvs:
+        out += s(k) + struct.pack("<II", 4, v)
+    out += s("general.architecture") + struct.pack("<I", 8) + s("toy")
+    out += b"\0" * (-len(out) % 32)
+    with open(path, "wb") as f:
+        f.write(out)
+        f.truncate(len(out) + data)
+
+
+def test_gguf_ctx_sizes_the_kv_cache(cli, tmp_path):
+    model = tmp_path / "toy.gguf"
+    _toy_gguf(model)
+    per_token = 16 * 8 * (64 + 64) * 2  # layers x kv heads x (k + v) x f16
+    r = run(cli, "gguf", model)
+    assert r.returncode == 0, r.stderr
+    full, kv, parts = _estimate(r.stdout)
+    assert kv == 4096 * per_token
+    r = run(cli, "gguf", "--ctx", "256", model)
+    assert r.returncode == 0, r.stderr
+    small, kv, (weights, kvs, compute) = _estimate(r.stdout)
+    assert kv == 256 * per_token and full - small == (4096 - 256) * per_token
+    # each figure its own: compute is 64 MiB + weights / 20, not the kv cache again
+    assert (weights, kvs, compute) == ("10.0 MiB", "8.0 MiB", "64.5 MiB"), r.stdout
+    for bad in ("0", "-1", "x", "1e3", str(2**32 + 1)):
+        r = run(cli, "gguf", "--ctx", bad, model)
+        assert r.returncode == 64 and f"invalid --ctx value: '{bad}'" in r.stderr, (bad, r.stderr)
