@@ -123,7 +123,8 @@ def pytest_configure(config):
     for name in names:
         config.addinivalue_line(
             "markers", f"{name}: heavy test (loads a local model); runs under the heavylock "
-            "file lock, one at a time across processes and xdist workers")
+            "file lock, one at a time across processes and xdist workers; mem=\"2G\": its "
+            "peak memory, ctx=256: the context it runs the model with (for the estimate)")
     state = config.stash[STATE_KEY] = _State(config)
     config.pluginmanager.register(state, "heavylock-state")
     # The heavy lane: xdist's scheduler for --dist load, and the verdicts'

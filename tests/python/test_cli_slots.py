@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import read_intervals, record_cmd, wait_for
+from helpers import read_intervals, record_cmd, toy_gguf, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the slots kind is built on Linux only")
@@ -239,29 +239,9 @@ def test_gguf_prints_estimate(cli):
     assert small == full - 30 * (8192 - 256) * 3 * 128 * 2 and small < full * 0.6, (small, full)
 
 
-def _toy_gguf(path, ctx=4096, layers=16, embd=2048, heads=32, kv_heads=8, data=10 << 20):
-    """A GGUF v3 header with the keys the estimate reads, then `data` bytes."""
-    import struct
-
-    def s(x):
-        return struct.pack("<Q", len(x)) + x.encode()
-
-    kvs = [("toy.context_length", ctx), ("toy.block_count", layers),
-           ("toy.embedding_length", embd), ("toy.attention.head_count", heads),
-           ("toy.attention.head_count_kv", kv_heads)]
-    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs) + 1)
-    for k, v in kvs:
-        out += s(k) + struct.pack("<II", 4, v)
-    out += s("general.architecture") + struct.pack("<I", 8) + s("toy")
-    out += b"\0" * (-len(out) % 32)
-    with open(path, "wb") as f:
-        f.write(out)
-        f.truncate(len(out) + data)
-
-
 def test_gguf_ctx_sizes_the_kv_cache(cli, tmp_path):
     model = tmp_path / "toy.gguf"
-    _toy_gguf(model)
+    toy_gguf(model)
     per_token = 16 * 8 * (64 + 64) * 2  # layers x kv heads x (k + v) x f16
     r = run(cli, "gguf", model)
     assert r.returncode == 0, r.stderr
