@@ -45,6 +45,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -287,6 +288,22 @@ typedef struct snapshot_s {
   entry_t *e;   /* n entries; state E_EMPTY for dead or unused ones */
 } snapshot_t;
 
+/* An entry as read from the file, made safe to use: anyone who can write
+ * the table chose its bytes.  Text fields end inside their buffers (the
+ * one sanitizer in lock.c cleans them for status), an unknown state is
+ * empty, numbers that name a process or a time are in range. */
+static void entry_bound(entry_t *e) {
+  e->weight_source[sizeof(e->weight_source) - 1] = '\0';
+  e->host[sizeof(e->host) - 1] = '\0';
+  e->label[sizeof(e->label) - 1] = '\0';
+  if (e->state != E_WAITING && e->state != E_HOLDING)
+    e->state = E_EMPTY;
+  if (e->pid <= 0 || e->pid > INT32_MAX)
+    e->pid = 0;
+  if (!isfinite(e->since) || e->since < 0)
+    e->since = 0;
+}
+
 /* Read header and entries [0, high); entries whose byte nobody locks are
  * dead and read as empty (with `clean`, they are zeroed on disk too: the
  * caller holds the admission lock).  `self` is our own entry (its lock is on
@@ -307,8 +324,10 @@ static int snapshot(int tfd, int self, int clean, snapshot_t *s) {
     free(raw);
     return rc;
   }
-  for (int i = 0; i < s->n; i++)
+  for (int i = 0; i < s->n; i++) {
     memcpy(&s->e[i], raw + (size_t)i * ENTRY_SIZE, sizeof(entry_t));
+    entry_bound(&s->e[i]);
+  }
   free(raw);
   for (int i = 0; i < s->n; i++) {
     if (s->e[i].state == E_EMPTY || i == self)
@@ -747,7 +766,7 @@ static int slots_status(const char *path, hl_status_t *st, int flags) {
       ho->exclusive = e->exclusive != 0;
       ho->weight = e->weight;
       snprintf(ho->weight_source, sizeof(ho->weight_source), "%s", e->weight_source);
-      ho->held_for = now - e->since;
+      ho->held_for = e->since > 0 && e->since <= now ? now - e->since : -1;
       snprintf(ho->host, sizeof(ho->host), "%s", e->host);
       snprintf(ho->label, sizeof(ho->label), "%s", e->label);
       if (!(flags & HL__STATUS_QUICK))
