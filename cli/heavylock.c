@@ -219,10 +219,11 @@ static double now_mono(void) {
  * line between them. */
 static int on_wait(void *arg, const hl_status_t *st, double waited) {
   const char *path = arg;
-  char who[600], line[HL_PATH_MAX + 800];
+  char who[600], line[HL_PATH_MAX + 1400], why[1100];
   hl_holder_describe(st, who, sizeof(who));
-  int n = snprintf(line, sizeof(line), "%s: waiting for %s, %s (waited %.0f s)\n", prog, path,
-                   who, waited);
+  /* A stuck admission table is in the way too (the library's detail). */
+  int n = snprintf(line, sizeof(line), "%s: waiting for %s, %s%s (waited %.0f s)\n", prog, path,
+                   who, error_detail(why, sizeof(why)), waited);
   if (n > 0) {
     if ((size_t)n >= sizeof(line))
       n = (int)sizeof(line) - 1;
@@ -367,12 +368,15 @@ static int cmd_run(int argc, char **argv) {
   hl_lock_set_budget(lk, budget);
   rc = acquire_noisy(lk, timeout, verbose, quiet);
   if (rc == HL_EBUSY || rc == HL_ETIMEDOUT) {
+    /* A stuck admission table (see hl_error_detail) is said even for -n:
+     * it is not the everyday "busy". */
+    error_detail(detail, sizeof(detail));
     if (rc == HL_ETIMEDOUT && !quiet) {
       char who[600];
       describe_holder(path, who, sizeof(who));
-      warnx("timeout while waiting for %s, %s", path, who);
-    } else if (verbose) {
-      warnx("%s is busy", path);
+      warnx("timeout while waiting for %s, %s%s", path, who, detail);
+    } else if (verbose || (detail[0] && !quiet)) {
+      warnx("%s is busy%s", path, detail);
     }
     hl_lock_close(lk);
     return conflict;

@@ -107,14 +107,16 @@ typedef struct slots_state_s {
 
 /* ---- small system helpers ---- */
 
-static int ofd_lock(int fd, off_t off, short type, int wait) {
+/* Never F_OFD_SETLKW: a wait here would ignore the caller's deadline
+ * (admit_lock below waits, bounded). */
+static int ofd_lock(int fd, off_t off, short type) {
   struct flock fl;
   memset(&fl, 0, sizeof(fl));
   fl.l_type = type;
   fl.l_whence = SEEK_SET;
   fl.l_start = off;
   fl.l_len = 1;
-  if (fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) == 0)
+  if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
     return 0;
   if (errno == EAGAIN || errno == EACCES)
     return HL_EBUSY;
@@ -134,6 +136,49 @@ static int ofd_live(int fd, off_t off) {
   if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
     return 0;
   return fl.l_type != F_UNLCK;
+}
+
+/*
+ * The admission lock, bounded.  A client that admits holds byte 0 for
+ * microseconds, so one attempt waits at most ADMIT_PATIENCE for it (a
+ * try-once as well), and never past the caller's deadline.  Longer means
+ * the holder is stopped (Ctrl-Z) or hostile: anyone who can read the table
+ * can take a read lock on its byte 0 (fcntl needs only a read-only
+ * descriptor for that; the table's mode cannot prevent it without shutting
+ * out the other users of the lock).  Then the attempt reports HL_EBUSY and
+ * says who holds the byte (hl_error_detail); the caller's wait loop goes on
+ * until its own deadline, with its notices.  `tpath` NULL: say nothing.
+ */
+#define ADMIT_PATIENCE 0.2 /* seconds */
+
+static int admit_lock(int tfd, const char *tpath, double deadline) {
+  int rc = ofd_lock(tfd, ADMIT_BYTE, F_WRLCK);
+  if (rc == 0 && tpath != NULL)
+    hl__kind_set_detail(NULL); /* not stuck (any more) */
+  if (rc != HL_EBUSY)
+    return rc;
+  double t = hl__os_monotonic(), until = t + ADMIT_PATIENCE;
+  if (deadline > t && deadline < until)
+    until = deadline;
+  for (int ms = 1; rc == HL_EBUSY && t < until; t = hl__os_monotonic()) {
+    int left = (int)((until - t) * 1000.0) + 1;
+    if ((rc = hl__os_sleep_ms(ms < left ? ms : left)) < 0)
+      return rc; /* -EINTR: the caller checks its signals */
+    rc = ofd_lock(tfd, ADMIT_BYTE, F_WRLCK);
+    ms = ms < 8 ? ms * 2 : 10;
+  }
+  if (rc == 0 && tpath != NULL)
+    hl__kind_set_detail(NULL);
+  if (rc == HL_EBUSY && tpath != NULL) {
+    hl__fileid_t id;
+    long pid = hl__os_fileid_fd(tfd, &id) == 0 ? hl__os_range_locker(&id, ADMIT_BYTE) : 0;
+    if (pid > 0)
+      hl__kind_set_detail("admission table %s locked by pid %ld", tpath, pid);
+    else
+      hl__kind_set_detail("admission table %s locked by another process (not visible to "
+                          "this user)", tpath);
+  }
+  return rc;
 }
 
 static int pread_all(int fd, void *buf, size_t len, off_t off) {
@@ -179,9 +224,10 @@ static char *table_path(const char *path) {
  * Open (creating) the table.  Like the lock file: never follow a symlink,
  * refuse what is not a regular file, and never write into a file that is
  * not a table: a non-empty file without our magic is HL_EFORMAT.  An empty
- * file gets its header under the admission lock.
+ * file gets its header under the admission lock (bounded by `deadline`);
+ * a table that has its header needs no lock to open.
  */
-static int table_open(const char *tpath, int *out) {
+static int table_open(const char *tpath, double deadline, int *out) {
   const int base = O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK;
   int fd;
   do
@@ -199,12 +245,16 @@ static int table_open(const char *tpath, int *out) {
     close(fd);
     return HL_ENOTREG;
   }
-  int rc = ofd_lock(fd, ADMIT_BYTE, F_WRLCK, 1);
-  if (rc < 0) {
+  header_t h;
+  int rc = pread_all(fd, &h, sizeof(h), 0);
+  if (rc == 0 && st.st_size > 0 && memcmp(h.magic, TABLE_MAGIC, sizeof(TABLE_MAGIC) - 1) == 0) {
+    *out = fd;
+    return 0;
+  }
+  if (rc < 0 || (rc = admit_lock(fd, tpath, deadline)) < 0) {
     close(fd);
     return rc;
   }
-  header_t h;
   rc = pread_all(fd, &h, sizeof(h), 0);
   if (rc == 0 && fstat(fd, &st) == 0 && st.st_size == 0) {
     memset(&h, 0, sizeof(h));
@@ -214,7 +264,7 @@ static int table_open(const char *tpath, int *out) {
   } else if (rc == 0 && memcmp(h.magic, TABLE_MAGIC, sizeof(TABLE_MAGIC) - 1) != 0) {
     rc = HL_EFORMAT;
   }
-  (void)ofd_lock(fd, ADMIT_BYTE, F_UNLCK, 0);
+  (void)ofd_lock(fd, ADMIT_BYTE, F_UNLCK);
   if (rc < 0) {
     close(fd);
     return rc;
@@ -411,7 +461,7 @@ static int slots_open(const char *path, void **statep) {
   int ro, rc = hl__os_open(path, &fd, &ro);
   if (rc == 0) {
     hl__os_close(fd);
-    rc = ro ? -EACCES : table_open(ss->tpath, &ss->tfd);
+    rc = ro ? -EACCES : table_open(ss->tpath, hl__os_monotonic(), &ss->tfd);
   }
   drop(&ss->tfd);
   if (rc < 0) {
@@ -422,7 +472,7 @@ static int slots_open(const char *path, void **statep) {
   return 0;
 }
 
-static int ensure_open(slots_state_t *ss) {
+static int ensure_open(slots_state_t *ss, double deadline) {
   int rc;
   if (ss->fd < 0) {
     intptr_t fd;
@@ -435,7 +485,7 @@ static int ensure_open(slots_state_t *ss) {
       return rc;
     }
   }
-  if (ss->tfd < 0 && (rc = table_open(ss->tpath, &ss->tfd)) < 0)
+  if (ss->tfd < 0 && (rc = table_open(ss->tpath, deadline, &ss->tfd)) < 0)
     return rc;
   return 0;
 }
@@ -486,7 +536,7 @@ static int enqueue(slots_state_t *ss, const hl__ask_t *ask) {
   if (rc < 0)
     return rc;
   for (int i = 0; i < MAX_ENTRIES; i++) {
-    rc = ofd_lock(ss->tfd, entry_off(i), F_WRLCK, 0);
+    rc = ofd_lock(ss->tfd, entry_off(i), F_WRLCK);
     if (rc == HL_EBUSY)
       continue;
     if (rc < 0)
@@ -499,7 +549,7 @@ static int enqueue(slots_state_t *ss, const hl__ask_t *ask) {
     fill_entry(ss, ask, &e, E_WAITING);
     if ((rc = pwrite_all(ss->tfd, &e, sizeof(e), entry_off(i))) < 0 ||
         (rc = pwrite_all(ss->tfd, &h, sizeof(h), 0)) < 0) {
-      (void)ofd_lock(ss->tfd, entry_off(i), F_UNLCK, 0);
+      (void)ofd_lock(ss->tfd, entry_off(i), F_UNLCK);
       ss->idx = -1;
       return rc;
     }
@@ -548,14 +598,14 @@ void hl__slots_set_admit_delay(unsigned us) { admit_delay_us = us; }
 
 static int slots_try(void *state, const hl__ask_t *ask, int waiting) {
   slots_state_t *ss = state;
-  int rc = ensure_open(ss);
+  int rc = ensure_open(ss, ask->deadline);
   if (rc < 0)
     return rc;
   if (waiting)
     arm(ss); /* before the attempt: a change after it wakes us */
   if (ss->idx >= 0 && count_ahead(ss) > 0)
     return HL_EBUSY; /* not first: no need to take the admission lock */
-  if ((rc = ofd_lock(ss->tfd, ADMIT_BYTE, F_WRLCK, 1)) < 0)
+  if ((rc = admit_lock(ss->tfd, ss->tpath, ask->deadline)) < 0)
     return rc;
   if (ss->idx < 0 && (rc = enqueue(ss, ask)) < 0)
     goto out;
@@ -595,7 +645,7 @@ static int slots_try(void *state, const hl__ask_t *ask, int waiting) {
   unwatch(ss);
   rc = 0;
 out:
-  (void)ofd_lock(ss->tfd, ADMIT_BYTE, F_UNLCK, 0);
+  (void)ofd_lock(ss->tfd, ADMIT_BYTE, F_UNLCK);
   return rc;
 }
 
@@ -617,12 +667,14 @@ static int slots_wait(void *state, int ms) {
   return 1;
 }
 
-/* Clear our entry and close both files (the closes wake the others). */
+/* Clear our entry and close both files (the closes wake the others).  The
+ * clearing is tidiness only (an entry whose byte nobody locks is dead), so
+ * a stuck admission lock costs it, never the release. */
 static void leave(slots_state_t *ss) {
-  if (ss->tfd >= 0 && ss->idx >= 0 && ofd_lock(ss->tfd, ADMIT_BYTE, F_WRLCK, 1) == 0) {
+  if (ss->tfd >= 0 && ss->idx >= 0 && admit_lock(ss->tfd, NULL, 0) == 0) {
     uint32_t zero = 0;
     (void)pwrite_all(ss->tfd, &zero, sizeof(zero), entry_off(ss->idx));
-    (void)ofd_lock(ss->tfd, ADMIT_BYTE, F_UNLCK, 0);
+    (void)ofd_lock(ss->tfd, ADMIT_BYTE, F_UNLCK);
   }
   ss->idx = -1;
   drop(&ss->tfd); /* drops our entry's byte lock with it */
@@ -832,14 +884,14 @@ int hl__queue_join(const char *lockpath, const hl__ask_t *ask, hl__queue_t **qp)
   hl__queue_t *q = calloc(1, sizeof(*q));
   if (q == NULL)
     return -ENOMEM;
-  q->ss.fd = q->ss.ino = -1;
+  q->ss.fd = q->ss.tfd = q->ss.ino = -1; /* never close(0) on a failure below */
   q->ss.wd_main = q->ss.wd_table = -1;
   q->ss.idx = -1;
   q->ss.tpath = table_path(lockpath);
-  int rc = q->ss.tpath ? table_open(q->ss.tpath, &q->ss.tfd) : -ENOMEM;
-  if (rc == 0 && (rc = ofd_lock(q->ss.tfd, ADMIT_BYTE, F_WRLCK, 1)) == 0) {
+  int rc = q->ss.tpath ? table_open(q->ss.tpath, ask->deadline, &q->ss.tfd) : -ENOMEM;
+  if (rc == 0 && (rc = admit_lock(q->ss.tfd, q->ss.tpath, ask->deadline)) == 0) {
     rc = enqueue(&q->ss, ask);
-    (void)ofd_lock(q->ss.tfd, ADMIT_BYTE, F_UNLCK, 0);
+    (void)ofd_lock(q->ss.tfd, ADMIT_BYTE, F_UNLCK);
   }
   if (rc < 0) {
     if (q->ss.tfd >= 0)

@@ -9,6 +9,7 @@
 #include "kind.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -42,7 +43,25 @@ int hl_pg_doctor(const char *target, char *out, size_t len) {
 }
 #endif
 
+/* What a file kind knew beyond its code at the last failure of this thread
+ * ("admission table ... locked by pid N"); lock.c clears it at the start
+ * of each acquisition. */
+static __thread char file_detail[320];
+
+void hl__kind_set_detail(const char *fmt, ...) {
+  if (fmt == NULL) {
+    file_detail[0] = '\0';
+    return;
+  }
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(file_detail, sizeof(file_detail), fmt, ap);
+  va_end(ap);
+}
+
 const char *hl__kind_detail(void) {
+  if (file_detail[0])
+    return file_detail;
 #ifdef HL_HAVE_PG
   return hl__pg_errdetail();
 #else

@@ -387,6 +387,8 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
   double start = hl__os_monotonic();
   double deadline = forever ? INFINITY : start + (timeout > 0 ? timeout : 0);
   lk->thread = hl__os_thread_self();
+  lk->ask.deadline = deadline;
+  hl__kind_set_detail(NULL);
 
   /* No deadline and no notices: a kind that can block in the kernel does
    * (the flock kind: flock(2), so that /proc/locks shows the waiter). */

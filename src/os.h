@@ -90,6 +90,11 @@ int hl__os_in_child_wait(long pid);
  * process that took each lock (tens of microseconds). */
 int hl__os_ghost_holder(const char *path, const hl__fileid_t *cur, long *pid);
 
+/* Linux: who holds a byte-range lock (POSIX or OFD) covering byte `off` of
+ * the file, 0 when none or not visible (another user's OFD lock, unless we
+ * are root).  Scans /proc: for reporting a stuck lock only. */
+long hl__os_range_locker(const hl__fileid_t *id, unsigned long long off);
+
 /* Fallback: does a shared try-lock fail?  1 held, 0 free, -errno. */
 int hl__os_probe_held(const char *path);
 

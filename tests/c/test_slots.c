@@ -877,6 +877,44 @@ static void test_forged_entry(void) {
   hl_lock_close(lk);
 }
 
+/* A read lock on the admission byte that is never let go (another user
+ * who can read the table, or a client stopped with Ctrl-Z): every acquire
+ * keeps its deadline and try-once, says who is in the way, and a release
+ * does not wait for it either. */
+static void test_stuck_admission(void) {
+  hl_lock_t *lk = open_slots(2, 0, 0, NULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0); /* makes the table */
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  char tpath[400];
+  snprintf(tpath, sizeof(tpath), "%s.slots", lockpath);
+  int rfd = open(tpath, O_RDONLY);
+  ASSERT(rfd >= 0);
+  struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+  ASSERT_EQ(fcntl(rfd, F_OFD_SETLK, &fl), 0);
+  double t0 = now();
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  double t1 = now();
+  ASSERT(t1 - t0 < 2.0); /* try-once: the patience (0.2 s), not forever */
+  ASSERT(strstr(hl_error_detail(), "admission table") != NULL);
+  ASSERT(strstr(hl_error_detail(), "locked by") != NULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 1.0), HL_ETIMEDOUT);
+  double t2 = now();
+  ASSERT(t2 - t1 >= 1.0 && t2 - t1 < 4.0);
+  /* Let go: the next try gets in and the detail is gone. */
+  fl.l_type = F_UNLCK;
+  ASSERT_EQ(fcntl(rfd, F_OFD_SETLK, &fl), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  ASSERT_STR(hl_error_detail(), "");
+  /* Stuck while held: the release does not wait for it either. */
+  fl.l_type = F_RDLCK;
+  ASSERT_EQ(fcntl(rfd, F_OFD_SETLK, &fl), 0);
+  t0 = now();
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  ASSERT(now() - t0 < 2.0);
+  close(rfd);
+  hl_lock_close(lk);
+}
+
 static void test_size_parse(void) {
   static const struct { const char *s; uint64_t v; } good[] = {
       {"0", 0},           {"1048576", 1048576}, {"512M", 512 * MiB}, {"2G", 2 * GiB},
@@ -1005,7 +1043,7 @@ static const struct test_entry tests[] = {
     T(too_big_runs_alone), T(growth_accounting), T(dies_mid_load),     T(interop_exclusive),
     T(exclusive_not_starved), T(fifo),          T(fifo_exclusive),
     T(heavylock_exclusive_not_starved), T(self_deadlock),      T(wait_callback),
-    T(status_lists),     T(hostile_table),     T(forged_entry),      T(size_parse),         T(gguf_estimate),
+    T(status_lists),     T(hostile_table),     T(forged_entry),      T(stuck_admission), T(size_parse),         T(gguf_estimate),
 #undef T
 };
 

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -295,3 +296,62 @@ def test_slot_label_escapes_never_reach_python_or_the_plugin(cli, pytester, monk
         assert "waiting for" in out and "gave up after waiting 2.5 s" in out, out
         assert "owned" in out, out  # the label is shown, cleaned
         assert not CONTROL.search(out.replace("\n", "").encode()), repr(out)
+
+
+# Another user who can read PATH.slots (created 0644) takes a read lock on
+# its byte 0, the admission lock, through a read-only descriptor, and keeps it.
+HOLD_ADMISSION = r"""
+import fcntl, os, struct, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhxxxxqqixxxx", fcntl.F_RDLCK, 0, 0, 1, 0))
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def admission_table_held_by_nobody(cli):
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="hl-admit-", dir="/tmp")
+    os.chmod(d, 0o755)
+    lock = os.path.join(d, "x.lock")
+    assert run(cli, "run", "--lock", lock, "--slots", "2", "--", "true").returncode == 0
+    assert os.stat(lock + ".slots").st_mode & 0o777 == 0o644
+    p = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                          "/usr/bin/python3", "-c", HOLD_ADMISSION, lock + ".slots"],
+                         stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert p.stdout.readline() == b"ready\n", "nobody could not lock the table"
+        yield lock, p
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("how,bound", [("slots -n", (0, 3)), ("slots -w 2", (2, 6)),
+                                       ("exclusive -w 1 behind flock(1)", (1, 5))])
+def test_stuck_admission_table_honours_n_and_w(cli, admission_table_held_by_nobody, how, bound):
+    # Bug: the admission byte was taken with a blocking F_OFD_SETLKW: all
+    # three hung for as long as the other user held it.
+    lock, p = admission_table_held_by_nobody
+    args = {"slots -n": ["--slots", "2", "-n"], "slots -w 2": ["--slots", "2", "-w", "2"],
+            "exclusive -w 1 behind flock(1)": ["-w", "1"]}[how]
+    blocker = None
+    if how.startswith("exclusive"):
+        blocker = subprocess.Popen(["flock", lock, "sleep", "30"], start_new_session=True)
+        ino = f":{os.stat(lock).st_ino} "
+        wait_for(lambda: any(ino in ln and "FLOCK" in ln for ln in open("/proc/locks")),
+                 what="flock(1) to hold")
+    try:
+        t0 = time.monotonic()
+        r = run(cli, "run", "--lock", lock, *args, "--", "true", timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if blocker:
+            os.killpg(blocker.pid, signal.SIGKILL)
+            blocker.wait()
+    assert r.returncode == 1, r.stderr
+    assert bound[0] <= took < bound[1], (took, r.stderr)
+    assert f"admission table {lock}.slots locked by pid {p.pid}".encode() in r.stderr, r.stderr
