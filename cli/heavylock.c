@@ -157,6 +157,8 @@ static const char *error_detail(char *buf, size_t len) {
 }
 
 static int open_error_code(int rc) {
+  if (rc == HL_EFULL) /* 1024 holders and waiters: a moment later it may not be */
+    return EX_TEMPFAIL;
   return (rc == -EROFS || rc == -ENOSPC) ? EX_CANTCREAT : EX_NOINPUT;
 }
 

@@ -81,6 +81,9 @@ extern "C" {
                                   would never end                          */
 #define HL_ENOBUDGET  (-30011) /* memory admission on a remote lock needs a
                                   static budget (hl_lock_set_budget)       */
+#define HL_EFULL      (-30012) /* the slot table has HL_SLOTS_TABLE_MAX live
+                                  holders and waiters: try again later     */
+#define HL_SLOTS_TABLE_MAX 1024
 
 /* The name of an error returned by any function here (never NULL). */
 const char *hl_strerror(int err);

@@ -60,7 +60,7 @@
 #define TABLE_MAGIC "heavylock-slots 1\n"
 #define HEADER_SIZE 4096
 #define ENTRY_SIZE 1024
-#define MAX_ENTRIES 1024
+#define MAX_ENTRIES HL_SLOTS_TABLE_MAX
 #define ADMIT_BYTE 0 /* the admission lock */
 
 enum { E_EMPTY = 0, E_WAITING = 1, E_HOLDING = 2 };
@@ -555,7 +555,7 @@ static int enqueue(slots_state_t *ss, const hl__ask_t *ask) {
     }
     return 0;
   }
-  return -ENOSPC; /* MAX_ENTRIES holders and waiters at once */
+  return HL_EFULL; /* MAX_ENTRIES holders and waiters at once */
 }
 
 /* Under the admission lock: may we go now?  1 yes, 0 no, <0 error. */

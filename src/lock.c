@@ -80,6 +80,7 @@ const char *hl_strerror(int err) {
     return "held by this process through another descriptor, or by its parent: "
            "waiting would never end";
   case -EDEADLK: return "this thread already holds or waits for this lock";
+  case HL_EFULL: return "slot table full (1024 holders)"; /* HL_SLOTS_TABLE_MAX */
   case HL_ENOBUDGET:
     return "memory admission on a remote lock needs a budget (--budget SIZE)";
   }

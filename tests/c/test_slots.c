@@ -915,6 +915,28 @@ static void test_stuck_admission(void) {
   hl_lock_close(lk);
 }
 
+/* 1024 live entries (held here by one OFD lock over every entry's byte,
+ * which is what 1024 clients' locks look like to a newcomer): a distinct
+ * error that says so, not ENOSPC's "No space left on device". */
+static void test_table_full(void) {
+  hl_lock_t *lk = open_slots(2, 0, 0, NULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0); /* makes the table */
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  char tpath[400];
+  snprintf(tpath, sizeof(tpath), "%s.slots", lockpath);
+  int fd = open(tpath, O_RDWR);
+  ASSERT(fd >= 0);
+  struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 4096,
+                     .l_len = (off_t)HL_SLOTS_TABLE_MAX * 1024};
+  ASSERT_EQ(fcntl(fd, F_OFD_SETLK, &fl), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EFULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 5), HL_EFULL); /* at once: no entry to wait in */
+  ASSERT_STR(hl_strerror(HL_EFULL), "slot table full (1024 holders)");
+  close(fd);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  hl_lock_close(lk);
+}
+
 static void test_size_parse(void) {
   static const struct { const char *s; uint64_t v; } good[] = {
       {"0", 0},           {"1048576", 1048576}, {"512M", 512 * MiB}, {"2G", 2 * GiB},
@@ -1043,7 +1065,7 @@ static const struct test_entry tests[] = {
     T(too_big_runs_alone), T(growth_accounting), T(dies_mid_load),     T(interop_exclusive),
     T(exclusive_not_starved), T(fifo),          T(fifo_exclusive),
     T(heavylock_exclusive_not_starved), T(self_deadlock),      T(wait_callback),
-    T(status_lists),     T(hostile_table),     T(forged_entry),      T(stuck_admission), T(size_parse),         T(gguf_estimate),
+    T(status_lists),     T(hostile_table),     T(forged_entry),      T(stuck_admission), T(table_full),   T(size_parse),         T(gguf_estimate),
 #undef T
 };
 

@@ -355,3 +355,23 @@ def test_stuck_admission_table_honours_n_and_w(cli, admission_table_held_by_nobo
     assert r.returncode == 1, r.stderr
     assert bound[0] <= took < bound[1], (took, r.stderr)
     assert f"admission table {lock}.slots locked by pid {p.pid}".encode() in r.stderr, r.stderr
+
+
+def test_full_slot_table_says_so(cli, tmp_path):
+    # Bug: 1024 live entries made `run --slots` exit 73 "No space left on
+    # device".  One OFD lock over every entry's byte looks like 1024 clients.
+    import fcntl
+    import struct
+    lock = str(tmp_path / "x.lock")
+    assert run(cli, "run", "--lock", lock, "--slots", "2", "--", "true").returncode == 0
+    fd = os.open(lock + ".slots", os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK,
+                    struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 4096, 1024 * 1024, 0))
+        r = run(cli, "run", "--lock", lock, "--slots", "2", "-w", "5", "--", "true", timeout=30)
+        assert r.returncode == 75, r.stderr  # EX_TEMPFAIL: try again later
+        assert b"slot table full (1024 holders)" in r.stderr, r.stderr
+        assert b"No space left" not in r.stderr
+    finally:
+        os.close(fd)
+    assert run(cli, "run", "--lock", lock, "--slots", "2", "-n", "--", "true").returncode == 0
