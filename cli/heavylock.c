@@ -411,12 +411,16 @@ static int cmd_run(int argc, char **argv) {
     if (remote)
       sigprocmask(SIG_SETMASK, &old_mask, NULL);
     /* Like flock(1): the command inherits the lock, so it stays held while
-     * the command runs even if this process is killed. */
-    int fd = (int)hl_lock_fd(lk);
-    if (!close_fd && fd >= 0)
-      fcntl(fd, F_SETFD, 0);
-    else if (fd >= 0)
-      close(fd);
+     * the command runs even if this process is killed.  Every descriptor
+     * that carries it (slots: the table's entry lock too). */
+    intptr_t fds[4];
+    int nfds = hl_lock_fds(lk, fds, 4);
+    for (int i = 0; i < nfds; i++) {
+      if (!close_fd)
+        fcntl((int)fds[i], F_SETFD, 0);
+      else
+        close((int)fds[i]);
+    }
     execvp(cmd[0], cmd);
     warnx("failed to execute %s: %s", cmd[0], strerror(errno));
     _exit(errno == ENOMEM ? EX_OSERR : EX_UNAVAILABLE);

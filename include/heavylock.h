@@ -239,6 +239,15 @@ int hl_lock_held(const hl_lock_t *lock);          /* 1 when this handle holds it
 const char *hl_lock_path(const hl_lock_t *lock);  /* as given to hl_lock_open   */
 /* The descriptor while held, else -1 (for passing the lock to a child). */
 intptr_t hl_lock_fd(const hl_lock_t *lock);
+/*
+ * Every descriptor that carries the held lock, into fds[0..max): a lock
+ * with slots is held by two (the lock file's shared flock, and the slot
+ * table's descriptor that holds our entry's byte lock), an exclusive lock
+ * by one.  Returns how many (0 when not held or for a remote lock).  A
+ * child that is to keep the lock after its parent dies (heavylock run,
+ * like flock(1)) must inherit them all: clear FD_CLOEXEC on each.
+ */
+int hl_lock_fds(const hl_lock_t *lock, intptr_t *fds, int max);
 
 /* ------------------------------------------------------------------------
  * Holder records and status

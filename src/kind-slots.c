@@ -723,6 +723,22 @@ static int slots_identity(void *state, uint64_t id[2]) {
 
 static intptr_t slots_fd(void *state) { return ((slots_state_t *)state)->fd; }
 
+/* Both: a command that inherits the lock file's descriptor alone would hold
+ * the shared flock while its entry died with a killed parent, and slot
+ * counting would let one more in while it runs.  The entry's byte lock
+ * belongs to the table's open file description, so it lives for as long
+ * as any process (the parent, the command, its children) keeps that open,
+ * and dies with the last of them. */
+static int slots_fds(void *state, intptr_t *out, int max) {
+  slots_state_t *ss = state;
+  int n = 0;
+  if (ss->fd >= 0 && n < max)
+    out[n++] = ss->fd;
+  if (ss->tfd >= 0 && n < max)
+    out[n++] = ss->tfd;
+  return n;
+}
+
 static void slots_close(void *state, int owner) {
   slots_state_t *ss = state;
   if (owner && ss->held)
@@ -963,6 +979,7 @@ const hl__kind_t hl__kind_slots = {
     .relabel = slots_relabel,
     .identity = slots_identity,
     .fd = slots_fd,
+    .fds = slots_fds,
     .status = slots_status,
     .close = slots_close,
 };

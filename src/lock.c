@@ -493,6 +493,15 @@ const char *hl_error_detail(void) { return hl__kind_detail(); }
 const char *hl_lock_path(const hl_lock_t *lk) { return lk->target; }
 intptr_t hl_lock_fd(const hl_lock_t *lk) { return lk->held ? lk->kind->fd(lk->state) : -1; }
 
+int hl_lock_fds(const hl_lock_t *lk, intptr_t *fds, int max) {
+  if (!lk->held || max <= 0)
+    return 0;
+  if (lk->kind->fds)
+    return lk->kind->fds(lk->state, fds, max);
+  fds[0] = lk->kind->fd(lk->state);
+  return fds[0] >= 0 ? 1 : 0;
+}
+
 /* A text field that came from a file or a server: terminated inside its
  * buffer, valid UTF-8, no control bytes (the one sanitizer, utf8.c). */
 #define CLEAN_FIELD(f) ((f)[sizeof(f) - 1] = '\0', hl__utf8_clean((f), '?'))

@@ -222,3 +222,56 @@ def test_gguf_prints_estimate(cli):
     # SmolLM2-135M: 30 layers x 8192 tokens x 3 KV heads x (64 + 64) x 2 bytes
     assert f"kv cache (f16, 8192 tokens): {30 * 8192 * 3 * 128 * 2} bytes" in r.stdout
     assert "estimate:" in r.stdout
+
+
+MARKED = (
+    "import os, sys, time\n"
+    "t0 = time.time()\n"
+    "open(sys.argv[3], 'w').close()\n"  # running now: the parent may be killed
+    "time.sleep(float(sys.argv[2]))\n"
+    "t1 = time.time()\n"
+    "with open(sys.argv[1], 'a') as f:\n"
+    "    f.write(f'{os.getpid()} {t0!r} {t1!r}\\n')\n"
+)
+
+
+def test_killing_run_parent_keeps_the_slot_with_the_command(cli, lockfile, tmp_path):
+    # Bug: the table entry's OFD lock lived only in the heavylock parent
+    # (close-on-exec), so SIGKILL of the parent freed the slot while the
+    # command still ran: 4 at once under --slots 2.  Now the command
+    # inherits it with the flock, and the slot is free when the command ends.
+    import threading
+    log = tmp_path / "iv.log"
+    nthreads, runs = 3, 12
+    errors = []
+
+    def launcher(t):
+        try:
+            for i in range(runs):
+                marker = tmp_path / f"m{t}.{i}"
+                p = subprocess.Popen([cli, "run", "-q", "--lock", str(lockfile), "--slots", "2",
+                                      "--", sys.executable, "-c", MARKED, str(log), "0.3",
+                                      str(marker)])
+                if i % 2 == 0:  # half of the parents die while their command runs
+                    wait_for(marker.exists, timeout=60, what=f"command {t}.{i} to start")
+                    p.send_signal(signal.SIGKILL)
+                assert p.wait(timeout=60) in (0, -signal.SIGKILL)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=launcher, args=(t,)) for t in range(nthreads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == nthreads * runs,
+             timeout=60, what="every command to finish")
+    iv = read_intervals(log)
+    assert max_concurrent(iv) <= 2, iv
+    # The orphans' slots went with them: free, and two fit again at once.
+    wait_for(lambda: status(cli, lockfile)["holders"] == [], what="the last slot to go")
+    a = hold(cli, lockfile, "--slots", "2", label="a")
+    b = hold(cli, lockfile, "--slots", "2", label="b")
+    kill(a)
+    kill(b)
