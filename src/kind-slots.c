@@ -778,6 +778,7 @@ static int slots_status(const char *path, hl_status_t *st, int flags) {
   int rc = hl__flock_status(path, st, flags);
   if (rc < 0)
     return rc;
+  st->kind = hl__kind_flock.name; /* until slot holders or waiters show */
   hl__fileid_t id;
   if (hl__os_fileid_path(path, &id) < 0)
     return 0;
@@ -865,6 +866,13 @@ static int slots_status(const char *path, hl_status_t *st, int flags) {
       *a = *b;
       *b = tmp;
     }
+  /* The kind in use now: slots while shared holders hold or slot waiters
+   * queue; an exclusive holder (heavylock, flock(1), filelock) and its
+   * queue are the flock kind's, table or not. */
+  int slot_use = st->shared;
+  for (int i = 0; i < st->nwaiters && !slot_use; i++)
+    slot_use = st->waiters[i].ticket > 0 && !st->waiters[i].exclusive;
+  st->kind = slot_use ? hl__kind_slots.name : hl__kind_flock.name;
   st->budget = budget;
   if (!(flags & HL__STATUS_QUICK)) {
     hl__load_t load;

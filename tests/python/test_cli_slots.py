@@ -275,3 +275,25 @@ def test_killing_run_parent_keeps_the_slot_with_the_command(cli, lockfile, tmp_p
     b = hold(cli, lockfile, "--slots", "2", label="b")
     kill(a)
     kill(b)
+
+
+def test_status_kind_is_flock_for_an_exclusive_holder_with_a_table(cli, lockfile):
+    # Bug: once PATH.slots existed, `status --json` said "kind": "slots" for
+    # an exclusive holder (heavylock run without --slots, flock(1)).
+    assert run(cli, "run", "--lock", lockfile, "--slots", "2", "--", "true").returncode == 0
+    assert os.path.exists(f"{lockfile}.slots")
+    assert status(cli, lockfile)["kind"] == "flock"  # free
+    for cmd in ([cli, "run", "-q", "--lock", str(lockfile), "--", "sleep", "300"],
+                ["flock", str(lockfile), "sleep", "300"]):
+        p = subprocess.Popen(cmd, start_new_session=True)
+        try:
+            wait_for(lambda: status(cli, lockfile)["held"], what="the exclusive holder")
+            d = status(cli, lockfile)
+            assert d["kind"] == "flock" and not d["shared"], d
+        finally:
+            kill(p)
+    p = hold(cli, lockfile, "--slots", "2")
+    try:
+        assert status(cli, lockfile)["kind"] == "slots"
+    finally:
+        kill(p)
