@@ -122,7 +122,10 @@ int hl_lock_open(hl_lock_t **lockp, const char *path);
  * -EINTR (a signal arrived while waiting: nothing is held; call again with
  * what is left of the timeout), -EDEADLK (this thread already holds, or is
  * waiting for, the same lock file through this or another handle: waiting
- * would never end), HL_EFORKED (handle belongs to the parent), or -errno.
+ * would never end), HL_EFORKED (handle belongs to the parent), HL_EFULL
+ * (slots: 1024 holders and waiters already), or -errno.  Every wait inside
+ * keeps the deadline (a try-once waits at most 0.2 s for a slot table's
+ * admission lock; see hl_error_detail when it stays locked).
  * After winning, it checks that the path still names the file it locked (a
  * tool may have deleted or replaced it) and starts over if not.  On Linux it
  * also checks the kernel's lock table for a holder that still holds a
@@ -230,7 +233,9 @@ int hl_lock_check(hl_lock_t *lock);
  * What the last failed call in this thread knew beyond its error code, ""
  * when nothing: for a PostgreSQL lock, the server's or libpq's message
  * ("connection to server at "db" (10.0.0.5), port 5432 failed: FATAL:
- * password authentication failed for user "ci"").  Valid until the next
+ * password authentication failed for user "ci""); for a lock with slots
+ * whose admission table stays locked by someone (HL_EBUSY, HL_ETIMEDOUT),
+ * "admission table PATH.slots locked by pid N".  Valid until the next
  * call into the library from this thread.
  */
 const char *hl_error_detail(void);
