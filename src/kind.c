@@ -7,6 +7,7 @@
  * flock kind's plus the slot table); the flock kind takes every other path.
  */
 #include "kind.h"
+#include "os.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -57,6 +58,7 @@ void hl__kind_set_detail(const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(file_detail, sizeof(file_detail), fmt, ap);
   va_end(ap);
+  hl__utf8_clean(file_detail, '?'); /* it quotes a path: any bytes at all */
 }
 
 const char *hl__kind_detail(void) {
