@@ -160,12 +160,14 @@ static int admit_lock(int tfd, const char *tpath, double deadline) {
   double t = hl__os_monotonic(), until = t + ADMIT_PATIENCE;
   if (deadline > t && deadline < until)
     until = deadline;
-  for (int ms = 1; rc == HL_EBUSY && t < until; t = hl__os_monotonic()) {
-    int left = (int)((until - t) * 1000.0) + 1;
-    if ((rc = hl__os_sleep_ms(ms < left ? ms : left)) < 0)
+  /* Short polls first (the holder needs microseconds; a crowd woken by one
+   * release queues here), backing off to 1 ms. */
+  for (int us = 20; rc == HL_EBUSY && t < until; t = hl__os_monotonic()) {
+    int left = (int)((until - t) * 1e6) + 1;
+    if ((rc = hl__os_sleep_us(us < left ? us : left)) < 0)
       return rc; /* -EINTR: the caller checks its signals */
     rc = ofd_lock(tfd, ADMIT_BYTE, F_WRLCK);
-    ms = ms < 8 ? ms * 2 : 10;
+    us = us < 500 ? us * 2 : 1000;
   }
   if (rc == 0 && tpath != NULL)
     hl__kind_set_detail(NULL);

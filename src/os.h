@@ -57,6 +57,7 @@ int hl__os_write_all(intptr_t fd, const char *buf, size_t len);
 
 /* 0, or -EINTR when a signal cut the sleep short. */
 int hl__os_sleep_ms(int ms);
+int hl__os_sleep_us(int us); /* POSIX only (the slots kind's short polls) */
 double hl__os_monotonic(void); /* seconds */
 double hl__os_wallclock(void); /* seconds since the epoch */
 long hl__os_getpid(void);
