@@ -817,6 +817,8 @@ static int slots_status(const char *path, hl_status_t *st, int flags) {
     close(tfd);
     return 0;
   }
+  hl__fileid_t tid;
+  int have_tid = hl__os_fileid_fd(tfd, &tid) == 0;
   close(tfd);
   double now = hl__os_wallclock();
   uint64_t budget = 0;
@@ -834,6 +836,12 @@ static int slots_status(const char *path, hl_status_t *st, int flags) {
       hl_holder_t *ho = &st->holders[st->nholders++];
       memset(ho, 0, sizeof(*ho));
       ho->pid = (long)e->pid;
+      /* Its heavylock was killed while the command it ran still holds
+       * the entry (inherited descriptors): name the process that does. */
+      if (ho->pid == 0 || !hl__os_proc_alive(ho->pid)) {
+        long owner = have_tid ? hl__os_range_locker(&tid, (unsigned long long)entry_off(i)) : 0;
+        ho->pid = owner > 0 ? owner : ho->pid;
+      }
       ho->exclusive = e->exclusive != 0;
       ho->weight = e->weight;
       snprintf(ho->weight_source, sizeof(ho->weight_source), "%s", e->weight_source);

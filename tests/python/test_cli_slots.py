@@ -297,3 +297,22 @@ def test_status_kind_is_flock_for_an_exclusive_holder_with_a_table(cli, lockfile
         assert status(cli, lockfile)["kind"] == "slots"
     finally:
         kill(p)
+
+
+def test_status_names_the_command_after_its_run_parent_died(cli, lockfile, tmp_path):
+    # The slot outlives a killed `heavylock run` with the command: status
+    # names the command (not the dead parent), and the slot goes when the
+    # command ends.
+    pidfile = tmp_path / "pid"
+    p = subprocess.Popen([cli, "run", "-q", "--lock", str(lockfile), "--slots", "2", "-l", "job",
+                          "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 300"])
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the command")
+    child = int(pidfile.read_text())
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    try:
+        holders = status(cli, lockfile)["holders"]
+        assert [(h["pid"], h["label"]) for h in holders] == [(child, "job")], holders
+    finally:
+        os.kill(child, signal.SIGKILL)
+    wait_for(lambda: status(cli, lockfile)["holders"] == [], what="the slot to go with it")
