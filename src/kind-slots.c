@@ -154,7 +154,7 @@ static int ofd_live(int fd, off_t off) {
 static int admit_lock(int tfd, const char *tpath, double deadline) {
   int rc = ofd_lock(tfd, ADMIT_BYTE, F_WRLCK);
   if (rc == 0 && tpath != NULL)
-    hl__kind_set_detail(NULL); /* not stuck (any more) */
+    hl__detail_set("%s", ""); /* not stuck (any more) */
   if (rc != HL_EBUSY)
     return rc;
   double t = hl__os_monotonic(), until = t + ADMIT_PATIENCE;
@@ -170,14 +170,14 @@ static int admit_lock(int tfd, const char *tpath, double deadline) {
     us = us < 500 ? us * 2 : 1000;
   }
   if (rc == 0 && tpath != NULL)
-    hl__kind_set_detail(NULL);
+    hl__detail_set("%s", "");
   if (rc == HL_EBUSY && tpath != NULL) {
     hl__fileid_t id;
     long pid = hl__os_fileid_fd(tfd, &id) == 0 ? hl__os_range_locker(&id, ADMIT_BYTE) : 0;
     if (pid > 0)
-      hl__kind_set_detail("admission table %s locked by pid %ld", tpath, pid);
+      hl__detail_set("admission table %s locked by pid %ld", tpath, pid);
     else
-      hl__kind_set_detail("admission table %s locked by another process (not visible to "
+      hl__detail_set("admission table %s locked by another process (not visible to "
                           "this user)", tpath);
   }
   return rc;
@@ -463,7 +463,7 @@ static int slots_open(const char *path, void **statep) {
   int ro, rc = hl__os_open(path, &fd, &ro);
   if (rc == 0) {
     hl__os_close(fd);
-    rc = ro ? -EACCES : table_open(ss->tpath, hl__os_monotonic(), &ss->tfd);
+    rc = ro ? -EACCES : table_open(ss->tpath, 0, &ss->tfd); /* no deadline: patience only */
   }
   drop(&ss->tfd);
   if (rc < 0) {

@@ -44,26 +44,22 @@ int hl_pg_doctor(const char *target, char *out, size_t len) {
 }
 #endif
 
-/* What a file kind knew beyond its code at the last failure of this thread
- * ("admission table ... locked by pid N"); lock.c clears it at the start
+/* What the last failure said beyond its code, per thread (the file kinds:
+ * "admission table ... locked by pid N"); lock.c empties it at the start
  * of each acquisition. */
-static __thread char file_detail[320];
+static __thread char detail[HL__DETAIL_MAX];
 
-void hl__kind_set_detail(const char *fmt, ...) {
-  if (fmt == NULL) {
-    file_detail[0] = '\0';
-    return;
-  }
+void hl__detail_set(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(file_detail, sizeof(file_detail), fmt, ap);
+  vsnprintf(detail, sizeof(detail), fmt, ap);
   va_end(ap);
-  hl__utf8_clean(file_detail, '?'); /* it quotes a path: any bytes at all */
+  hl__utf8_clean(detail, '?'); /* it may quote a path: any bytes at all */
 }
 
 const char *hl__kind_detail(void) {
-  if (file_detail[0])
-    return file_detail;
+  if (detail[0])
+    return detail;
 #ifdef HL_HAVE_PG
   return hl__pg_errdetail();
 #else

@@ -45,12 +45,10 @@ typedef struct hl__ask_s {
   char weight_source[16];     /* "declared", "measured", "estimated", ""   */
   uint64_t budget;            /* bytes for all holders; 0 = live memory     */
   char label[HL_LABEL_MAX];   /* free text for status                       */
-  double deadline;            /* hl__os_monotonic() time at which the current
-                                 acquisition gives up (its start for a
-                                 try-once; INFINITY: never).  Set by lock.c
-                                 before the first try_acquire; every wait
-                                 inside a callback (an admission lock, a
-                                 server round trip) is bounded by it       */
+  double deadline;            /* the acquisition's end (hl__os_monotonic()
+                                 seconds), INFINITY waiting forever, 0 no
+                                 acquisition under way: a remote kind bounds
+                                 each round trip by it                      */
 } hl__ask_t;
 
 /* Flags for status(). */
@@ -169,8 +167,10 @@ typedef struct hl__kind_s {
 /* What the last failing call in this thread said beyond its code (the
  * server's words), "" when nothing; for hl_error_detail (kind.c). */
 const char *hl__kind_detail(void);
-/* Set it from a file kind (printf format; NULL clears). */
-void hl__kind_set_detail(const char *fmt, ...)
+/* Set it (printf-style; trailing newlines dropped).  At most
+ * HL__DETAIL_MAX - 1 bytes. */
+#define HL__DETAIL_MAX 8192
+void hl__detail_set(const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 1, 2)))
 #endif

@@ -388,8 +388,8 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
   double start = hl__os_monotonic();
   double deadline = forever ? INFINITY : start + (timeout > 0 ? timeout : 0);
   lk->thread = hl__os_thread_self();
-  lk->ask.deadline = deadline;
-  hl__kind_set_detail(NULL);
+  lk->ask.deadline = deadline > 0 ? deadline : 1e-9; /* 0 means none under way */
+  hl__detail_set("%s", ""); /* a stuck slot table says so again if it still is */
 
   /* No deadline and no notices: a kind that can block in the kernel does
    * (the flock kind: flock(2), so that /proc/locks shows the waiter). */
@@ -434,6 +434,7 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
       rc = wait_loop(lk, start, deadline);
     }
   }
+  lk->ask.deadline = 0;
   if (rc == 0) {
     lk->held = 1;
     return 0;
