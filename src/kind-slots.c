@@ -404,14 +404,17 @@ static void load_of(const snapshot_t *s, int self, int need_rss, hl__load_t *loa
     if (i == self || e->state != E_HOLDING)
       continue;
     load->nholders++;
-    load->weights += e->weight;
+    /* Saturating: a forged entry's weight must not wrap the sum to room. */
+    load->weights = e->weight > UINT64_MAX - load->weights ? UINT64_MAX : load->weights + e->weight;
     load->exclusive |= e->exclusive != 0;
     if (need_rss && e->weight > 0) {
       uint64_t rss = 0, grown = 0;
       if (hl_mem_tree_rss((long)e->pid, &rss) == 0 && rss > e->baseline_rss)
         grown = rss - e->baseline_rss;
       if (e->weight > grown)
-        load->growth += e->weight - grown;
+        load->growth = e->weight - grown > UINT64_MAX - load->growth
+                           ? UINT64_MAX
+                           : load->growth + (e->weight - grown);
     }
   }
 }

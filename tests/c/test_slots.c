@@ -877,6 +877,44 @@ static void test_forged_entry(void) {
   hl_lock_close(lk);
 }
 
+/* Two forged live holders whose weights (2^63 each) add up to 2^64: the
+ * sum must saturate, never wrap to "nothing is used" and admit a newcomer
+ * against a budget. */
+static void test_forged_weights(void) {
+  hl_lock_t *lk = open_slots(0, 1 * GiB, 8 * GiB, NULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0); /* makes the table */
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  char tpath[400];
+  snprintf(tpath, sizeof(tpath), "%s.slots", lockpath);
+  int tfd = open(tpath, O_RDWR);
+  ASSERT(tfd >= 0);
+  for (int i = 0; i < 2; i++) {
+    char e[1024];
+    memset(e, 0, sizeof(e));
+    uint32_t state = 2;
+    int64_t pid = getpid();
+    uint64_t weight = 1ull << 63;
+    memcpy(e, &state, 4);    /* entry_t: state, exclusive (0), pid, start, */
+    memcpy(e + 8, &pid, 8);  /* ticket, weight, ...                       */
+    memcpy(e + 32, &weight, 8);
+    ASSERT_EQ(pwrite(tfd, e, sizeof(e), 4096 + (off_t)i * 1024), (ssize_t)sizeof(e));
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 4096 + i * 1024,
+                       .l_len = 1};
+    ASSERT_EQ(fcntl(tfd, F_OFD_SETLK, &fl), 0);
+  }
+  uint32_t high = 2;
+  ASSERT_EQ(pwrite(tfd, &high, 4, 40), 4);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  /* Live memory: their expected growth saturates too, and the reserve
+   * added to it must not wrap it back to almost nothing. */
+  hl_lock_t *live = open_slots(0, 1 * GiB, 0, NULL);
+  ASSERT_EQ(hl_lock_acquire(live, 0), HL_EBUSY);
+  hl_lock_close(live);
+  close(tfd); /* they die with their byte locks */
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  hl_lock_close(lk);
+}
+
 /* A read lock on the admission byte that is never let go (another user
  * who can read the table, or a client stopped with Ctrl-Z): every acquire
  * keeps its deadline and try-once, says who is in the way, and a release
@@ -1065,7 +1103,7 @@ static const struct test_entry tests[] = {
     T(too_big_runs_alone), T(growth_accounting), T(dies_mid_load),     T(interop_exclusive),
     T(exclusive_not_starved), T(fifo),          T(fifo_exclusive),
     T(heavylock_exclusive_not_starved), T(self_deadlock),      T(wait_callback),
-    T(status_lists),     T(hostile_table),     T(forged_entry),      T(stuck_admission), T(table_full),   T(size_parse),         T(gguf_estimate),
+    T(status_lists),     T(hostile_table),     T(forged_entry),      T(forged_weights), T(stuck_admission), T(table_full),   T(size_parse),         T(gguf_estimate),
 #undef T
 };
 
