@@ -116,6 +116,8 @@ static const char *error_detail(char *buf, size_t len) {
 }
 
 static int open_error_code(int rc) {
+  if (rc == HL_EFULL) /* 1024 holders and waiters: a moment later it may not be */
+    return EX_TEMPFAIL;
   return (rc == -EROFS || rc == -ENOSPC) ? EX_CANTCREAT : EX_NOINPUT;
 }
 
@@ -178,10 +180,11 @@ static double now_mono(void) {
  * line between them. */
 static int on_wait(void *arg, const hl_status_t *st, double waited) {
   const char *path = arg;
-  char who[600], line[HL_PATH_MAX + 800];
+  char who[600], line[HL_PATH_MAX + 1400], why[1100];
   hl_holder_describe(st, who, sizeof(who));
-  int n = snprintf(line, sizeof(line), "%s: waiting for %s, %s (waited %.0f s)\n", prog, path,
-                   who, waited);
+  /* A stuck admission table is in the way too (the library's detail). */
+  int n = snprintf(line, sizeof(line), "%s: waiting for %s, %s%s (waited %.0f s)\n", prog, path,
+                   who, error_detail(why, sizeof(why)), waited);
   if (n > 0) {
     if ((size_t)n >= sizeof(line))
       n = (int)sizeof(line) - 1;
@@ -319,12 +322,15 @@ static int cmd_run(int argc, char **argv) {
   hl_lock_set_budget(lk, budget);
   rc = acquire_noisy(lk, timeout, verbose, quiet);
   if (rc == HL_EBUSY || rc == HL_ETIMEDOUT) {
+    /* A stuck admission table (see hl_error_detail) is said even for -n:
+     * it is not the everyday "busy". */
+    error_detail(detail, sizeof(detail));
     if (rc == HL_ETIMEDOUT && !quiet) {
       char who[600];
       describe_holder(path, who, sizeof(who));
-      warnx("timeout while waiting for %s, %s", path, who);
-    } else if (verbose) {
-      warnx("%s is busy", path);
+      warnx("timeout while waiting for %s, %s%s", path, who, detail);
+    } else if (verbose || (detail[0] && !quiet)) {
+      warnx("%s is busy%s", path, detail);
     }
     hl_lock_close(lk);
     return conflict;
@@ -357,12 +363,16 @@ static int cmd_run(int argc, char **argv) {
     if (remote)
       sigprocmask(SIG_SETMASK, &old_mask, NULL);
     /* Like flock(1): the command inherits the lock, so it stays held while
-     * the command runs even if this process is killed. */
-    int fd = (int)hl_lock_fd(lk);
-    if (!close_fd && fd >= 0)
-      fcntl(fd, F_SETFD, 0);
-    else if (fd >= 0)
-      close(fd);
+     * the command runs even if this process is killed.  Every descriptor
+     * that carries it (slots: the table's entry lock too). */
+    intptr_t fds[4];
+    int nfds = hl_lock_fds(lk, fds, 4);
+    for (int i = 0; i < nfds; i++) {
+      if (!close_fd)
+        fcntl((int)fds[i], F_SETFD, 0);
+      else
+        close((int)fds[i]);
+    }
     execvp(cmd[0], cmd);
     warnx("failed to execute %s: %s", cmd[0], strerror(errno));
     _exit(errno == ENOMEM ? EX_OSERR : EX_UNAVAILABLE);

@@ -56,7 +56,7 @@ const cli_exit_t cli_exits[] = {
     {"run", 69, "cannot run the command"},
     {"run", 71, "fork failed"},
     {"run", 73, "read-only file system or disk full (the lock file cannot be created)"},
-    {"run", 75, "the lock (on a server) was lost while the command ran, and it exited 0"},
+    {"run", 75, "try again later: the slot table is full (1024 holders), or the lock (on a server) was lost while the command ran and it exited 0"},
     {NULL, 0, NULL},
 };
 

@@ -7,8 +7,10 @@
  * flock kind's plus the slot table); the flock kind takes every other path.
  */
 #include "kind.h"
+#include "os.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -42,7 +44,22 @@ int hl_pg_doctor(const char *target, char *out, size_t len) {
 }
 #endif
 
+/* What the last failure said beyond its code, per thread (the file kinds:
+ * "admission table ... locked by pid N"); lock.c empties it at the start
+ * of each acquisition. */
+static __thread char detail[HL__DETAIL_MAX];
+
+void hl__detail_set(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof(detail), fmt, ap);
+  va_end(ap);
+  hl__utf8_clean(detail, '?'); /* it may quote a path: any bytes at all */
+}
+
 const char *hl__kind_detail(void) {
+  if (detail[0])
+    return detail;
 #ifdef HL_HAVE_PG
   return hl__pg_errdetail();
 #else

@@ -45,6 +45,10 @@ typedef struct hl__ask_s {
   char weight_source[16];     /* "declared", "measured", "estimated", ""   */
   uint64_t budget;            /* bytes for all holders; 0 = live memory     */
   char label[HL_LABEL_MAX];   /* free text for status                       */
+  double deadline;            /* the acquisition's end (hl__os_monotonic()
+                                 seconds), INFINITY waiting forever, 0 no
+                                 acquisition under way: a remote kind bounds
+                                 each round trip by it                      */
 } hl__ask_t;
 
 /* Flags for status(). */
@@ -153,11 +157,24 @@ typedef struct hl__kind_s {
    * held?  No waiting.  0, or HL_ELOST when the kind learned that it lost
    * it (a remote session ended).  For hl_lock_check. */
   int (*check)(void *state);
+
+  /* Optional (NULL: just fd()): every descriptor that carries the held
+   * lock, into out[0..max); returns how many.  For hl_lock_fds: a child
+   * that inherits them all holds the lock after its parent died. */
+  int (*fds)(void *state, intptr_t *out, int max);
 } hl__kind_t;
 
 /* What the last failing call in this thread said beyond its code (the
  * server's words), "" when nothing; for hl_error_detail (kind.c). */
 const char *hl__kind_detail(void);
+/* Set it (printf-style; trailing newlines dropped).  At most
+ * HL__DETAIL_MAX - 1 bytes. */
+#define HL__DETAIL_MAX 8192
+void hl__detail_set(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
 
 /* The kinds.  kind.c lists them for the registry; the build defines
  * HL_HAVE_SLOTS (Linux: OFD locks, /proc) and HL_HAVE_PG (libpq found) for
