@@ -230,6 +230,7 @@ def test_gguf_prints_estimate(cli):
     assert r.returncode == 0, r.stderr
     # SmolLM2-135M: 30 layers x 8192 tokens x 3 KV heads x (64 + 64) x 2 bytes
     assert f"kv cache (f16, 8192 tokens): {30 * 8192 * 3 * 128 * 2} bytes" in r.stdout
+    assert "estimate:" in r.stdout
     full, _, _ = _estimate(r.stdout)
     # The application runs it with 256 tokens: --ctx says so (issue #16).
     r = run(cli, "gguf", "--ctx", "256", MODEL)
@@ -256,7 +257,6 @@ def test_gguf_ctx_sizes_the_kv_cache(cli, tmp_path):
     for bad in ("0", "-1", "x", "1e3", str(2**32 + 1)):
         r = run(cli, "gguf", "--ctx", bad, model)
         assert r.returncode == 64 and f"invalid --ctx value: '{bad}'" in r.stderr, (bad, r.stderr)
-    assert "estimate:" in r.stdout
 
 
 MARKED = (
