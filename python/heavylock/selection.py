@@ -142,6 +142,16 @@ class Selector:
     def __init__(self, settings):
         self.settings = settings
         self.scanner = TokenScanner(settings.tokens)
+        self.every_test = self.every_test_reason()
+
+    def every_test_reason(self):
+        """Why every test is heavy (the opt-in, named by the source that
+        gave it), or None when that rule does not apply.  Marked tests still
+        say their marker; this is the reason for the run as a whole."""
+        s = self.settings
+        if s.run_heavy and "env" in s.rules:
+            return f"{s.run_heavy_source} (every test)"
+        return None
 
     def verdict(self, item):
         """(heavy, rule) for one test."""
@@ -185,8 +195,8 @@ class Selector:
             for name in s.markers:
                 if item.get_closest_marker(name) is not None:
                     return True, f"marker @pytest.mark.{name}"
-        if s.run_heavy and "env" in rules:
-            return True, "RUN_HEAVY_INTEGRATION / --heavylock-run-heavy (every test)"
+        if self.every_test is not None:
+            return True, self.every_test
         p = self._under_heavy_path(item.nodeid.split("::", 1)[0])  # rootdir-relative
         if p is not None:
             return True, f"file under {p}/"

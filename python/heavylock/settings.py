@@ -5,7 +5,9 @@ project's own (``--run-heavy`` is a common conftest option)."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 
 import pytest
 
@@ -18,8 +20,10 @@ DEFAULT_TOKENS = ["LocalLLMClient", "LocalLLMProvider", "LOCAL_MODEL_PATH", "USE
 RULES = ("marker", "env", "path", "fixture", "token")
 RULE_PRESETS = {"all": RULES, "strict": ("marker", "env")}
 DEFAULT_RESIDENT_WARN_MIB = 64.0
-TRUE_VALUES = ("1", "true", "yes")
-FALSE_VALUES = ("0", "false", "no", "")
+# The one yes/no grammar of every switch (options, environment, ini): the
+# seed's 1/true/yes, and on/off as pytest's own ini booleans read them.
+TRUE_VALUES = ("1", "true", "yes", "on")
+FALSE_VALUES = ("0", "false", "no", "off", "")
 
 RUN_HEAVY_HELP = ("serialize every test and opt in to heavy tests (the command-line twin "
                   "of RUN_HEAVY_INTEGRATION=1)")
@@ -60,7 +64,7 @@ def addoptions(parser):
     parser.addini("heavylock_slots", SLOTS_HELP, default="")
     group.addoption("--heavylock-budget", default=None, metavar="SIZE|auto", help=BUDGET_HELP)
     parser.addini("heavylock_budget", BUDGET_HELP, default="")
-    parser.addini("heavylock_run_heavy", RUN_HEAVY_HELP, type="bool", default=False)
+    parser.addini("heavylock_run_heavy", RUN_HEAVY_HELP, default="")
     parser.addini("heavylock_path", PATH_HELP, default="")
     parser.addini("heavylock_timeout", TIMEOUT_HELP, default="")
     parser.addini("heavylock_backend", BACKEND_HELP, default="")
@@ -88,20 +92,38 @@ def setting(config, option, env, ini):
     return None, None
 
 
-def parse_run_heavy(config) -> bool:
-    if config.getoption("heavylock_run_heavy"):
+def parse_yes_no(value, where, meaning="") -> bool:
+    """A switch's value from any source (True/False as given, or text), or a
+    usage error naming the source and the value."""
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in TRUE_VALUES:
         return True
-    v = os.environ.get("RUN_HEAVY_INTEGRATION")
+    if low in FALSE_VALUES:
+        return False
+    raise pytest.UsageError(f"{where}={value!r} is not a yes/no value: use 1, true, yes or on"
+                            f"{meaning[0] if meaning else ''}, 0, false, no, off or empty"
+                            f"{meaning[1] if meaning else ''}")
+
+
+RUN_HEAVY_MEANING = (" to run heavy tests (serialized)", " for fast tests only")
+
+
+def parse_run_heavy(config):
+    """(opted in, the source that decided): --heavylock-run-heavy >
+    RUN_HEAVY_INTEGRATION > ini heavylock_run_heavy."""
+    if config.getoption("heavylock_run_heavy"):
+        return True, "--heavylock-run-heavy"
+    v = os.environ.get("RUN_HEAVY_INTEGRATION")  # set, even empty, it decides
     if v is not None:
-        low = v.strip().lower()
-        if low in TRUE_VALUES:
-            return True
-        if low in FALSE_VALUES:
-            return False
-        raise pytest.UsageError(
-            f"RUN_HEAVY_INTEGRATION={v!r} is not a yes/no value: use 1, true or yes to run "
-            "heavy tests (serialized), 0, false, no or empty for fast tests only")
-    return bool(config.getini("heavylock_run_heavy"))
+        return (parse_yes_no(v, "RUN_HEAVY_INTEGRATION", RUN_HEAVY_MEANING),
+                f"RUN_HEAVY_INTEGRATION={v.strip()}")
+    v = config.getini("heavylock_run_heavy")
+    if v:
+        where = "ini option heavylock_run_heavy"
+        return parse_yes_no(v, where, RUN_HEAVY_MEANING), f"{where} = {v.strip()}"
+    return False, "default"
 
 
 def parse_seconds(config, option, env, ini, what):
@@ -169,30 +191,45 @@ def is_url(value) -> bool:
     return str(value).startswith(("postgresql://", "postgres://"))
 
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
-          "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40,
-          "tib": 2**40}
+# The C grammar of hl_size_parse (src/admit.c), for when the extension is not
+# there: a number as strtod reads it (no sign, no space), then nothing (plain
+# bytes: an integer) or K, M, G, T or B, an optional i, an optional B.
+_SIZE_NUMBER = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+_SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "b": 1}
+
+
+def size_parse_py(text) -> int:
+    """The pure-Python twin of the C parser (tests hold it to the same
+    table of inputs)."""
+    t = str(text)
+    m = _SIZE_NUMBER.match(t)
+    if m is None or "\0" in t or any(c in t for c in "xXpP"):
+        raise ValueError(f"{text!r} is not a size")
+    v, rest = float(m.group(0)), t[m.end():].lower()
+    mult = 1
+    if rest:
+        mult = _SIZE_UNITS.get(rest[0])
+        tail = rest if rest[0] == "b" else rest[1:]
+        tail = tail[1:] if tail[:1] == "i" else tail
+        tail = tail[1:] if tail[:1] == "b" else tail
+        if mult is None or tail:
+            raise ValueError(f"{text!r} is not a size")
+    elif any(c in t for c in ".eE"):
+        raise ValueError(f"{text!r} is not a size")  # plain bytes: an integer
+    b = v * mult
+    if not math.isfinite(v) or b >= 18446744073709551615.0:
+        raise ValueError(f"{text!r} is not a size")
+    return int(b + 0.5)
 
 
 def size_parse(text) -> int:
     """Bytes from "512M", "2G", "1.5GiB" or plain bytes (ValueError when
-    not a size).  The C library's parser when the extension has it (one
-    grammar for the CLI and the plugin); this mirror of it otherwise."""
+    not a size): the C library's parser (one grammar for the CLI and the
+    plugin), its Python twin when the extension cannot load."""
     native = getattr(backends._native, "size_parse", None)
     if native is not None:
         return int(native(str(text)))
-    t = str(text).strip()
-    i = len(t)
-    while i and t[i - 1].isalpha():
-        i -= 1
-    number, unit = t[:i].strip(), t[i:].lower()
-    try:
-        n = float(number)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size") from None
-    if unit not in _UNITS or not n >= 0 or n == float("inf"):
-        raise ValueError(f"{text!r} is not a size")
-    return int(n * _UNITS[unit])
+    return size_parse_py(text)
 
 
 def size_format(n) -> str:
@@ -307,7 +344,7 @@ class Settings:
     """Every setting of one run, parsed and checked once at configure time."""
 
     def __init__(self, config):
-        self.run_heavy = parse_run_heavy(config)
+        self.run_heavy, self.run_heavy_source = parse_run_heavy(config)
         self.timeout = parse_timeout(config)
         v, where = setting(config, "heavylock_backend", "HEAVYLOCK_BACKEND", "heavylock_backend")
         try:
