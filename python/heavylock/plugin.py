@@ -266,6 +266,8 @@ def pytest_sessionfinish(session):
     state.recorder.stop_sampling()
     state.weights.save(state.recorder.events + state.recorder.remote_events)
     state.recorder.write_files(session.config)
+    if state.recorder.errors and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # asked for, not written: not a pass
     if state.spool:
         shutil.rmtree(state.spool, ignore_errors=True)
 

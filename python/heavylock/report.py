@@ -200,7 +200,8 @@ class Recorder:
                                "resident_warn": s.resident_warn, "events": events,
                                "memory": self.memory}, f, indent=1)
             except OSError as exc:
-                self.errors.append(f"could not write the report {s.report}: {exc.strerror}")
+                self.errors.append(f"could not write the report {s.report}: {exc.strerror} "
+                                   "(the run fails)")
         if s.timeline:
             from heavylock import timeline as tl
 
@@ -209,7 +210,7 @@ class Recorder:
                          title=f"heavylock timeline: {config.rootpath.name}")
             except OSError as exc:
                 self.errors.append(f"could not write the timeline {s.timeline}: "
-                                   f"{exc.strerror}")
+                                   f"{exc.strerror} (the run fails)")
 
     def heavy_imports(self):
         return [e for e in self.events + self.remote_events

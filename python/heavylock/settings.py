@@ -320,15 +320,18 @@ def resolve_lock_path(config):
     return path, source, None
 
 
-def output_path(config, option):
+def output_path(config, option, suffixes=None):
     """An output file's absolute path, its folder created now: a folder that
-    cannot be made is a usage error at start-up, not a traceback at the end
-    that loses the pass/fail summary."""
+    cannot be made, or a suffix the file will not have, is a usage error at
+    start-up, not a traceback (or a misnamed file) at the end."""
     v = config.getoption(option)
     if not v:
         return None
     path = os.path.abspath(v)
     flag = "--" + option.replace("_", "-")
+    if suffixes and not path.lower().endswith(suffixes):
+        raise pytest.UsageError(f"{flag}={v!r}: the file must end in "
+                                f"{', '.join(suffixes[:-1])} or {suffixes[-1]} (what it is written as)")
     if os.path.isdir(path):
         raise pytest.UsageError(f"{flag}={v!r} is a directory; name the file to write")
     if not hasattr(config, "workerinput"):  # only the process that writes it
@@ -366,7 +369,7 @@ class Settings:
         self.paths = [p.strip("/") for p in config.getini("heavylock_paths") if p.strip("/")]
         self.tokens = [t for t in config.getini("heavylock_tokens") if t]
         self.report = output_path(config, "heavylock_report")
-        self.timeline = output_path(config, "heavylock_timeline")
+        self.timeline = output_path(config, "heavylock_timeline", (".svg", ".html", ".htm"))
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 
     def where(self):

@@ -81,3 +81,34 @@ def test_every_test_heavy_names_the_opt_in_not_the_first_rule(pytester, env, mon
     monkeypatch.delenv("RUN_HEAVY_INTEGRATION")
     r = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", "--heavylock-run-heavy")
     r.stdout.fnmatch_lines(["every test is heavy (--heavylock-run-heavy): *"])
+
+
+def test_a_timeline_it_cannot_draw_is_a_usage_error_at_start_up(pytester, env):
+    """--heavylock-timeline=x.png wrote SVG into a .png at the end."""
+    pytester.makepyfile("def test_a(): pass\n")
+    r = pytester.runpytest_subprocess("--heavylock-timeline=x.png")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*--heavylock-timeline='x.png': the file must end in .svg, .html "
+                            "or .htm*"])
+    assert not (pytester.path / "x.png").exists()
+    r = pytester.runpytest_subprocess("--heavylock-timeline=run.HTML")
+    r.assert_outcomes(passed=1)
+    assert (pytester.path / "run.HTML").read_text().startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.parametrize("option", ["report", "timeline"])
+def test_an_output_that_cannot_be_written_fails_the_run(pytester, env, option):
+    """A report that could not be written at the end exited 0."""
+    target = pytester.path / "out" / f"run.{'json' if option == 'report' else 'svg'}"
+    pytester.makepyfile(f"""
+        import os
+        import pytest
+        @pytest.mark.llm
+        def test_a():
+            os.mkdir({str(target)!r})   # the file's place is taken while the run goes on
+    """)
+    r = pytester.runpytest_subprocess(f"--heavylock-{option}={target}")
+    assert r.ret == pytest.ExitCode.TESTS_FAILED
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines([f"heavylock: could not write the {option} {target}: Is a directory "
+                            "(the run fails)"])
