@@ -239,15 +239,22 @@ def pytest_runtest_setup(item):
     if "local_model_path" in item.fixturenames:
         reason = _skip_reason_for_model(state.settings)
         if reason:
+            event["no_lock"] = "skipped"
             pytest.skip(reason)  # no need to wait for the lock just to skip
     weight, source, problem = state.weights.of(item)
     if problem:
+        event["no_lock"] = "error"
         pytest.fail(f"heavylock: {problem}", pytrace=False)
     event["weight"], event["weight_source"] = weight, source
     worker = state.settings.worker
     label = f"{item.nodeid} [{worker}]" if worker else item.nodeid
     event["rss_before"] = rss()
-    event["wait_start"], event["acquired"] = state.client.acquire(label, item, weight, source)
+    try:
+        event["wait_start"], event["acquired"] = state.client.acquire(label, item, weight,
+                                                                      source)
+    except pytest.fail.Exception:
+        event["no_lock"] = state.client.why_not  # for the summary: timed out or error
+        raise
     state.peak.start(rss())
     state.current = event
     state.recorder.touch(event)

@@ -212,6 +212,19 @@ class Recorder:
                 self.errors.append(f"could not write the timeline {s.timeline}: "
                                    f"{exc.strerror} (the run fails)")
 
+    def not_locked(self, tests):
+        """'3 skipped (not opted in), 1 timed out, 2 errors' for the heavy
+        tests that did not take the lock, or '' when there are none."""
+        counts = {}
+        for e in tests:
+            why = e.get("no_lock")  # (a test skipped by its own mark has no event)
+            if why:
+                counts[why] = counts.get(why, 0) + 1
+        shown = {"skipped": "skipped (not opted in)",
+                 "timed out": "timed out waiting (--heavylock-timeout)",
+                 "error": "could not take the lock (errors)"}
+        return ", ".join(f"{counts[k]} {shown[k]}" for k in shown if k in counts)
+
     def heavy_imports(self):
         return [e for e in self.events + self.remote_events
                 if e.get("kind") == "import" and e.get("seconds") is not None
@@ -231,10 +244,11 @@ class Recorder:
         events = [e for e in tests if e.get("acquired")]
         problems = (self.heavy_imports() or self.left_resident() or self.errors
                     or any(e.get("outcome") == "crashed" or e.get("lost") for e in everything))
+        said = self.not_locked(tests)
         if not events and not problems:
-            if any(e["heavy"] for e in tests):
+            if said:
                 tr.write_sep("-", "heavylock")
-                tr.write_line("heavy tests were selected but none took the lock (all skipped)")
+                tr.write_line(f"heavy tests were selected but none took the lock: {said}")
             return
         tr.write_sep("-", "heavylock")
         tr.write_line(f"lock: {self.settings.where()}")
@@ -251,6 +265,8 @@ class Recorder:
             tr.write_line("slowest holders:")
             for held, nodeid in sorted(holds, reverse=True)[:5]:
                 tr.write_line(f"  {held:7.2f} s  {nodeid}")
+            if said:
+                tr.write_line(f"other heavy tests did not take the lock: {said}")
         if self.settings.slots != 1 and events:
             counts = {}
             for e in events:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 
 import pytest
 
@@ -343,6 +344,65 @@ def output_path(config, option, suffixes=None):
     return path
 
 
+def _target_problem(path):
+    """Why the lock file at `path` could not be opened for locking (what the
+    first heavy test would meet), or None.  Creates nothing: a run with no
+    heavy test leaves no trace."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        d = os.path.dirname(path)
+        while not os.path.lexists(d):  # the folders still to be made
+            d = os.path.dirname(d)
+        if not os.path.isdir(d):
+            return f"{d} is not a directory, so the lock's folder cannot be created there"
+        if not os.access(d, os.W_OK | os.X_OK):
+            return (f"cannot create {'the lock file' if d == os.path.dirname(path) else 'its folder'}"
+                    f" in {d}: it is read-only for this user (uid {os.getuid()})")
+        return None
+    except OSError as exc:
+        return f"cannot look at it: {exc.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"it is a directory; name the lock file itself, e.g. {path}/{backends.LOCK_NAME}"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link (refused: a lock is never taken through one)"
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if not os.access(path, os.W_OK):
+        return f"it cannot be opened for writing by this user (uid {os.getuid()})"
+    return None
+
+
+def check_lock_target(settings):
+    """The lock target, checked once at start-up: a usage error naming the
+    value and its source, before any test runs, instead of the same
+    traceback in every heavy test."""
+    if settings.backend == "filelock":
+        try:
+            import filelock  # noqa: F401
+        except ImportError:
+            raise pytest.UsageError(
+                f"{settings.backend_source}={settings.backend_value!r}: the filelock package is "
+                "not installed (pip install filelock), or choose another backend") from None
+    problem = (_server_problem(settings.path) if settings.remote
+               else _target_problem(settings.path))
+    if problem:
+        raise pytest.UsageError(f"the lock {backends._shown(settings.path)} (from "
+                                f"{settings.path_source}) cannot be used: {problem}")
+
+
+def _server_problem(url):
+    """Why the lock server at `url` cannot be asked (one question: who holds
+    the lock), or None."""
+    if backends._native is None:
+        return None  # open_lock says that URLs need the extension
+    try:
+        backends._native.status(url)
+    except OSError as exc:
+        return " ".join(str(exc.strerror or exc).split())  # libpq's words, on one line
+    return None
+
+
 class Settings:
     """Every setting of one run, parsed and checked once at configure time."""
 
@@ -350,6 +410,7 @@ class Settings:
         self.run_heavy, self.run_heavy_source = parse_run_heavy(config)
         self.timeout = parse_timeout(config)
         v, where = setting(config, "heavylock_backend", "HEAVYLOCK_BACKEND", "heavylock_backend")
+        self.backend_value, self.backend_source = v, where
         try:
             self.backend = backends.choose_backend(v, where or "HEAVYLOCK_BACKEND")
         except ValueError as exc:
@@ -371,6 +432,8 @@ class Settings:
         self.report = output_path(config, "heavylock_report")
         self.timeline = output_path(config, "heavylock_timeline", (".svg", ".html", ".htm"))
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        if not hasattr(config, "workerinput"):  # once per run: the workers share it
+            check_lock_target(self)
 
     def where(self):
         shown = f"{self.path} (from {self.path_source}, backend {self.backend}"
