@@ -52,6 +52,26 @@ def outcome_of(report):
     return "passed" if when == "call" else None
 
 
+def describe_import(nodeid, imports):
+    """One line on a measured import (one event per process that imported
+    it): what was measured, and a model named only when one was seen."""
+    workers = sorted((e["worker"] for e in imports if e.get("worker")), key=lambda w: (len(w), w))
+    where = f" in {', '.join(workers)}" if workers else ""
+    measured = (f"took {max(e['seconds'] for e in imports):.1f} s and added "
+                f"{max(e.get('rss_growth') or 0 for e in imports) / MiB:.0f} MiB{where}")
+    model = next((e["model"] for e in imports if e.get("model")), None)
+    rule = imports[0].get("rule") or ""
+    if model or rule.startswith("token "):
+        what = f"loaded the model {model}" if model else f"runs code naming {rule.split()[1]}"
+        return (f"importing {nodeid} {what} at import time ({measured}), under the lock, one "
+                "process at a time; each process that imports it keeps what it loaded for the "
+                "whole run, tests or not: a fixture that loads the model runs only where its "
+                "tests do, under the lock")
+    return (f"importing {nodeid} {measured} and loaded no model (no .gguf or file of the "
+            "model's folder mapped or open): from the next run on it is imported without "
+            "the lock, until the file changes")
+
+
 class Recorder:
     def __init__(self, settings, spool_dir=None):
         self.settings = settings
@@ -226,9 +246,12 @@ class Recorder:
         return ", ".join(f"{counts[k]} {shown[k]}" for k in shown if k in counts)
 
     def heavy_imports(self):
+        """Imports worth a line: those that loaded a model (or name a token
+        at import time), and slow or big ones that loaded none."""
         return [e for e in self.events + self.remote_events
                 if e.get("kind") == "import" and e.get("seconds") is not None
-                and (e["seconds"] >= IMPORT_WARN_SECONDS
+                and (e.get("model") or e.get("rule", "").startswith("token ")
+                     or e["seconds"] >= IMPORT_WARN_SECONDS
                      or (e.get("rss_growth") or 0) >= IMPORT_WARN_BYTES)]
 
     def left_resident(self):
@@ -291,14 +314,7 @@ class Recorder:
         for e in self.heavy_imports():
             by_module.setdefault(e["nodeid"], []).append(e)
         for nodeid, imports in sorted(by_module.items()):
-            workers = sorted(e["worker"] for e in imports if e.get("worker"))
-            where = f" (in {', '.join(workers)})" if workers else ""
-            tr.write_line(
-                f"importing {nodeid} took {max(e['seconds'] for e in imports):.1f} s and added "
-                f"{max(e.get('rss_growth') or 0 for e in imports) / MiB:.0f} MiB{where}: "
-                "heavy work at import time runs in every worker during collection, before any "
-                "test (imports under the lock are serialized); move the model load into a "
-                "fixture")
+            tr.write_line(describe_import(nodeid, imports))
         for e in everything:
             if e.get("outcome") == "crashed":
                 what = "importing" if e.get("kind") == "import" else "running"
