@@ -139,3 +139,31 @@ def test_a_conftest_under_a_heavy_path_is_imported_under_the_lock(pytester, env,
     conftests = [e for e in imports if e["nodeid"] == "tests/scripts/conftest.py"]
     assert len(conftests) == 3 and all(e["acquired"] and e["model"] == str(model)
                                        for e in conftests)
+
+
+def test_a_heavy_conftest_that_cannot_get_the_lock_stops_the_run_unimported(pytester, env,
+                                                                           cli):
+    """A conftest is loaded before its folder's collect(): when the lock
+    cannot be had, the run stops rather than import it without the lock."""
+    import os
+    import subprocess
+
+    from helpers import wait_for
+    from test_plugin_project import held_by_pid
+
+    conftest = scripts(pytester, "conftest.py", held_at_import(cli))
+    (conftest.parent / "test_s.py").write_text("def test_s(): pass\n")
+    lock = pytester.path / "models" / ".llm_load.lock"
+    lock.parent.mkdir()
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "60"], start_new_session=True)
+    try:
+        wait_for(lambda: held_by_pid(lock) == holder.pid, what="holder")
+        r = pytester.runpytest_subprocess("--heavylock-timeout=0.3")
+    finally:
+        os.killpg(holder.pid, 9)
+        holder.wait()
+    assert r.ret == pytest.ExitCode.INTERRUPTED
+    r.stdout.fnmatch_lines([f"*heavylock: gave up after waiting 0.3 s for {lock}*(to import "
+                            "tests/scripts/conftest.py, which is never imported without the "
+                            "lock)*"])
+    assert not env.exists()  # never imported
