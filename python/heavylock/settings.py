@@ -209,11 +209,11 @@ def size_parse_py(text) -> int:
     v, rest = float(m.group(0)), t[m.end():].lower()
     mult = 1
     if rest:
-        mult = _SIZE_UNITS.get(rest[0])
+        mult = _SIZE_UNITS.get(rest[0], 0)
         tail = rest if rest[0] == "b" else rest[1:]
         tail = tail[1:] if tail[:1] == "i" else tail
         tail = tail[1:] if tail[:1] == "b" else tail
-        if mult is None or tail:
+        if not mult or tail:
             raise ValueError(f"{text!r} is not a size")
     elif any(c in t for c in ".eE"):
         raise ValueError(f"{text!r} is not a size")  # plain bytes: an integer
@@ -331,8 +331,9 @@ def output_path(config, option, suffixes=None):
     path = os.path.abspath(v)
     flag = "--" + option.replace("_", "-")
     if suffixes and not path.lower().endswith(suffixes):
-        raise pytest.UsageError(f"{flag}={v!r}: the file must end in "
-                                f"{', '.join(suffixes[:-1])} or {suffixes[-1]} (what it is written as)")
+        shown = f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
+        raise pytest.UsageError(f"{flag}={v!r}: the file must end in {shown} (what it is "
+                                "written as)")
     if os.path.isdir(path):
         raise pytest.UsageError(f"{flag}={v!r} is a directory; name the file to write")
     if not hasattr(config, "workerinput"):  # only the process that writes it
@@ -357,8 +358,9 @@ def _target_problem(path):
         if not os.path.isdir(d):
             return f"{d} is not a directory, so the lock's folder cannot be created there"
         if not os.access(d, os.W_OK | os.X_OK):
-            return (f"cannot create {'the lock file' if d == os.path.dirname(path) else 'its folder'}"
-                    f" in {d}: it is read-only for this user (uid {os.getuid()})")
+            what = "the lock file" if d == os.path.dirname(path) else "its folder"
+            return (f"cannot create {what} in {d}: it is read-only for this user "
+                    f"(uid {os.getuid()})")
         return None
     except OSError as exc:
         return f"cannot look at it: {exc.strerror}"
