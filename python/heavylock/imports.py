@@ -7,7 +7,8 @@ mapped during the import (``/proc/self/maps``) or left open (``/proc/self/fd``)
 that lies in the model's directory (``LOCAL_MODEL_PATH``'s, or the lock's) or
 is a ``.gguf``; or a heavy token in the module's import-time code.
 
-A module that loaded no model needs no lock: that answer is kept in pytest's
+A module that loaded no model (and read less than 32 MiB: it may have read
+one without mapping it) needs no lock: that answer is kept in pytest's
 cache (``heavylock/imports``) per file and content hash, as durations and
 weights are, and the next runs import it freely until the file changes.  (A
 helper module it imports is not hashed: a model load added there is seen
@@ -75,26 +76,62 @@ def model_dirs(settings):
     return tuple(d.rstrip("/") + "/" for d in dirs)
 
 
+READ_LIMIT = 32 * 2**20  # an import that read this much may have read a model
+
+
+def _bytes_read():
+    """Bytes this process has read so far (files, pipes, sockets), or None."""
+    try:
+        with open("/proc/self/io", "rb") as f:
+            for line in f:
+                if line.startswith(b"rchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class Probe:
     """What one import mapped or opened: before() just before it, after()
     just after; returns the model file it loaded, or None."""
 
-    def __init__(self, dirs):
+    def __init__(self, dirs, lock_path):
         self.dirs = dirs
+        self.lock_path = lock_path  # the lock and its slot table are no model
         self._before = None
+        self._read = None
+        self.read = None     # bytes the import read, once after() ran
 
     def before(self):
-        self._before = _mapped_files()
+        mapped = _mapped_files()
+        self._before = None if mapped is None else mapped | _open_files()
+        self._read = _bytes_read()
+
+    @property
+    def seen(self):
+        """Whether this system lets an import be watched (Linux /proc)."""
+        return self._before is not None and self._read is not None
 
     def after(self):
-        if self._before is None:
-            return None
-        now = _mapped_files() or set()
-        for path in sorted((now - self._before) | _open_files()):
-            if path.endswith(MODEL_SUFFIXES) or path.startswith(self.dirs):
-                if not path.endswith(".lock"):  # the lock file itself is no model
-                    return path
+        if not self.seen:
+            return None  # nothing seen, so nothing is said (and nothing cached)
+        read = _bytes_read()
+        self.read = read - self._read if read is not None else None
+        new = ((_mapped_files() or set()) | _open_files()) - self._before
+        for path in sorted(new):
+            if ((path.endswith(MODEL_SUFFIXES) or path.startswith(self.dirs))
+                    and not path.startswith(self.lock_path)):
+                return path
         return None
+
+
+def light_import(event):
+    """Whether a measured import may go without the lock next time: it was
+    watched, mapped or kept open no model, read too little to have read one,
+    and names no token at import time."""
+    return (event.get("probed") is True and not event.get("model")
+            and (event.get("read_bytes") or 0) < READ_LIMIT
+            and not (event.get("rule") or "").startswith("token "))
 
 
 class ImportVerdicts:
@@ -118,15 +155,15 @@ class ImportVerdicts:
         """True when an earlier run imported this very content and saw no model."""
         seen = self.known.get(rel)
         return (sha is not None and isinstance(seen, dict) and seen.get("sha256") == sha
-                and seen.get("model") is None)
+                and seen.get("light") is True)
 
     def save(self, events):
         cache = getattr(self.config, "cache", None)
         new = {}
         for e in events:
             if e.get("kind") == "import" and e.get("sha256") and e.get("seconds") is not None:
-                seen = new.setdefault(e["nodeid"], {"sha256": e["sha256"], "model": None})
-                seen["model"] = seen["model"] or e.get("model")  # any worker's sighting
+                seen = new.setdefault(e["nodeid"], {"sha256": e["sha256"], "light": True})
+                seen["light"] = seen["light"] and light_import(e)  # every worker's sighting
         if cache is None or not new:
             return
         merged = dict(self.known)

@@ -192,7 +192,7 @@ def pytest_make_collect_report(collector):
         yield
         return
     state.recorder.touch(event)  # should this worker die while importing it
-    probe = Probe(state.model_dirs)
+    probe = Probe(state.model_dirs, state.settings.path)
     probe.before()
     before, t0 = rss(), time.monotonic()
     try:
@@ -203,6 +203,7 @@ def pytest_make_collect_report(collector):
         if before is not None and after is not None:
             event["rss_growth"] = after - before
         event["model"] = probe.after()
+        event["probed"], event["read_bytes"] = probe.seen, probe.read
         event["released"] = event["end"] = time.time()  # before others may win
         lost = state.client.release()
         if lost:

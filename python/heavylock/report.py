@@ -17,6 +17,7 @@ import threading
 import time
 
 from heavylock import backends
+from heavylock.imports import light_import
 
 SCHEMA = 1
 IMPORT_WARN_SECONDS = 1.0      # an import this slow is named after collection
@@ -67,9 +68,16 @@ def describe_import(nodeid, imports):
                 "process at a time; each process that imports it keeps what it loaded for the "
                 "whole run, tests or not: a fixture that loads the model runs only where its "
                 "tests do, under the lock")
-    return (f"importing {nodeid} {measured} and loaded no model (no .gguf or file of the "
-            "model's folder mapped or open): from the next run on it is imported without "
-            "the lock, until the file changes")
+    if all(light_import(e) for e in imports):
+        return (f"importing {nodeid} {measured} and loaded no model (no .gguf or file of the "
+                "model's folder mapped or open): from the next run on it is imported without "
+                "the lock, until the file changes")
+    read = max(e.get("read_bytes") or 0 for e in imports)
+    why = (f"but it read {read / MiB:.0f} MiB, so it may have read one"
+           if any(e.get("probed") for e in imports) else "but this system does not let an "
+           "import be watched")
+    return (f"importing {nodeid} {measured}; no model file was seen mapped or open, {why}: it "
+            "stays under the lock")
 
 
 class Recorder:

@@ -167,3 +167,18 @@ def test_a_heavy_conftest_that_cannot_get_the_lock_stops_the_run_unimported(pyte
                             "tests/scripts/conftest.py, which is never imported without the "
                             "lock)*"])
     assert not env.exists()  # never imported
+
+
+def test_a_module_that_reads_a_file_as_big_as_a_model_stays_locked(pytester, env, cli):
+    """Read into memory and closed, a model leaves no mapping to see: an
+    import that read 32 MiB or more is never taken for light."""
+    (pytester.path / "weights.bin").write_bytes(bytes(40 * 2**20))
+    scripts(pytester, "test_reader.py", held_at_import(
+        cli, "WEIGHTS = open('weights.bin', 'rb').read()"))
+    for _ in range(2):
+        r = pytester.runpytest_subprocess()
+        r.assert_outcomes(passed=1)
+        r.stdout.fnmatch_lines(["importing tests/scripts/test_reader.py took * s and added * MiB; "
+                                "no model file was seen mapped or open, but it read 4? MiB, so "
+                                "it may have read one: it stays under the lock"])
+    assert held_log(env) == [True, True]
