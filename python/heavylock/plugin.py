@@ -9,8 +9,8 @@ heavy), ``locking`` (the wait for the lock), ``report`` (what happened) and
 A heavy test holds the lock from the start of its setup to the end of its
 teardown; a heavy test module or conftest.py holds it while it is imported
 (heavy work at import time is part of its tests), until a run has measured
-that importing it loads no model (``imports``).  Settings: command line > environment >
-ini > default.
+that importing it loads no model (``imports``).  Settings: command line >
+environment > ini > default.
 """
 
 from __future__ import annotations

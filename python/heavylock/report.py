@@ -248,7 +248,7 @@ class Recorder:
             why = e.get("no_lock")  # (a test skipped by its own mark has no event)
             if why:
                 counts[why] = counts.get(why, 0) + 1
-        shown = {"skipped": "skipped (not opted in)",
+        shown = {"skipped": "skipped (not opted in, or no LOCAL_MODEL_PATH)",
                  "timed out": "timed out waiting (--heavylock-timeout)",
                  "error": "could not take the lock (errors)"}
         return ", ".join(f"{counts[k]} {shown[k]}" for k in shown if k in counts)

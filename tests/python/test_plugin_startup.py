@@ -133,5 +133,6 @@ def test_the_summary_tells_skipped_timed_out_and_errors_apart(pytester, env):
         holder.wait()
     r.assert_outcomes(skipped=1, errors=2)
     r.stdout.fnmatch_lines(["heavy tests were selected but none took the lock: 1 skipped (not "
-                            "opted in), 1 timed out waiting (--heavylock-timeout), 1 could not "
+                            "opted in, or no LOCAL_MODEL_PATH), 1 timed out waiting "
+                            "(--heavylock-timeout), 1 could not "
                             "take the lock (errors)"])
