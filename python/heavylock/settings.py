@@ -433,7 +433,9 @@ class Settings:
         self.tokens = [t for t in config.getini("heavylock_tokens") if t]
         self.report = output_path(config, "heavylock_report")
         self.timeline = output_path(config, "heavylock_timeline", (".svg", ".html", ".htm"))
-        self.worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        # an xdist worker's id; not one inherited by a pytest run inside a worker
+        self.worker = (os.environ.get("PYTEST_XDIST_WORKER", "")
+                       if hasattr(config, "workerinput") else "")
         if not hasattr(config, "workerinput"):  # once per run: the workers share it
             check_lock_target(self)
 

@@ -112,3 +112,17 @@ def test_an_output_that_cannot_be_written_fails_the_run(pytester, env, option):
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines([f"heavylock: could not write the {option} {target}: Is a directory "
                             "(the run fails)"])
+
+
+def test_a_run_inside_an_xdist_worker_is_no_worker(pytester, env, monkeypatch):
+    """PYTEST_XDIST_WORKER inherited from an outer worker (pytester under
+    -n) made the inner run act as a worker: no report of its own tests."""
+    import json
+
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw7")
+    pytester.makepyfile("import pytest\n@pytest.mark.llm\ndef test_h(): pass\n")
+    report = pytester.path / "r.json"
+    r = pytester.runpytest_subprocess(f"--heavylock-report={report}")
+    r.assert_outcomes(passed=1)
+    events = json.loads(report.read_text())["events"]
+    assert [(e["worker"], e["outcome"]) for e in events] == [("", "passed")]
