@@ -93,9 +93,10 @@ def setting(config, option, env, ini):
     return None, None
 
 
-def parse_yes_no(value, where, meaning="") -> bool:
+def parse_yes_no(value, where, meaning=("", "")) -> bool:
     """A switch's value from any source (True/False as given, or text), or a
-    usage error naming the source and the value."""
+    usage error naming the source and the value (`meaning`: what yes and
+    what no do, for the message)."""
     if isinstance(value, bool):
         return value
     low = str(value).strip().lower()
@@ -104,8 +105,7 @@ def parse_yes_no(value, where, meaning="") -> bool:
     if low in FALSE_VALUES:
         return False
     raise pytest.UsageError(f"{where}={value!r} is not a yes/no value: use 1, true, yes or on"
-                            f"{meaning[0] if meaning else ''}, 0, false, no, off or empty"
-                            f"{meaning[1] if meaning else ''}")
+                            f"{meaning[0]}, 0, false, no, off or empty{meaning[1]}")
 
 
 RUN_HEAVY_MEANING = (" to run heavy tests (serialized)", " for fast tests only")
