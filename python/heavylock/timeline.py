@@ -77,7 +77,9 @@ def render_svg(events, memory=(), title="heavylock timeline"):
             if (e.get("worker") or "main") != w:
                 continue
             tip = escape(f"{e['nodeid']} ({e.get('rule') or ''}"
-                         + (f", {e['outcome']}" if e.get("outcome") else "") + ")")
+                         + (f", {e['outcome']}" if e.get("outcome") else "")
+                         + (f": worker died: {e.get('cause') or 'cause unknown'}"
+                            if e.get("outcome") == "crashed" else "") + ")")
             if e.get("wait_start") and e.get("acquired") and e["acquired"] - e["wait_start"] > 0.005:
                 wx = x(e["wait_start"])
                 out.append(f'<rect class="wait" x="{wx:.1f}" y="{y + 4}" '
@@ -96,7 +98,8 @@ def render_svg(events, memory=(), title="heavylock timeline"):
                        f'y="{y + 3}" width="{max(x(e["end"]) - x(start), 1):.1f}" '
                        f'height="{ROW - 6}" fill="{colour}" {edge}><title>{tip}, '
                        f'{e["end"] - start:.2f} s</title></rect>')
-            text = short_name(e) + (" (worker crashed)" if crashed else "")
+            text = short_name(e) + (f" (worker died: {e.get('cause') or 'cause unknown'})"
+                                    if crashed else "")
             name = label(x(start), x(e["end"]), y, text)
             if name:
                 out.append(name)

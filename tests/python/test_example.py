@@ -1,6 +1,6 @@
-"""The example LLM app (examples/llm-app): its fast suite always; its real
-model tests (llama.cpp on the CPU, SmolLM2-135M GGUF) when `make test` has
-set them up (LLM_APP_MODEL names the model file)."""
+"""The example LLM app (examples/llm-app) without the model: its fast suite,
+the timeline, the set-up's smoke inference.  The real model's tests are in
+test_example_model.py."""
 
 import os
 import subprocess
@@ -10,10 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from helpers import overlaps
-
 APP = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "llm-app")
-MODEL = os.environ.get("LLM_APP_MODEL", "")
 
 
 def run_app(*args, env_extra=None, sample=False):
@@ -50,48 +47,6 @@ def test_fast_suite_by_default():
     assert "8 passed, 5 skipped" in out
 
 
-def model_ready():
-    if not MODEL or not os.path.isfile(MODEL):
-        pytest.skip("the example model is not set up (make test sets LLM_APP_MODEL)")
-    pytest.importorskip("llama_cpp")
-
-
-def test_real_model_loads_never_overlap_and_use_less_memory(tmp_path):
-    model_ready()
-    opt_in = {"RUN_HEAVY_INTEGRATION": "1", "LOCAL_MODEL_PATH": MODEL}
-    loads = tmp_path / "loads"
-    timeline = tmp_path / "timeline.svg"
-    # the lock alone, across workers (the heavy lane, the default, would put every
-    # test on one worker: make demo shows that run)
-    rc, out, peak_with = run_app("-n", "4", "-p", "xdist", "--heavylock-lane=off",
-                                 f"--heavylock-timeline={timeline}",
-                                 env_extra={**opt_in, "LLM_APP_LOAD_LOG": str(loads)},
-                                 sample=True)
-    assert rc == 0, out
-    assert "13 passed" in out
-    iv = sorted((float(a), float(b), int(pid))
-                for pid, a, b in (ln.split() for ln in loads.read_text().splitlines()))
-    assert len(iv) == 5  # every real model load, from fixture setup to teardown
-    assert len({pid for *_, pid in iv}) > 1  # on several workers
-    assert overlaps(iv) == []
-
-    loads_without = tmp_path / "loads-without"
-    rc, out, peak_without = run_app("-n", "4", "-p", "xdist", "-p", "no:heavylock",
-                                    env_extra={**opt_in, "LLM_APP_LOAD_LOG": str(loads_without)},
-                                    sample=True)
-    assert rc == 0, out
-    assert peak_with < peak_without, (peak_with, peak_without)
-
-    # the picture: valid SVG, one row per worker, one bar per test
-    root = ET.parse(timeline).getroot()
-    ns = {"s": "http://www.w3.org/2000/svg"}
-    rows = root.findall("s:g[@class='row']", ns)
-    assert sorted(r.get("data-worker") for r in rows) == ["gw0", "gw1", "gw2", "gw3"]
-    bars = root.findall(".//s:rect[@class='test']", ns)
-    assert len(bars) == 13
-    assert root.find("s:polyline[@class='memory']", ns) is not None
-
-
 def test_timeline_html_without_xdist(pytester, tmp_path):
     pytester.makepyfile("""
         import pytest
@@ -108,3 +63,51 @@ def test_timeline_html_without_xdist(pytester, tmp_path):
     ns = {"s": "http://www.w3.org/2000/svg"}
     assert [r.get("data-worker") for r in svg.findall("s:g[@class='row']", ns)] == ["main"]
     assert len(svg.findall(".//s:rect[@class='test']", ns)) == 2
+
+
+def test_smoke_inference_names_the_signal_the_library_and_the_remedy(tmp_path):
+    """The set-up's smoke inference (examples/llm-app/smoke.py) against a
+    llama.cpp that dies by SIGSEGV on its first inference, as the native
+    build did on this VM (AMX): a fake llama_cpp whose Llama segfaults."""
+    fake = tmp_path / "fake"
+    (fake / "llama_cpp").mkdir(parents=True)
+    (fake / "llama_cpp" / "__init__.py").write_text(
+        "import ctypes\n"
+        "class Llama:\n"
+        "    def __init__(self, **kw): pass\n"
+        "    def __call__(self, *a, **kw): ctypes.string_at(0)  # a real SIGSEGV\n")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    wheels = tmp_path / "wheels" / "llama-cpp-python-0.3.36-portable"
+    p = subprocess.run([sys.executable, os.path.join(APP, "smoke.py"), str(model),
+                        "--wheel-dir", str(wheels), "--build", "portable"],
+                       env={**os.environ, "PYTHONPATH": str(fake)},
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    msg = p.stderr
+    assert "died by SIGSEGV (Segmentation fault)" in msg, msg
+    assert "libggml-cpu.so" in msg and "llama.cpp" in msg, msg
+    assert f"rm -rf {wheels}" in msg and "LLAMA_BUILD=native" in msg, msg
+    assert "Fatal Python error: Segmentation fault" in msg, msg  # the child's own trace
+
+
+def test_smoke_inference_passes_a_working_library(tmp_path):
+    """The same check against a llama_cpp that answers: it passes and shows
+    the answer (so the failure above is the signal, not the set-up)."""
+    fake = tmp_path / "fake"
+    (fake / "llama_cpp").mkdir(parents=True)
+    (fake / "llama_cpp" / "__init__.py").write_text(
+        "class Llama:\n"
+        "    def __init__(self, **kw): pass\n"
+        "    def __call__(self, prompt, **kw):\n"
+        "        assert prompt.startswith('<|im_start|>system')\n"
+        "        return {'choices': [{'text': ' Hello!'}]}\n"
+        "    def close(self): pass\n")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    p = subprocess.run([sys.executable, os.path.join(APP, "smoke.py"), str(model),
+                        "--wheel-dir", str(tmp_path), "--build", "native"],
+                       env={**os.environ, "PYTHONPATH": str(fake)},
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "smoke inference (native llama.cpp): 'Hello!'" in p.stdout

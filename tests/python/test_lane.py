@@ -237,7 +237,8 @@ def test_lane_worker_killed_mid_test_nothing_lost_nothing_twice(pytester, env):
     # on a live worker (one that ran light tests before the crash), not the replacement
     crash_time = next(a for a, _, _, n in records(env, "start") if n.endswith("[1]"))
     assert any(pid in after and a < crash_time for a, _, pid, _ in records(env, "light"))
-    r.stdout.fnmatch_lines(["*worker gw? crashed while running test_crash.py::test_heavy?1? "
+    r.stdout.fnmatch_lines(["*worker gw? crashed while running test_crash.py::test_heavy?1?: "
+                            "killed by SIGKILL "
                             "(reported as failed); the lane moved on to gw?"])
     events = json.loads(report.read_text())["events"]
     crashed = [e for e in events if e.get("outcome") == "crashed"]
@@ -342,7 +343,8 @@ def test_a_crashed_heavy_test_queued_again_reaches_a_new_lane(pytester, env):
     heavy = records(env, "heavy")
     assert sorted(n for *_, n in heavy) == [f"test_rerun.py::test_heavy[{i}]" for i in range(3)]
     assert overlaps(heavy) == []
-    r.stdout.fnmatch_lines(["*worker gw? crashed while running test_rerun.py::test_heavy?2? "
+    r.stdout.fnmatch_lines(["*worker gw? crashed while running test_rerun.py::test_heavy?2?: "
+                            "killed by SIGKILL "
                             "(queued again); the lane moved on to gw?"])
 
 

@@ -17,8 +17,6 @@ import heavylock
 from heavylock import _native
 from helpers import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL_NAME = "examples/llm-app/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # One turn per iteration: take the lock with the given slots, weight and
 # budget, record the interval, let go.  argv: path log n slots weight budget
@@ -312,35 +310,8 @@ def test_a_url_passes_through_resolve_path_untouched(monkeypatch, tmp_path, twin
     assert list(tmp_path.iterdir()) == []
 
 
-def model_path():
-    for root in (ROOT, Path("/work/main")):
-        if (root / MODEL_NAME).is_file():
-            return root / MODEL_NAME
-    pytest.skip(f"{MODEL_NAME} is not there: run make example-setup")
 
 
-def test_gguf_estimate_of_the_real_model(tmp_path):
-    m = model_path()
-    e = _native.gguf_estimate(m)
-    info = _native.gguf_info(m)
-    assert e["total"] == e["weights"] + e["kv_cache"] + e["overhead"]
-    assert e["weights"] == info["tensor_bytes"]
-    assert 0.9 * m.stat().st_size < e["weights"] < m.stat().st_size
-    assert e["context_length"] == info["context_length"] > 0
-    # f16 K and V over the model's whole context (the header's formula)
-    head_dim = e["embedding_length"] // e["head_count"]
-    kv = e["block_count"] * e["context_length"] * e["head_count_kv"] * 2 * head_dim * 2
-    assert e["kv_cache"] == kv > 0
-    assert e["overhead"] == (64 << 20) + e["weights"] * 5 // 100
-    small = _native.gguf_estimate(str(m), n_ctx=1024)
-    assert small["kv_cache"] * e["context_length"] == e["kv_cache"] * 1024
-    assert small["weights"] == e["weights"]
-    (tmp_path / "junk.gguf").write_bytes(b"not a model" * 10)
-    with pytest.raises(ValueError, match="junk.gguf.*not a GGUF"):
-        _native.gguf_estimate(tmp_path / "junk.gguf")
-    with pytest.raises(FileNotFoundError) as exc:
-        _native.gguf_estimate(tmp_path / "missing.gguf")
-    assert exc.value.filename == str(tmp_path / "missing.gguf")
 
 
 def test_size_parse_and_format():

@@ -171,6 +171,45 @@ def test_sigkilled_worker_stays_in_report_and_timeline(pytester, env):
     assert all(events[f"test_k.py::test_ok[{i}]"]["outcome"] == "passed" for i in range(3))
     text = svg.read_text()
     assert re.search(r'<rect class="test crashed"[^>]*><title>test_k.py::test_killed', text)
+    # SIGKILL with no OOM kill counted by the kernel: not called out of memory
+    assert killed["cause"] == "killed by SIGKILL", killed
+    assert "not out of memory" in killed["cause_evidence"], killed
+    assert "oom_kill unchanged" in killed["cause_evidence"] or \
+        "no OOM-kill counter" in killed["cause_evidence"], killed
+    r.stdout.fnmatch_lines(["test_k.py::test_killed: its worker gw? died while running it, "
+                            "holding the lock: killed by SIGKILL (Killed; not out of memory: *)"])
+    assert "out of memory?" not in r.stdout.str()
+    assert "worker died: killed by SIGKILL" in text
+
+
+def test_segfaulted_worker_is_named_by_its_signal(pytester, env):
+    """A worker that dies by a real SIGSEGV (as llama.cpp did on a CPU it
+    could not run on) is said to, in the summary, the report and the
+    timeline alike; not "out of memory"."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_s="""
+        import ctypes, pytest
+
+        @pytest.mark.llm
+        def test_segv():
+            ctypes.string_at(0)   # a real segmentation fault
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_ok(i): pass
+    """)
+    report, svg = pytester.path / "r.json", pytester.path / "t.svg"
+    r = pytester.runpytest_subprocess("-n", "2", "-p", "xdist", f"--heavylock-report={report}",
+                                      f"--heavylock-timeline={svg}")
+    r.assert_outcomes(passed=3, failed=1)
+    r.stdout.fnmatch_lines(["test_s.py::test_segv: its worker gw? died while running it, "
+                            "holding the lock: killed by SIGSEGV (Segmentation fault; "
+                            "exit status -11)"])
+    events = {e["nodeid"]: e for e in json.loads(report.read_text())["events"]}
+    segv = events["test_s.py::test_segv"]
+    assert (segv["outcome"], segv["cause"]) == ("crashed", "killed by SIGSEGV"), segv
+    assert re.search(r"<title>test_s.py::test_segv \([^)]*crashed: worker died: "
+                     r"killed by SIGSEGV", svg.read_text())
+    assert "out of memory" not in r.stdout.str()
 
 
 def test_worker_killed_while_importing_a_heavy_module(pytester, env):

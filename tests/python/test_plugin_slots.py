@@ -15,10 +15,6 @@ import pytest
 
 pytest.importorskip("xdist")  # a test dependency: requirements-dev.txt installs it
 
-# the example's real model (make example-setup; make test-py passes it)
-MODEL = os.environ.get("LLM_APP_MODEL") or os.path.join(
-    os.path.dirname(__file__), "..", "..", "examples", "llm-app", "models",
-    "SmolLM2-135M-Instruct.Q4_1.gguf")
 G = 2**30
 
 RECORDING = """
@@ -154,8 +150,7 @@ def test_weight_sources_declared_measured_estimated(pytester, env, tmp_path):
     """--heavylock-explain, the summary and the JSON report name where each
     weight came from: declared by the marker, estimated from the GGUF model
     (first run), then measured from the first run's peak (second run)."""
-    if not os.path.isfile(MODEL):
-        pytest.fail(f"the example model {MODEL} is missing: make example-setup")
+    from helpers import toy_gguf
     pytester.makepyfile(test_src=module("""
         @pytest.mark.llm(mem="300M")
         def test_declared(request):
@@ -181,7 +176,7 @@ def test_weight_sources_declared_measured_estimated(pytester, env, tmp_path):
     report = pytester.path / "r.json"  # (as --opt=path: an existing path argument moves rootdir)
     (tmp_path / "models").mkdir()
     model = tmp_path / "models" / "model.gguf"  # the lock goes next to it, here
-    model.symlink_to(os.path.abspath(MODEL))
+    toy_gguf(model)  # a GGUF header and 10 MiB: the estimate reads only the header
     os.environ["RUN_HEAVY_INTEGRATION"] = "1"
     os.environ["LOCAL_MODEL_PATH"] = str(model)
     try:
@@ -199,7 +194,7 @@ def test_weight_sources_declared_measured_estimated(pytester, env, tmp_path):
         assert events["test_declared"]["weight_source"] == "declared"
         assert events["test_model"]["weight_source"] == "estimated"
         from heavylock import _native
-        assert events["test_model"]["weight"] == _native.gguf_estimate(MODEL)["total"] > 0
+        assert events["test_model"]["weight"] == _native.gguf_estimate(str(model))["total"] > 0
 
         second = pytester.runpytest_subprocess(*args)
         second.assert_outcomes(passed=4)
