@@ -215,14 +215,11 @@ static void kernel_views(const char *dir) {
 
 /* A lock server: can we reach it, what it runs, who holds and waits. */
 static int doctor_server(const char *target) {
-  char shown[HL_PATH_MAX + 8], line[1024], safe[1024];
+  char shown[HL_PATH_MAX + 8], line[8192], safe[8192];
   cli_show_target(target, shown, sizeof(shown));
   int rc = hl_pg_doctor(target, line, sizeof(line));
   cli_show_target(line, safe, sizeof(safe));
-  if (rc == -ENOSYS)
-    problem("%s: this heavylock was built without the PostgreSQL backend (libpq was not "
-            "found at build time)", shown);
-  else if (rc < 0)
+  if (rc < 0)
     problem("%s: %s", shown, safe[0] ? safe : hl_strerror(rc));
   else
     say("server", "%s", safe);

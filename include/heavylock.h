@@ -440,6 +440,32 @@ typedef struct hl_path_s {
 } hl_path_t;
 
 /*
+ * What a target names (the one rule, used by the library, the CLI and the
+ * Python package): "SCHEME://..." with an RFC 3986 scheme of two or more
+ * characters is a URL (a one-letter scheme is a Windows drive, "C://x");
+ * anything else is a lock file path ("./redis:x" is a file).  A URL is a
+ * lock server's when its scheme is one of HL_TARGET_SCHEMES; any other
+ * scheme is HL_TARGET_UNKNOWN, which hl_lock_open and hl_status refuse
+ * (-EINVAL, hl_error_detail naming the supported schemes) and callers
+ * report as a usage error: never a file created at "redis:/h/x".
+ */
+#define HL_TARGET_FILE 0
+#define HL_TARGET_PG 1      /* postgresql:// or postgres:// */
+#define HL_TARGET_UNKNOWN 2 /* a URL of no known lock server */
+#define HL_TARGET_SCHEMES "postgresql://, postgres://"
+int hl_target_kind(const char *target);
+
+/*
+ * `text` with every password masked as "***", into `out` (NUL-terminated,
+ * cut at len - 1): the password of a URL's user info (scheme://user:PW@host,
+ * for any scheme, anywhere in the text) and the value of a password= or
+ * sslpassword= parameter (a URL's query, a conninfo keyword, quoted or
+ * not).  Use it on every target, server message and command line shown.
+ * Returns `out`.
+ */
+const char *hl_redact(const char *text, char *out, size_t len);
+
+/*
  * Resolve where the lock lives:
  *   0. $HEAVYLOCK_URL, if set and not empty: a lock server's URL
  *      (postgresql://..., see "Across machines"), passed through untouched;

@@ -58,10 +58,10 @@
  */
 #define _GNU_SOURCE
 #include "kind.h"
+#include "pq.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libpq-fe.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -122,20 +122,9 @@ static void machine_id(char *out, size_t len) {
 
 /* ---- error details: the server's words, for messages ----
  * hl_strerror() maps codes to fixed text; what the server said (which host
- * refused, which password failed) is kept per thread for the caller. */
-static __thread char errdetail[512];
-
-static void set_detail(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(errdetail, sizeof(errdetail), fmt, ap);
-  va_end(ap);
-  size_t n = strlen(errdetail);
-  while (n > 0 && (errdetail[n - 1] == '\n' || errdetail[n - 1] == ' '))
-    errdetail[--n] = '\0';
-}
-
-const char *hl__pg_errdetail(void) { return errdetail; }
+ * refused, which password failed) is kept per thread for the caller, in
+ * kind.c's buffer (hl__detail_set: large enough for the table's DDL). */
+const char *hl__pg_errdetail(void) { return hl__kind_detail(); }
 
 /* ---- keys ---- */
 
@@ -183,7 +172,7 @@ static void key_oids(key_t_ k, char a[12], char b[12]) {
 
 static int claims(const char *target, const hl__ask_t *ask) {
   (void)ask;
-  return strncmp(target, "postgresql://", 13) == 0 || strncmp(target, "postgres://", 11) == 0;
+  return hl_target_kind(target) == HL_TARGET_PG;
 }
 
 static int hexval(int c) {
@@ -222,7 +211,7 @@ int hl__pg_parse(const char *target, char **conninfo, char *name, size_t namelen
         if (c == '%') {
           int hi = i + 2 < len ? hexval(p[i + 1]) : -1, lo = i + 2 < len ? hexval(p[i + 2]) : -1;
           if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            set_detail("bad percent-escape in the lock name of '%s'", target);
+            hl__detail_set("bad percent-escape in the lock name of '%s'", target);
             free(out);
             return -EINVAL;
           }
@@ -232,7 +221,7 @@ int hl__pg_parse(const char *target, char **conninfo, char *name, size_t namelen
           c = ' ';
         }
         if (n + 1 >= namelen || n >= NAME_MAX_LEN) {
-          set_detail("lock name in '%s' is longer than %d bytes", target, NAME_MAX_LEN);
+          hl__detail_set("lock name in '%s' is longer than %d bytes", target, NAME_MAX_LEN);
           free(out);
           return -EINVAL;
         }
@@ -240,7 +229,7 @@ int hl__pg_parse(const char *target, char **conninfo, char *name, size_t namelen
       }
       name[n] = '\0';
       if (n == 0) {
-        set_detail("empty lock name (name=) in '%s'", target);
+        hl__detail_set("empty lock name (name=) in '%s'", target);
         free(out);
         return -EINVAL;
       }
@@ -253,11 +242,19 @@ int hl__pg_parse(const char *target, char **conninfo, char *name, size_t namelen
     p = end ? end + 1 : NULL;
   }
   out[o] = '\0';
+  /* libpq is loaded at the first URL (pq.h): without it, say what to install. */
+  const char *why;
+  int rc = hl__pq_load(&why);
+  if (rc < 0) {
+    hl__detail_set("%s", why);
+    free(out);
+    return rc;
+  }
   /* Let libpq judge the rest now, so a bad URL is reported at open. */
   char *err = NULL;
   PQconninfoOption *opts = PQconninfoParse(out, &err);
   if (opts == NULL) {
-    set_detail("bad PostgreSQL URL '%s': %s", target, err ? err : "out of memory");
+    hl__detail_set("bad PostgreSQL URL '%s': %s", target, err ? err : "out of memory");
     PQfreemem(err);
     free(out);
     return -EINVAL;
@@ -310,7 +307,7 @@ static PGconn *connect_to(const char *conninfo, const char *appname) {
  * gone (the lock with it), else -EPROTO with the server's message kept. */
 static int query_error(pg_state_t *s, PGconn *c, PGresult *r, const char *what) {
   const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(c);
-  set_detail("%s: %s", what, msg && msg[0] ? msg : PQerrorMessage(c));
+  hl__detail_set("%s: %s", what, msg && msg[0] ? msg : PQerrorMessage(c));
   /* A FATAL (pg_terminate_backend, a server shutdown) ends the session even
    * before libpq has read the end of the stream. */
   const char *sev = r ? PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED) : NULL;
@@ -409,10 +406,10 @@ static int ensure_table(pg_state_t *s) {
   if ((rc = exec0(s, "SELECT pg_advisory_xact_lock($1::int4, $2::int4)", 2, p)) == 0)
     rc = exec0(s, TABLE_DDL, 0, NULL);
   if (rc < 0) {
-    char keep[sizeof(errdetail)];
-    snprintf(keep, sizeof(keep), "%s", errdetail);
+    char keep[1024];
+    snprintf(keep, sizeof(keep), "%s", hl__kind_detail());
     (void)exec0(s, "ROLLBACK", 0, NULL);
-    set_detail("cannot create the table heavylock_holders (%s); grant CREATE on the schema "
+    hl__detail_set("cannot create the table heavylock_holders (%s); grant CREATE on the schema "
                "or create it once as: %s",
                keep, TABLE_DDL);
     return rc;
@@ -432,7 +429,7 @@ static int session_start(pg_state_t *s) {
   set_appname(s, s->ask.label, app);
   s->conn = connect_to(s->conninfo, app);
   if (s->conn == NULL || PQstatus(s->conn) != CONNECTION_OK) {
-    set_detail("cannot connect to PostgreSQL: %s",
+    hl__detail_set("cannot connect to PostgreSQL: %s",
                s->conn ? PQerrorMessage(s->conn) : "out of memory");
     if (s->conn)
       PQfinish(s->conn);
@@ -500,7 +497,7 @@ static int make_plan(const hl__ask_t *ask, plan_t *p) {
   p->admit_mem = ask->slots == 0 || (ask->slots != 1 && ask->weight > 0) ||
                  (ask->slots != 1 && ask->budget > 0);
   if (p->admit_mem && ask->budget == 0) {
-    set_detail("memory admission on a PostgreSQL lock needs a budget (--budget SIZE): "
+    hl__detail_set("memory admission on a PostgreSQL lock needs a budget (--budget SIZE): "
                "there is no live memory to read across machines");
     return HL_ENOBUDGET;
   }
@@ -873,7 +870,7 @@ static int pg_release(void *state) {
   s->held = 0;
   if (s->lost || s->conn == NULL || PQstatus(s->conn) != CONNECTION_OK) {
     s->lost = 1;
-    set_detail("the connection to PostgreSQL was lost while the lock was held: "
+    hl__detail_set("the connection to PostgreSQL was lost while the lock was held: "
                "the server released it then");
     return HL_ELOST;
   }
@@ -990,7 +987,7 @@ static int pg_status(const char *target, hl_status_t *st, int flags) {
   PGconn *c = connect_to(conninfo, "heavylock status");
   free(conninfo);
   if (c == NULL || PQstatus(c) != CONNECTION_OK) {
-    set_detail("cannot connect to PostgreSQL: %s", c ? PQerrorMessage(c) : "out of memory");
+    hl__detail_set("cannot connect to PostgreSQL: %s", c ? PQerrorMessage(c) : "out of memory");
     PQfinish(c);
     return -ECONNREFUSED;
   }
@@ -1132,7 +1129,7 @@ int hl_pg_doctor(const char *target, char *out, size_t len) {
   void *state;
   int rc = pg_open(target, &state);
   if (rc < 0) {
-    snprintf(out, len, "%s", errdetail);
+    snprintf(out, len, "%s", hl__kind_detail());
     return rc;
   }
   pg_state_t *s = state;

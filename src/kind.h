@@ -158,6 +158,14 @@ typedef struct hl__kind_s {
 /* What the last failing call in this thread said beyond its code (the
  * server's words), "" when nothing; for hl_error_detail (kind.c). */
 const char *hl__kind_detail(void);
+/* Set it (printf-style; trailing newlines dropped).  At most
+ * HL__DETAIL_MAX - 1 bytes. */
+#define HL__DETAIL_MAX 8192
+void hl__detail_set(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
 
 /* The kinds.  kind.c lists them for the registry; the build defines
  * HL_HAVE_SLOTS (Linux: OFD locks, /proc) and HL_HAVE_PG (libpq found) for
@@ -177,11 +185,15 @@ extern const hl__kind_t hl__kind_pg;
  * returns -ENOSYS).
  */
 const hl__kind_t *hl__kind_pick(const char *target, const hl__ask_t *ask);
+/* The error when no kind claims `target`: -EINVAL with the detail naming the
+ * supported schemes for a URL of an unknown one, else -ENOSYS (a kind this
+ * build lacks). */
+int hl__kind_none(const char *target);
 
 /* Helpers the kinds share (lock.c). */
 /* The flock kind's status of a lock file: kernel lock table + record. */
 int hl__flock_status(const char *path, hl_status_t *st, int flags);
-/* 1 when `target` looks like "scheme://...": not a lock file path (the file
+/* 1 when `target` is a URL (hl_target_kind): not a lock file path (the file
  * kinds refuse it, so that a URL without its kind is not created as a file). */
 int hl__is_url(const char *target);
 

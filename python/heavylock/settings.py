@@ -165,8 +165,8 @@ def parse_resident_warn(config):
 
 def is_url(value) -> bool:
     """A lock server's URL (the PostgreSQL kind): passed through untouched,
-    never made absolute, never a directory to create."""
-    return str(value).startswith(("postgresql://", "postgres://"))
+    never made absolute, never a directory to create.  The C core's rule."""
+    return backends.target_kind(str(value)) != "file"
 
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
@@ -263,7 +263,11 @@ def resolve_lock_path(config):
     if opt is not None:
         if not opt:
             raise pytest.UsageError("--heavylock-path is empty; name a lock file")
-        if is_url(opt):
+        try:  # redis://h/x is a usage error, not a directory "redis:"
+            url = backends.check_target(opt, "--heavylock-path") != "file"
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if url:
             return opt, "--heavylock-path", None
         return os.path.abspath(opt), "--heavylock-path", None
     for env in ("HEAVYLOCK_URL", "HEAVYLOCK_PATH"):  # a server's URL: nothing to resolve
@@ -272,7 +276,12 @@ def resolve_lock_path(config):
     ini = config.getini("heavylock_path")
     env_set = any(v in os.environ for v in ("HEAVYLOCK_URL", "HEAVYLOCK_PATH", "LOCAL_MODEL_PATH"))
     if ini and not env_set:
-        return str(config.rootpath / ini), f"ini option heavylock_path in {config.inipath}", None
+        where = f"ini option heavylock_path in {config.inipath}"
+        try:
+            url = backends.check_target(ini, "heavylock_path") != "file"
+        except ValueError as exc:
+            raise pytest.UsageError(f"{where}: {exc}") from None
+        return (ini if url else str(config.rootpath / ini)), where, None
     try:
         path, source, _why = backends.resolve_path(str(config.rootpath))
     except ValueError as exc:

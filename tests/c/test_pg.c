@@ -10,9 +10,9 @@
 #define _GNU_SOURCE
 #include "heavylock.h"
 #include "kind.h"
+#include "pq.h" /* libpq, loaded at run time like the kind does */
 
 #include <errno.h>
-#include <libpq-fe.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -770,6 +770,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "no PostgreSQL server: HEAVYLOCK_TEST_PG_URL is not set "
                     "(tests/pg-cluster.sh start; eval \"$(tests/pg-cluster.sh env)\")\n");
     return ci && strcmp(ci, "true") == 0 ? 1 : 77; /* 77: skipped, never in CI */
+  }
+  const char *why;
+  if (hl__pq_load(&why) < 0) { /* the tests' own connections need it too */
+    fprintf(stderr, "%s\n", why);
+    return 1;
   }
   return test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]), name_lock, NULL);
 }

@@ -246,3 +246,37 @@ def test_doctor_on_a_url_checks_the_server_and_hides_passwords(cli):
                           "--", "true"], capture_output=True, text=True)
     assert run.returncode != 0 and "s3cret" not in run.stdout + run.stderr, run.stderr
     assert "bob:***@" in run.stderr
+
+
+def test_missing_libpq_is_a_clear_error_and_files_still_lock(cli, tmp_path):
+    """libpq is loaded at run time, only for a URL (issue #16): pointed at a
+    missing file, a URL target fails at once naming the override, the file
+    and the package to install, from the CLI and from Python; lock files
+    work as ever in the same process."""
+    missing = str(tmp_path / "no-such-libpq.so.5")
+    env = dict(os.environ, HEAVYLOCK_LIBPQ=missing)
+    r = subprocess.run([cli, "run", "--lock", url("nolib"), "--", "true"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 66, r.stderr
+    for word in ("HEAVYLOCK_LIBPQ", missing, "libpq5", "brew install libpq"):
+        assert word in r.stderr, (word, r.stderr)
+    assert "built without" not in r.stderr
+    f = subprocess.run([cli, "run", "--lock", str(tmp_path / "f.lock"), "--", "true"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert f.returncode == 0, f.stderr
+    code = textwrap.dedent("""
+        import sys
+        from heavylock import _native
+        with _native.Lock(sys.argv[2]) as lk:   # a file first: libpq is never asked for
+            assert lk.held
+        try:
+            _native.Lock(sys.argv[1])
+        except OSError as e:
+            print(e)
+        else:
+            sys.exit("a URL opened without libpq")
+    """)
+    p = subprocess.run([sys.executable, "-c", code, url("nolib"), str(tmp_path / "g.lock")],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "libpq5" in p.stdout and missing in p.stdout, p.stdout
