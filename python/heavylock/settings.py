@@ -328,6 +328,7 @@ class Settings:
         self.slots, self.slots_source = parse_slots(config)
         self.budget, self.budget_source = parse_budget(config)
         self.remote = is_url(self.path)
+        self.shown_path = backends.redact(self.path)  # for every message and file we write
         if self.remote and self.slots == 0 and not self.budget:
             raise pytest.UsageError(
                 f"{self.slots_source}: slots auto on the lock server {self.path} (from "
@@ -342,7 +343,7 @@ class Settings:
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 
     def where(self):
-        shown = f"{self.path} (from {self.path_source}, backend {self.backend}"
+        shown = f"{self.shown_path} (from {self.path_source}, backend {self.backend}"
         if self.slots != 1:
             budget = size_format(self.budget) if self.budget else "live memory"
             slots = "auto" if self.slots == 0 else str(self.slots)

@@ -280,3 +280,105 @@ def test_missing_libpq_is_a_clear_error_and_files_still_lock(cli, tmp_path):
                        env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "libpq5" in p.stdout and missing in p.stdout, p.stdout
+
+
+def test_one_rule_decides_what_is_a_url(cli, tmp_path):
+    """hl_target_kind, the one rule (issue #16): an unknown scheme is a usage
+    error naming the supported ones, from the CLI (not "built without
+    PostgreSQL") and from the plugin (no directory "redis:" created); a path
+    with a colon but no "://" is still a file."""
+    r = subprocess.run([cli, "run", "--lock", "redis://host/x", "--", "true"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 64, r.stderr
+    assert "no known lock server" in r.stderr and "postgresql://" in r.stderr, r.stderr
+    assert "built without" not in r.stderr
+    s = subprocess.run([cli, "status", "--lock", "redis://host/x"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert s.returncode == 64 and "no known lock server" in s.stderr, s.stderr
+    (tmp_path / "test_a.py").write_text("import pytest\n\n@pytest.mark.llm\ndef test_a():\n"
+                                        "    pass\n")
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "--heavylock-path", "redis://h/x", "test_a.py"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 4, p.stdout + p.stderr  # pytest's usage error
+    assert "redis://h/x" in p.stderr and "postgresql://" in p.stderr, p.stderr
+    assert not (tmp_path / "redis:").exists()
+    f = subprocess.run([cli, "run", "--lock", "./redis:x", "--", "true"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert f.returncode == 0 and (tmp_path / "redis:x").is_file(), f.stderr
+    from heavylock import _native
+    assert [_native.target_kind(t) for t in ("redis://h/x", "./redis:x", "postgres://h/d",
+                                             "postgresql://h/d", "C://x", "a/b://c")] == \
+        ["unknown", "file", "pg", "pg", "file", "file"]
+
+
+SECRET = "Pw9zQ7xSecret"
+SECRET2 = "Qp2Query8Pass"
+
+
+def test_no_password_in_any_output_of_a_full_run(cli, tmp_path):
+    """One redaction (hl_redact) for everything shown (issue #17 item 5): a
+    holder and a waiter on a URL with a password in its user info and a
+    second one in ?password=; status, status --json, doctor (the holder's
+    command line), the CLI's waiting notice and timeout, a pytest run with
+    the plugin (waiting, timing out, summary, --heavylock-report,
+    --heavylock-timeline, the Timeout pickled through xdist).  The
+    passwords appear in no output and no file written."""
+    host = BASE.split("://", 1)[1]
+    assert host.startswith("postgres@"), BASE  # the cluster trusts: any password passes
+    name = f"secret_{os.getpid()}_{time.time_ns()}"
+    target = f"postgresql://postgres:{SECRET}@{host.split('@', 1)[1]}"
+    target += f"{'&' if '?' in target else '?'}name={name}&password={SECRET2}"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    outputs = []
+    started = tmp_path / "started"
+    holder = subprocess.Popen([cli, "run", "--lock", target, "--label", f"holder {target}", "--",
+                               sys.executable, "-c",
+                               f"import time; open({str(started)!r}, 'w').close(); "
+                               "time.sleep(30)", target],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        end = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < end and holder.poll() is None
+            time.sleep(0.02)
+        for args in (["status", "--lock", target], ["status", "--json", "--lock", target],
+                     ["doctor", target], ["run", "-v", "-w", "1.5", "--lock", target, "--", "true"],
+                     ["run", "-n", "--lock", target, "--", "true"],
+                     ["run", "-w", "1", "--lock",
+                      f"postgresql://bob:{SECRET}@127.0.0.1:1/x?password={SECRET2}", "--", "true"]):
+            r = subprocess.run([cli] + args, capture_output=True, text=True, timeout=120)
+            outputs.append((args[0], r.returncode, r.stdout + r.stderr))
+        assert outputs[0][1] == 1 and "held" in outputs[0][2], outputs[0]
+        assert outputs[3][1] != 0 and "waiting for" in outputs[3][2], outputs[3]
+        assert "postgres:***@" in outputs[0][2], outputs[0]
+        (tmp_path / "test_heavy.py").write_text(textwrap.dedent("""
+            import pytest
+
+            @pytest.mark.llm
+            @pytest.mark.parametrize("i", range(2))
+            def test_heavy(i):
+                pass
+        """))
+        p = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
+                            "-n", "2", "--heavylock-path", target, "--heavylock-timeout", "2",
+                            "--heavylock-report", str(out_dir / "report.json"),
+                            "--heavylock-timeline", str(out_dir / "timeline.svg"),
+                            "test_heavy.py"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300, env=dict(os.environ, PYTHONWARNINGS="default"))
+        outputs.append(("pytest", p.returncode, p.stdout + p.stderr))
+        assert p.returncode != 0 and "gave up after waiting" in p.stdout + p.stderr, \
+            p.stdout[-3000:] + p.stderr[-3000:]
+    finally:
+        os.killpg(holder.pid, 9)
+        hout, herr = holder.communicate()
+    outputs.append(("holder", holder.returncode, hout + herr))
+    written = [f for f in out_dir.iterdir()]
+    assert {f.name for f in written} >= {"report.json"}, written
+    for f in written:
+        outputs.append((f.name, 0, f.read_text(errors="replace")))
+    for what, rc, text in outputs:
+        for secret in (SECRET, SECRET2):
+            assert secret not in text, (what, rc, text[max(0, text.find(secret) - 300):][:600])
