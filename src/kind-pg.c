@@ -359,22 +359,27 @@ static int is_true(PGresult *r) {
   return PQntuples(r) > 0 && !PQgetisnull(r, 0, 0) && PQgetvalue(r, 0, 0)[0] == 't';
 }
 
+/*
+ * The holders' table.  No SQL comments in the statement: it is shown, on
+ * one line, to a role that may not create it ("create it once as: ..."),
+ * and must run as printed (a "--" would swallow the rest of the line).
+ *   backend_pid  the session (pg_backend_pid())
+ *   name         the lock name
+ *   state        'h' holds, 'w' waits
+ *   k1, k2       the advisory key whose lock keeps the row alive (classid,
+ *                objid in pg_locks)
+ *   weight       bytes, 0 unknown
+ *   pid, host    the client process, on `host`
+ *   machine      boot_id and pid namespace (Linux)
+ */
 #define TABLE_DDL                                                                            \
-  "CREATE TABLE IF NOT EXISTS heavylock_holders (\n"                                         \
-  "  backend_pid integer PRIMARY KEY,  -- the session (pg_backend_pid())\n"                  \
-  "  name text NOT NULL,               -- the lock name\n"                                   \
-  "  state text NOT NULL,              -- 'h' holds, 'w' waits\n"                            \
-  "  k1 bigint NOT NULL,               -- the advisory key whose lock keeps the row\n"       \
-  "  k2 bigint NOT NULL,               --   alive (classid, objid in pg_locks)\n"            \
-  "  exclusive boolean NOT NULL,\n"                                                          \
-  "  weight bigint NOT NULL DEFAULT 0, -- bytes, 0 unknown\n"                                \
-  "  weight_source text NOT NULL DEFAULT '',\n"                                              \
-  "  budget bigint NOT NULL DEFAULT 0,\n"                                                    \
-  "  pid bigint NOT NULL,              -- the client process, on `host`\n"                   \
-  "  host text NOT NULL,\n"                                                                  \
-  "  machine text NOT NULL DEFAULT '', -- boot_id and pid namespace (Linux)\n"               \
-  "  label text NOT NULL DEFAULT '',\n"                                                      \
-  "  since timestamptz NOT NULL DEFAULT now())"
+  "CREATE TABLE IF NOT EXISTS heavylock_holders ("                                           \
+  "backend_pid integer PRIMARY KEY, name text NOT NULL, state text NOT NULL, "               \
+  "k1 bigint NOT NULL, k2 bigint NOT NULL, exclusive boolean NOT NULL, "                     \
+  "weight bigint NOT NULL DEFAULT 0, weight_source text NOT NULL DEFAULT '', "               \
+  "budget bigint NOT NULL DEFAULT 0, pid bigint NOT NULL, host text NOT NULL, "              \
+  "machine text NOT NULL DEFAULT '', label text NOT NULL DEFAULT '', "                       \
+  "since timestamptz NOT NULL DEFAULT now())"
 
 const char *hl__pg_table_ddl(void) { return TABLE_DDL; }
 

@@ -382,3 +382,39 @@ def test_no_password_in_any_output_of_a_full_run(cli, tmp_path):
     for what, rc, text in outputs:
         for secret in (SECRET, SECRET2):
             assert secret not in text, (what, rc, text[max(0, text.find(secret) - 300):][:600])
+
+
+def test_create_table_shown_to_a_role_without_create_runs_as_printed(cli):
+    """A role that may not create heavylock_holders is shown the statement
+    (issue #17 item 6): whole (it was cut at 605 bytes) and runnable as
+    printed on one line (its "--" comments swallowed the rest).  The printed
+    statement, run by a superuser with psql, creates the table; then the
+    role's run works."""
+    tag = f"{os.getpid()}_{time.time_ns() % 10**6}"
+    db, role = f"nocreate_{tag}", f"nocreate_{tag}"
+    psql = ["psql", BASE, "-v", "ON_ERROR_STOP=1", "-Atc"]
+    subprocess.run(psql + [f"CREATE DATABASE {db}"], check=True, capture_output=True)
+    subprocess.run(psql + [f"CREATE ROLE {role} LOGIN"], check=True, capture_output=True)
+    server = BASE.split("@", 1)[1].split("/", 1)[0]
+    dbu = f"{BASE.rsplit('/', 1)[0]}/{db}"
+    try:  # (the default since PostgreSQL 15; said for older servers)
+        subprocess.run(["psql", dbu, "-Atc", "REVOKE CREATE ON SCHEMA public FROM PUBLIC"],
+                       check=True, capture_output=True)
+        target = f"postgresql://{role}@{server}/{db}?name=ddl"
+        r = subprocess.run([cli, "run", "-n", "--lock", target, "--", "true"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "create it once as: " in r.stderr, r.stderr
+        ddl = r.stderr.split("create it once as: ", 1)[1].strip()
+        assert ddl.startswith("CREATE TABLE") and ddl.endswith(")"), ddl
+        assert "--" not in ddl
+        made = subprocess.run(["psql", dbu, "-v", "ON_ERROR_STOP=1", "-Atc", ddl],
+                              capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        subprocess.run(["psql", dbu, "-Atc", f"GRANT SELECT, INSERT, UPDATE, DELETE ON "
+                        f"heavylock_holders TO {role}"], check=True, capture_output=True)
+        ok = subprocess.run([cli, "run", "-n", "--lock", target, "--", "true"],
+                            capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        subprocess.run(psql + [f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
+        subprocess.run(psql + [f"DROP ROLE IF EXISTS {role}"], capture_output=True)
