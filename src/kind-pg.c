@@ -61,6 +61,7 @@
 #include "pq.h"
 
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -283,7 +284,54 @@ static void set_appname(const pg_state_t *s, const char *label, char out[64]) {
       *c = '?';
 }
 
-static PGconn *connect_to(const char *conninfo, const char *appname) {
+/*
+ * Every round trip is bounded (issue #17: a server that stops answering must
+ * not hang -n or -w).  During an acquisition by what is left of the
+ * caller's deadline, but never less than ROUND_TRIP_MIN_S (a try-once, or
+ * the last moments of a wait, still gets a sane time to hear the answer);
+ * outside one (open, release, status) by IDLE_CAP_S.  Waiting forever
+ * leaves the statements unbounded too: that is what was asked.  The bound
+ * is kept on the client's side (a poll on the socket): it holds for a
+ * server that accepted TCP and never answers, a stopped backend, a table
+ * locked by another session.  When it passes, the session is given up
+ * (closed): whatever it half did, the server undoes with the session.
+ */
+#define ROUND_TRIP_MIN_S 5.0
+#define IDLE_CAP_S 5.0
+
+static double mono(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double round_trip_until(const pg_state_t *s) {
+  double now = mono(), d = s ? s->ask.deadline : 0;
+  if (d == 0)
+    return now + IDLE_CAP_S;
+  if (isinf(d))
+    return INFINITY;
+  return now + (d - now > ROUND_TRIP_MIN_S ? d - now : ROUND_TRIP_MIN_S);
+}
+
+/* Wait until the socket is readable (`events`) or `until`: 1, 0 timed out,
+ * <0 error. */
+static int wait_socket(PGconn *c, short events, double until) {
+  for (;;) {
+    double left = until - mono();
+    if (left <= 0)
+      return 0;
+    struct pollfd p = {.fd = PQsocket(c), .events = events};
+    int ms = isinf(until) ? -1 : (int)(left * 1000.0 + 0.999);
+    int rc = poll(&p, 1, ms);
+    if (rc > 0)
+      return 1;
+    if (rc < 0 && errno != EINTR)
+      return -errno;
+  }
+}
+
+static PGconn *connect_to(const char *conninfo, const char *appname, double until) {
   /*
    * Our defaults come before `dbname` (the URL, expanded), so the user's own
    * settings in the URL win.  Server-side keepalives make the server notice
@@ -296,9 +344,24 @@ static PGconn *connect_to(const char *conninfo, const char *appname) {
                        "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 "
                        "-c tcp_keepalives_count=3",
                        appname, conninfo, NULL};
-  PGconn *c = PQconnectdbParams(kw, val, 1);
+  double start = mono();
+  PGconn *c = PQconnectStartParams(kw, val, 1);
   if (c == NULL)
     return NULL;
+  if (isinf(until) || until - start > IDLE_CAP_S)
+    until = start + IDLE_CAP_S; /* connect_timeout's own bound */
+  PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+  while (PQstatus(c) != CONNECTION_BAD && ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
+    int rc = wait_socket(c, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, until);
+    if (rc == 0) {
+      hl__detail_set("timed out after %.1f s connecting to PostgreSQL (the server accepted "
+                     "no session: is it answering?)", mono() - start);
+      PQfinish(c);
+      errno = ETIMEDOUT;
+      return NULL;
+    }
+    ps = PQconnectPoll(c);
+  }
   PQsetNoticeProcessor(c, quiet_notices, NULL);
   return c;
 }
@@ -322,21 +385,66 @@ static int query_error(pg_state_t *s, PGconn *c, PGresult *r, const char *what) 
 /* Read the answer of the statement send_later() sent.  Its failure costs
  * nothing but what it wrote (a row for status); a lost connection shows at
  * the next statement or check. */
+static int await_answer(pg_state_t *s, PGconn *c, double until, const char *what);
+
 static void settle(pg_state_t *s) {
   if (!s->inflight)
     return;
   s->inflight = 0;
+  if (await_answer(s, s->conn, round_trip_until(s), "writing the holder's row") < 0)
+    return; /* the session is given up: the next statement reconnects */
   PGresult *r;
   while ((r = PQgetResult(s->conn)) != NULL)
     PQclear(r);
 }
 
+/* Wait (bounded) until the answer to what was sent is all read: 0, or
+ * HL_ETIMEDOUT / HL_ELOST with the session given up. */
+static int await_answer(pg_state_t *s, PGconn *c, double until, const char *what) {
+  double start = mono();
+  while (PQisBusy(c)) {
+    int rc = wait_socket(c, POLLIN, until);
+    if (rc == 0) {
+      hl__detail_set("timed out after %.1f s waiting for the server's answer (%.60s): the "
+                     "server is not answering (a stopped backend, a locked table, a stuck "
+                     "network); the session is given up",
+                     mono() - start, what);
+      if (s && c == s->conn) {
+        /* Closed now, not at the next start: a session we gave up must not
+         * go on holding (the server ends it and undoes what it half did). */
+        PQfinish(s->conn);
+        s->conn = NULL;
+        s->lost = 1;
+        s->armed = s->listening = s->pending = s->inflight = 0;
+      }
+      return HL_ETIMEDOUT;
+    }
+    if (rc < 0 || !PQconsumeInput(c))
+      return query_error(s, c, NULL, what);
+  }
+  return 0;
+}
+
 /* Run `sql` with text parameters; NULL on failure (rc set). */
 static PGresult *run(pg_state_t *s, PGconn *c, int *rc, const char *sql, int n,
                      const char *const *params) {
+  if (s && c == s->conn && s->lost) { /* given up (timed out): say so at once */
+    *rc = HL_ELOST;
+    return NULL;
+  }
   if (s && c == s->conn)
     settle(s);
-  PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+  PGresult *r = NULL;
+  if (!PQsendQueryParams(c, sql, n, NULL, params, NULL, NULL, 0)) {
+    *rc = query_error(s, c, NULL, sql);
+    return NULL;
+  }
+  if ((*rc = await_answer(s, c, round_trip_until(s), sql)) < 0)
+    return NULL;
+  /* The statement's result, then the end of its results. */
+  r = PQgetResult(c);
+  for (PGresult *more; (more = PQgetResult(c)) != NULL;)
+    PQclear(more);
   ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
   if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
     *rc = query_error(s, c, r, sql);
@@ -432,7 +540,9 @@ static int session_start(pg_state_t *s) {
   s->armed = s->listening = s->pending = s->inflight = 0;
   char app[64];
   set_appname(s, s->ask.label, app);
-  s->conn = connect_to(s->conninfo, app);
+  s->conn = connect_to(s->conninfo, app, round_trip_until(s));
+  if (s->conn == NULL && errno == ETIMEDOUT)
+    return HL_ETIMEDOUT; /* detail set: "timed out ... connecting" */
   if (s->conn == NULL || PQstatus(s->conn) != CONNECTION_OK) {
     hl__detail_set("cannot connect to PostgreSQL: %s",
                s->conn ? PQerrorMessage(s->conn) : "out of memory");
@@ -448,12 +558,23 @@ static int session_start(pg_state_t *s) {
                  " set_config('lock_timeout', '0', false),"
                  " set_config('idle_in_transaction_session_timeout', '0', false)",
                  0, NULL);
+  /* client_connection_check_interval: a backend whose client died (or gave
+   * up on it) in the middle of a statement, e.g. blocked on a locked table,
+   * ends within a second, and its advisory locks with it.  Without it, such
+   * a backend kept its slot key until the statement finished, and a later
+   * `--slots 2 -n` was refused with no live client holding (issue #17). */
   if (rc == 0 && PQserverVersion(s->conn) >= 140000)
-    rc = exec0(s, "SELECT set_config('idle_session_timeout', '0', false)", 0, NULL);
+    rc = exec0(s,
+               "SELECT set_config('idle_session_timeout', '0', false),"
+               " set_config('client_connection_check_interval', '1000', false)",
+               0, NULL);
   if (rc == 0)
     rc = ensure_table(s);
-  if (rc == 0) /* rows of sessions that are gone: clean them while here */
-    (void)exec0(s, "DELETE FROM heavylock_holders h WHERE NOT " LIVE, 0, NULL);
+  if (rc == 0) { /* rows of sessions that are gone: clean them while here */
+    rc = exec0(s, "DELETE FROM heavylock_holders h WHERE NOT " LIVE, 0, NULL);
+    if (rc == -EPROTO)
+      rc = 0; /* the clean-up failing costs nothing; a server not answering does */
+  }
   return rc;
 }
 
@@ -726,6 +847,13 @@ static int poll_lock(pg_state_t *s, int block) {
       goto fail;
     if (PQisBusy(s->conn))
       return 0;
+  } else {
+    /* After a cancel: bounded, a stopped backend never answers it. */
+    int rc = await_answer(s, s->conn, mono() + ROUND_TRIP_MIN_S, "pg_advisory_lock");
+    if (rc < 0) {
+      s->pending = 0;
+      return rc;
+    }
   }
   PGresult *r = PQgetResult(s->conn);
   int ok = r && PQresultStatus(r) == PGRES_TUPLES_OK;
@@ -753,7 +881,10 @@ static void disarm(pg_state_t *s) {
       (void)PQcancel(c, err, sizeof(err));
       PQfreeCancel(c);
     }
-    if (poll_lock(s, 1) == 1) {
+    int got = poll_lock(s, 1);
+    if (s->lost) /* the answer never came: the session is given up, and all with it */
+      return;
+    if (got == 1) {
       unlock_key(s, s->main, 0);
       char *p[] = {s->channel};
       (void)exec0(s, "SELECT pg_notify($1, '')", 1, (const char *const *)p);
@@ -989,8 +1120,10 @@ static int pg_status(const char *target, hl_status_t *st, int flags) {
   int rc = hl__pg_parse(target, &conninfo, name, sizeof(name));
   if (rc < 0)
     return rc;
-  PGconn *c = connect_to(conninfo, "heavylock status");
+  PGconn *c = connect_to(conninfo, "heavylock status", round_trip_until(NULL));
   free(conninfo);
+  if (c == NULL && errno == ETIMEDOUT)
+    return HL_ETIMEDOUT;
   if (c == NULL || PQstatus(c) != CONNECTION_OK) {
     hl__detail_set("cannot connect to PostgreSQL: %s", c ? PQerrorMessage(c) : "out of memory");
     PQfinish(c);

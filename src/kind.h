@@ -45,6 +45,10 @@ typedef struct hl__ask_s {
   char weight_source[16];     /* "declared", "measured", "estimated", ""   */
   uint64_t budget;            /* bytes for all holders; 0 = live memory     */
   char label[HL_LABEL_MAX];   /* free text for status                       */
+  double deadline;            /* the acquisition's end (hl__os_monotonic()
+                                 seconds), INFINITY waiting forever, 0 no
+                                 acquisition under way: a remote kind bounds
+                                 each round trip by it                      */
 } hl__ask_t;
 
 /* Flags for status(). */

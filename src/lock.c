@@ -386,6 +386,7 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
   int forever = timeout < 0 || isinf(timeout);
   double start = hl__os_monotonic();
   double deadline = forever ? INFINITY : start + (timeout > 0 ? timeout : 0);
+  lk->ask.deadline = deadline > 0 ? deadline : 1e-9; /* 0 means none under way */
   lk->thread = hl__os_thread_self();
 
   /* No deadline and no notices: a kind that can block in the kernel does
@@ -431,6 +432,7 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
       rc = wait_loop(lk, start, deadline);
     }
   }
+  lk->ask.deadline = 0;
   if (rc == 0) {
     lk->held = 1;
     return 0;
