@@ -75,17 +75,18 @@ const char *hl_redact(const char *text, char *out, size_t len) {
     if (k) {
       put(&s, p, k);
       p += k;
-      if (*p == '\'') { /* conninfo quoting: 'a b\'c' */
+      if (*p == '\'') { /* conninfo quoting: 'a b\'c', masked as '***' */
         p++;
         while (*p && *p != '\'')
           p += (*p == '\\' && p[1]) ? 2 : 1;
         if (*p == '\'')
           p++;
+        put(&s, "'" MASK "'", 5);
       } else {
         while (!ends_value((unsigned char)*p))
           p++;
+        put(&s, MASK, 3);
       }
-      put(&s, MASK, 3);
       continue;
     }
     put(&s, p, 1);
