@@ -474,10 +474,29 @@ def test_a_server_that_accepts_tcp_and_never_answers_times_out(cli):
         srv.close()
 
 
-def _psql_session(sql):
+@pytest.fixture
+def own_db():
+    """A database of this test's own (URL without parameters): a test that
+    locks the holders table must not stall the other tests (xdist)."""
+    db = f"own_{os.getpid()}_{time.time_ns() % 10**9}"
+    subprocess.run(["psql", BASE, "-Atc", f"CREATE DATABASE {db}"], check=True,
+                   capture_output=True)
+    base = BASE.split("?", 1)[0].rsplit("/", 1)[0] + "/" + db
+    if "?" in BASE:
+        base += "?" + BASE.split("?", 1)[1]
+    yield base
+    subprocess.run(["psql", BASE, "-Atc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"],
+                   capture_output=True)
+
+
+def _in(base, name):
+    return f"{base}{'&' if '?' in base else '?'}name={name}"
+
+
+def _psql_session(sql, base=BASE):
     """A psql session that runs `sql` and then stays (holding what it took)
     until killed."""
-    p = subprocess.Popen(["psql", BASE, "-v", "ON_ERROR_STOP=1", "-Atq"], stdin=subprocess.PIPE,
+    p = subprocess.Popen(["psql", base, "-v", "ON_ERROR_STOP=1", "-Atq"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     p.stdin.write(sql + "\n\\echo READY\n")
     p.stdin.flush()
@@ -486,19 +505,20 @@ def _psql_session(sql):
     return p
 
 
-def _sql(q):
-    return subprocess.run(["psql", BASE, "-Atc", q], capture_output=True, text=True,
+def _sql(q, base=BASE):
+    return subprocess.run(["psql", base, "-Atc", q], capture_output=True, text=True,
                           check=True).stdout.strip()
 
 
-def test_holders_table_locked_by_another_session_times_out(cli):
+def test_holders_table_locked_by_another_session_times_out(cli, own_db):
     """Another session holds heavylock_holders in ACCESS EXCLUSIVE mode:
     `run -n` and `run -w 2` return within the bound saying "timed out"
     (they waited for the table forever, statement_timeout = 0); once the
     table is free the same command runs."""
-    target = url("tablelocked")
+    target = _in(own_db, "tablelocked")
     assert subprocess.run([cli, "run", "-n", "--lock", target, "--", "true"]).returncode == 0
-    locker = _psql_session("BEGIN; LOCK TABLE heavylock_holders IN ACCESS EXCLUSIVE MODE;")
+    locker = _psql_session("BEGIN; LOCK TABLE heavylock_holders IN ACCESS EXCLUSIVE MODE;",
+                           own_db)
     try:
         for args in (["-n"], ["-w", "2"], ["--slots", "2", "-n"]):
             r, took = _timed([cli, "run"] + args + ["--lock", target, "--", "true"])
@@ -547,18 +567,20 @@ def test_waiter_whose_backend_is_stopped_returns_in_time(cli, tmp_path):
     finally:
         if backend:
             os.kill(backend, 18)  # SIGCONT
-        os.killpg(holder.pid, 9)
+        if holder.poll() is None:
+            os.killpg(holder.pid, 9)
         holder.wait()
 
 
-def test_client_killed_mid_statement_leaves_no_slot_behind(tmp_path):
+def test_client_killed_mid_statement_leaves_no_slot_behind(cli, own_db):
     """A slot holder killed while its backend is blocked in a statement (its
     holder row waits for a locked table): the backend notices the client is
     gone within seconds (client_connection_check_interval) and its slot and
     `main` keys go with it, while the table is still locked.  Before, they
     stayed held until the statement ended, and a later `--slots 2 -n` was
     refused with no live client holding."""
-    target = url("killedmid")
+    target = _in(own_db, "killedmid")
+    assert subprocess.run([cli, "run", "-n", "--lock", target, "--", "true"]).returncode == 0
     code = textwrap.dedent("""
         import os, sys
         from heavylock import _native
@@ -573,7 +595,7 @@ def test_client_killed_mid_statement_leaves_no_slot_behind(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", code, target], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline() == "open\n"
-    locker = _psql_session("BEGIN; LOCK TABLE heavylock_holders IN SHARE MODE;")
+    locker = _psql_session("BEGIN; LOCK TABLE heavylock_holders IN SHARE MODE;", own_db)
     try:
         p.stdin.write("go\n")
         p.stdin.flush()
@@ -584,7 +606,7 @@ def test_client_killed_mid_statement_leaves_no_slot_behind(tmp_path):
              "WHERE l.locktype = 'advisory' AND a.application_name LIKE "
              f"'heavylock {p.pid}@%'")
         end = time.monotonic() + 15
-        while int(_sql(q)) > 0:
+        while int(_sql(q, own_db)) > 0:
             assert time.monotonic() < end, "the dead client's backend still holds its keys"
             time.sleep(0.1)
     finally:
