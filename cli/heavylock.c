@@ -137,6 +137,12 @@ static int open_error_code(int rc) {
   return (rc == -EROFS || rc == -ENOSPC) ? EX_CANTCREAT : EX_NOINPUT;
 }
 
+/* Opening a target: a URL that cannot be used as written (a bad lock name,
+ * a bad parameter) is the user's to fix: a usage error. */
+static int open_target_error_code(const char *target, int rc) {
+  return rc == -EINVAL && cli_is_url(target) ? EX_USAGE : open_error_code(rc);
+}
+
 /* Where the lock is: --lock, else the policy.  Returns 0 or an exit code.
  * `create`: the caller will create the lock file; an explicit --lock into a
  * directory that does not exist is more likely a typo than a wish, so it
@@ -333,7 +339,7 @@ static int cmd_run(int argc, char **argv) {
   if ((rc = hl_lock_open(&lk, path)) < 0) {
     warnx("cannot open lock %s%s: %s%s", cli_is_url(path) ? "" : "file ", shown,
             hl_strerror(rc), error_detail(detail, sizeof(detail)));
-    return open_error_code(rc);
+    return open_target_error_code(path, rc);
   }
   if (label)
     hl_lock_set_label(lk, label);
@@ -537,7 +543,7 @@ static int cmd_status(int argc, char **argv) {
     char detail[8300];
     warnx("cannot read %s%s: %s%s", cli_is_url(path) ? "the lock's status from " : "lock file ",
           path, hl_strerror(rc), cli_is_url(path) ? error_detail(detail, sizeof(detail)) : "");
-    return EX_NOINPUT;
+    return open_target_error_code(path, rc);
   }
   char cmd[HL_CMD_MAX];
   if (st.holder_pid && hl_proc_cmdline(st.holder_pid, cmd, sizeof(cmd)) < 0)

@@ -58,6 +58,7 @@
  */
 #define _GNU_SOURCE
 #include "kind.h"
+#include "os.h"
 #include "pq.h"
 
 #include <errno.h>
@@ -231,6 +232,20 @@ int hl__pg_parse(const char *target, char **conninfo, char *name, size_t namelen
       name[n] = '\0';
       if (n == 0) {
         hl__detail_set("empty lock name (name=) in '%s'", target);
+        free(out);
+        return -EINVAL;
+      }
+      /* The name is stored as text (the server refuses bytes that are not
+       * UTF-8) and shown: a name that is not clean UTF-8 would hold the
+       * lock with no row (issue #17).  Refused, named as given. */
+      char clean[NAME_MAX_LEN + 1];
+      memcpy(clean, name, n + 1);
+      hl__utf8_clean(clean, '?');
+      if (strcmp(clean, name) != 0) {
+        hl__detail_set("the lock name (name=%.*s) in '%s' is not valid UTF-8 text or holds "
+                       "control characters; name the lock in UTF-8 letters, digits and "
+                       "punctuation",
+                       (int)(len - 5), p + 5, target);
         free(out);
         return -EINVAL;
       }
@@ -498,6 +513,67 @@ const char *hl__pg_table_ddl(void) { return TABLE_DDL; }
   " AND l.objid::int8 = h.k2 AND l.database = (SELECT oid FROM pg_database"                 \
   " WHERE datname = current_database()))"
 
+/* The columns TABLE_DDL makes, as format_type() names their types. */
+static const char *const columns[][2] = {
+    {"backend_pid", "integer"}, {"name", "text"},    {"state", "text"},
+    {"k1", "bigint"},           {"k2", "bigint"},    {"exclusive", "boolean"},
+    {"weight", "bigint"},       {"weight_source", "text"}, {"budget", "bigint"},
+    {"pid", "bigint"},          {"host", "text"},    {"machine", "text"},
+    {"label", "text"},          {"since", "timestamp with time zone"},
+};
+
+/*
+ * A table made by someone else (or an older heavylock) must have our shape:
+ * else rows go missing silently (an extra NOT NULL column refuses every
+ * insert) and admission by memory cannot count (issue #17).  Checked once
+ * per session, reported with what is wrong.  0 or -EPROTO (detail set).
+ */
+static int check_table(pg_state_t *s) {
+  int rc;
+  PGresult *r = run(s, s->conn, &rc,
+                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),"
+                    " a.attnotnull AND NOT a.atthasdef AND a.attidentity = '',"
+                    " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid"
+                    " AND i.indisunique AND i.indnatts = 1 AND i.indkey[0] = a.attnum)"
+                    " FROM pg_attribute a WHERE a.attrelid = 'heavylock_holders'::regclass"
+                    " AND a.attnum > 0 AND NOT a.attisdropped",
+                    0, NULL);
+  if (r == NULL)
+    return rc;
+  char why[512] = "";
+  size_t ncol = sizeof(columns) / sizeof(columns[0]);
+  int seen[sizeof(columns) / sizeof(columns[0])] = {0};
+  for (int i = 0; i < PQntuples(r) && !why[0]; i++) {
+    const char *col = PQgetvalue(r, i, 0), *type = PQgetvalue(r, i, 1);
+    size_t k = 0;
+    while (k < ncol && strcmp(columns[k][0], col) != 0)
+      k++;
+    if (k == ncol) {
+      if (PQgetvalue(r, i, 2)[0] == 't')
+        snprintf(why, sizeof(why), "it has a column %.64s NOT NULL without a default, which "
+                 "heavylock does not fill (every row would be refused)", col);
+    } else {
+      seen[k] = 1;
+      if (strcmp(type, columns[k][1]) != 0)
+        snprintf(why, sizeof(why), "its column %s is %.64s; heavylock needs %s", col, type,
+                 columns[k][1]);
+      else if (k == 0 && PQgetvalue(r, i, 3)[0] != 't')
+        snprintf(why, sizeof(why), "its column backend_pid is not its primary key (or unique)");
+    }
+  }
+  for (size_t k = 0; k < ncol && !why[0]; k++)
+    if (!seen[k])
+      snprintf(why, sizeof(why), "it has no column %s (%s)", columns[k][0], columns[k][1]);
+  PQclear(r);
+  if (!why[0])
+    return 0;
+  hl__detail_set("the table heavylock_holders is not the one heavylock needs: %s; it holds "
+                 "only the rows of live sessions, so drop it (DROP TABLE heavylock_holders) and "
+                 "let heavylock create it, or create it as: %s",
+                 why, TABLE_DDL);
+  return -EPROTO;
+}
+
 static int ensure_table(pg_state_t *s) {
   int rc;
   PGresult *r = run(s, s->conn, &rc, "SELECT to_regclass('heavylock_holders') IS NOT NULL", 0,
@@ -507,7 +583,7 @@ static int ensure_table(pg_state_t *s) {
   int have = is_true(r);
   PQclear(r);
   if (have)
-    return 0;
+    return check_table(s);
   /* Concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog:
    * serialize the creators on the schema key. */
   key_t_ k = make_key("", "schema");

@@ -612,3 +612,39 @@ def test_client_killed_mid_statement_leaves_no_slot_behind(cli, own_db):
     finally:
         locker.kill()
         locker.wait()
+
+
+def test_lock_name_that_is_not_utf8_is_a_usage_error(cli):
+    """name=%FF%FE used to hold the lock with no row and make status exit 66
+    "Protocol error" (issue #17 item 7): refused at once, naming it."""
+    target = url("x").rsplit("name=", 1)[0] + "name=%FF%FE"
+    for args in (["run", "--lock", target, "--", "true"], ["status", "--lock", target]):
+        r = subprocess.run([cli] + args, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 64, (args, r.returncode, r.stderr)
+        assert "name=%FF%FE" in r.stderr and "UTF-8" in r.stderr, r.stderr
+    ok = subprocess.run([cli, "run", "--lock", url("caf%C3%A9"), "--", "true"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize("change, said", [
+    ("ADD COLUMN extra integer NOT NULL", "column extra NOT NULL without a default"),
+    ("ALTER COLUMN weight TYPE text", "column weight is text; heavylock needs bigint"),
+    ("DROP COLUMN machine", "no column machine"),
+])
+def test_holders_table_of_the_wrong_shape_is_reported(cli, own_db, change, said):
+    """A pre-created heavylock_holders of another shape (issue #17 item 7:
+    an extra NOT NULL column made runs succeed with no row, and --mem
+    --budget fail with 66 "Protocol error"): every run says what is wrong
+    with the table, and works again once it is fixed."""
+    target = _in(own_db, "shape")
+    assert subprocess.run([cli, "run", "-n", "--lock", target, "--", "true"]).returncode == 0
+    _sql(f"ALTER TABLE heavylock_holders {change}", own_db)
+    for args in (["-n"], ["--mem", "1G", "--budget", "4G", "-n"]):
+        r = subprocess.run([cli, "run"] + args + ["--lock", target, "--", "true"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 66, (args, r.returncode, r.stderr)
+        assert "heavylock_holders is not the one heavylock needs" in r.stderr, r.stderr
+        assert said in r.stderr, r.stderr
+    _sql("DROP TABLE heavylock_holders", own_db)
+    assert subprocess.run([cli, "run", "-n", "--lock", target, "--", "true"]).returncode == 0
