@@ -353,8 +353,14 @@ int hl_proc_cmdline(long pid, char *buf, size_t len);
  * Across machines: a PostgreSQL URL instead of a lock path (kind "pg")
  * ------------------------------------------------------------------------
  *
- * Built when meson finds libpq (else such targets fail with -ENOSYS).  Any
- * function that takes a lock path takes, instead,
+ * Built on every POSIX system; libpq is loaded at run time, the first time
+ * such a target is used (dlopen "libpq.so.5", or $HEAVYLOCK_LIBPQ): without
+ * it these targets fail with -ENOSYS and hl_error_detail() naming what to
+ * install.  Every round trip to the server is bounded by what is left of
+ * the acquisition's timeout, at least 5 s (also for a try-once, and 5 s for
+ * open and status): a server that stops answering gives HL_ETIMEDOUT with
+ * the detail "timed out ...", and the session is closed.  Any function that
+ * takes a lock path takes, instead,
  *
  *     postgresql://USER@HOST[:PORT]/DB?name=NAME[&other libpq parameters]
  *
@@ -424,7 +430,7 @@ int hl_proc_cmdline(long pid, char *buf, size_t len);
  * name 'NAME' (advisory key XXXXXXXX:XXXXXXXX); table heavylock_holders
  * ready", or on failure what went wrong (the server's words).  0 or an error
  * (-EINVAL bad URL, -ECONNREFUSED cannot connect, -EPROTO the server refused
- * a statement, -ENOSYS built without libpq).  Holds no lock.
+ * a statement, -ENOSYS libpq not found).  Holds no lock.
  */
 int hl_pg_doctor(const char *target, char *out, size_t len);
 

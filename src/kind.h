@@ -172,7 +172,8 @@ void hl__detail_set(const char *fmt, ...)
     ;
 
 /* The kinds.  kind.c lists them for the registry; the build defines
- * HL_HAVE_SLOTS (Linux: OFD locks, /proc) and HL_HAVE_PG (libpq found) for
+ * HL_HAVE_SLOTS (Linux: OFD locks, /proc) and HL_HAVE_PG (POSIX: libpq is
+ * loaded at run time) for
  * the ones it compiles. */
 extern const hl__kind_t hl__kind_flock;
 #ifdef HL_HAVE_SLOTS
@@ -185,8 +186,8 @@ extern const hl__kind_t hl__kind_pg;
 /*
  * The registry: the first kind, in the order pg, slots, flock, that claims
  * `target` with `ask` (NULL: for status).  Returns NULL when none does
- * (e.g. a postgresql:// target in a build without libpq: lock.c then
- * returns -ENOSYS).
+ * (a URL of an unknown scheme, or a postgresql:// target on Windows: lock.c
+ * then returns hl__kind_none()).
  */
 const hl__kind_t *hl__kind_pick(const char *target, const hl__ask_t *ask);
 /* The error when no kind claims `target`: -EINVAL with the detail naming the
