@@ -354,7 +354,12 @@ static int cmd_run(int argc, char **argv) {
   if (rc == HL_EBUSY || rc == HL_ETIMEDOUT) {
     if (rc == HL_ETIMEDOUT && !quiet) {
       char who[600];
-      describe_holder(path, who, sizeof(who));
+      /* A server that stopped answering is named as such, not as a holder. */
+      const char *d = hl_error_detail();
+      if (cli_is_url(path) && d && strncmp(d, "timed out after", 15) == 0)
+        snprintf(who, sizeof(who), "%s", d);
+      else
+        describe_holder(path, who, sizeof(who));
       warnx("timeout while waiting for %s, %s", path, who);
     } else if (verbose) {
       warnx("%s is busy", path);
