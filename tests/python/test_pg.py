@@ -648,3 +648,38 @@ def test_holders_table_of_the_wrong_shape_is_reported(cli, own_db, change, said)
         assert said in r.stderr, r.stderr
     _sql("DROP TABLE heavylock_holders", own_db)
     assert subprocess.run([cli, "run", "-n", "--lock", target, "--", "true"]).returncode == 0
+
+
+def test_status_wording_for_a_server(cli, tmp_path):
+    """Issue #17 item 12: `status` of a URL held from another machine names
+    the holder (pid on host), not "(no holder record: the holder is another
+    tool, e.g. flock(1) or filelock)"; a status error on a server does not
+    say "cannot read lock file".  The other machine: a UTS namespace with
+    another hostname (unshare -u), so the holder is not local."""
+    import shutil
+    import socket
+    assert shutil.which("unshare"), "util-linux unshare is needed"
+    target, started = url("wording"), tmp_path / "started"
+    holder = subprocess.Popen([cli, "run", "--lock", target, "--label", "far away", "--",
+                               sys.executable, "-c",
+                               f"import time; open({str(started)!r}, 'w').close(); "
+                               "time.sleep(60)"], start_new_session=True)
+    try:
+        end = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < end and holder.poll() is None
+            time.sleep(0.02)
+        r = subprocess.run(["unshare", "-u", "sh", "-c",
+                            'hostname elsewhere && exec "$0" status --lock "$1"', cli, target],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"holder:  pid {holder.pid} on {socket.gethostname()}" in r.stdout, r.stdout
+        assert "label:   far away" in r.stdout, r.stdout
+        assert "no holder record" not in r.stdout and "flock(1)" not in r.stdout, r.stdout
+    finally:
+        os.killpg(holder.pid, 9)
+        holder.wait()
+    bad = subprocess.run([cli, "status", "--lock", "postgresql://u@127.0.0.1:1/x"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 66, bad.stderr
+    assert "lock file" not in bad.stderr and "cannot read the lock's status from" in bad.stderr
