@@ -363,8 +363,17 @@ static PGconn *connect_to(const char *conninfo, const char *appname, double unti
   PGconn *c = PQconnectStartParams(kw, val, 1);
   if (c == NULL)
     return NULL;
-  if (isinf(until) || until - start > IDLE_CAP_S)
-    until = start + IDLE_CAP_S; /* connect_timeout's own bound */
+  /* libpq applies connect_timeout only when it blocks: here it is ours, the
+   * user's value from the URL when it is shorter. */
+  double cap = IDLE_CAP_S;
+  PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+  for (PQconninfoOption *o = opts; o && o->keyword; o++)
+    if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && atoi(o->val) > 0 &&
+        atoi(o->val) < cap)
+      cap = atoi(o->val) < 2 ? 2 : atoi(o->val); /* libpq's own minimum is 2 s */
+  PQconninfoFree(opts);
+  if (isinf(until) || until - start > cap)
+    until = start + cap;
   PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
   while (PQstatus(c) != CONNECTION_BAD && ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
     int rc = wait_socket(c, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, until);
@@ -1347,12 +1356,13 @@ int hl_pg_doctor(const char *target, char *out, size_t len) {
     return rc;
   }
   pg_state_t *s = state;
-  int v = PQserverVersion(s->conn);
+  int v = PQserverVersion(s->conn), lib = PQlibVersion();
   snprintf(out, len,
-           "connected to PostgreSQL %d.%d at %s:%s, database %s as %s; lock name '%s' "
-           "(advisory key %08x:%08x); table heavylock_holders ready",
+           "connected to PostgreSQL %d.%d at %s:%s, database %s as %s (libpq %d.%d, loaded at "
+           "run time); lock name '%s' (advisory key %08x:%08x); table heavylock_holders ready",
            v / 10000, v % 10000, PQhost(s->conn), PQport(s->conn), PQdb(s->conn),
-           PQuser(s->conn), s->name, (unsigned)(s->main.h >> 32), (unsigned)s->main.h);
+           PQuser(s->conn), lib / 10000, lib % 10000, s->name, (unsigned)(s->main.h >> 32),
+           (unsigned)s->main.h);
   pg_close(state, 1);
   return 0;
 }
