@@ -95,6 +95,8 @@ typedef struct pg_state_s {
                                    send_later)                            */
   int armed;                    /* waiter: LISTEN + `wait` shared + row    */
   int listening;
+  long server_ms;               /* statement_timeout/lock_timeout set now  */
+  double server_for;            /* ... for the acquisition of this deadline */
   hl__ask_t ask;                /* what the current acquisition asks for   */
   long pid;
   char host[64];
@@ -623,6 +625,8 @@ static int session_start(pg_state_t *s) {
     PQfinish(s->conn);
   s->lost = 0;
   s->armed = s->listening = s->pending = s->inflight = 0;
+  s->server_ms = 0;
+  s->server_for = -1;
   char app[64];
   set_appname(s, s->ask.label, app);
   s->conn = connect_to(s->conninfo, app, round_trip_until(s));
@@ -660,6 +664,41 @@ static int session_start(pg_state_t *s) {
     if (rc == -EPROTO)
       rc = 0; /* the clean-up failing costs nothing; a server not answering does */
   }
+  return rc;
+}
+
+/*
+ * The server's own bound behind the client's (statement_timeout and
+ * lock_timeout): should the client go away or give up, the server still
+ * ends the statement (before PostgreSQL 14 nothing else would, and the
+ * backend kept its advisory locks meanwhile).  Always longer than the
+ * client's bound, so the client decides: what is left of the deadline
+ * plus 2 s, rounded up to a power of two seconds (at least 8), so that it
+ * is set once per session in practice, not per statement; 0 (none) when
+ * waiting forever.
+ */
+static int server_bound(pg_state_t *s) {
+  double d = s->ask.deadline;
+  if (s->pending || d == s->server_for)
+    return 0; /* once per acquisition, and never over a request in flight */
+  s->server_for = d;
+  long ms = 0;
+  if (d != 0 && !isinf(d)) {
+    double left = d - mono();
+    long sec = 8;
+    while ((double)sec < (left > ROUND_TRIP_MIN_S ? left : ROUND_TRIP_MIN_S) + 2 && sec < 1L << 30)
+      sec *= 2;
+    ms = sec > 2000000L ? 0 : sec * 1000; /* past int4 milliseconds: none */
+  }
+  if (ms == s->server_ms)
+    return 0;
+  char v[24];
+  snprintf(v, sizeof(v), "%ld", ms);
+  const char *p[] = {v};
+  int rc = exec0(s, "SELECT set_config('statement_timeout', $1, false),"
+                    " set_config('lock_timeout', $1, false)", 1, p);
+  if (rc == 0)
+    s->server_ms = ms;
   return rc;
 }
 
@@ -1013,7 +1052,7 @@ static int pg_try_acquire(void *state, const hl__ask_t *ask, int waiting) {
   if (s->lost && (s->armed || s->pending))
     return HL_ELOST; /* the wait's session is gone: say so, not "busy" */
   s->ask = *ask;
-  if ((rc = session_start(s)) < 0)
+  if ((rc = session_start(s)) < 0 || (rc = server_bound(s)) < 0)
     return rc;
 
   if (pl.exclusive) {
