@@ -683,3 +683,46 @@ def test_status_wording_for_a_server(cli, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 66, bad.stderr
     assert "lock file" not in bad.stderr and "cannot read the lock's status from" in bad.stderr
+
+
+def test_server_ends_a_stopped_clients_blocked_statement(own_db):
+    """The server's own bound (statement_timeout, lock_timeout set from the
+    acquisition's deadline): a client stopped (SIGSTOP) right after a
+    try-once acquisition, its holder row blocked on a locked table, cannot
+    give up on the statement itself; the server ends it within its bound
+    (8 s for a try-once) instead of leaving it waiting forever."""
+    target = _in(own_db, "stoppedclient")
+    code = textwrap.dedent("""
+        import os, signal, sys
+        from heavylock import _native
+        lk = _native.Lock(sys.argv[1])
+        lk.set_slots(2)
+        sys.stdout.write("open\\n"); sys.stdout.flush()
+        sys.stdin.readline()          # the table is locked now
+        lk.acquire(0)                 # try once: the slot is taken; its row waits
+        sys.stdout.write("held\\n"); sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGSTOP)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code, target], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    locker = None
+    try:
+        assert p.stdout.readline() == "open\n"
+        locker = _psql_session("BEGIN; LOCK TABLE heavylock_holders IN SHARE MODE;", own_db)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == "held\n"
+        q = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+             f"'heavylock {p.pid}@%' AND state = 'active' AND wait_event_type = 'Lock'")
+        t0 = time.monotonic()
+        assert int(_sql(q, own_db)) == 1  # blocked on the table
+        while int(_sql(q, own_db)) > 0:
+            assert time.monotonic() - t0 < 8 + MARGIN, "the statement still waits"
+            time.sleep(0.2)
+        assert time.monotonic() - t0 > 1  # ended by its bound, not at once
+    finally:
+        p.send_signal(9)
+        p.wait()
+        if locker:
+            locker.kill()
+            locker.wait()
