@@ -10,7 +10,7 @@ SOURCES := $(wildcard include/*.h src/*.c src/*.h cli/*.c tests/c/*.c) meson.bui
 PYSOURCES := $(wildcard python/heavylock/*.py python/heavylock/*.c) pyproject.toml
 
 .PHONY: all build test test-c test-py test-asan check-win demo bench clean example-setup \
-        stress stress-short fuzz test-valgrind check-dist-c bench-lane bench-lane-quick \
+        stress stress-short fuzz test-valgrind test-gguf-valgrind check-dist-c bench-lane bench-lane-quick \
         test-pg bench-pg bench-slots bench-slots-quick bench-fairness
 
 all: build
@@ -77,6 +77,12 @@ test-valgrind: build
 	  --wrap='valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet' \
 	  --timeout-multiplier=4
 
+# The GGUF reader's C tests under valgrind memcheck: uninitialised reads that
+# neither ASan nor the fuzzers see (hostile key lengths).  CI runs this too.
+test-gguf-valgrind: build
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --suite gguf --print-errorlogs \
+	  --wrap='valgrind --error-exitcode=1 --track-origins=yes --quiet'
+
 # libFuzzer harnesses (fuzz/): GGUF reader, record parser, path policy, each
 # for FUZZ_SECONDS under ASan + UBSan; needs clang and its runtime
 # (Debian: clang libclang-rt-14-dev).  CI runs 20 s each.
@@ -89,6 +95,12 @@ fuzz:
 # exported symbols, man -l heavylock.1, shell completion.
 check-dist-c: $(VENV)/.deps
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash tests/dist/check-dist-c.sh
+
+# meson.build's meson_version is true: exactly that meson (from PyPI, in a
+# scratch venv) configures, builds and installs the C and the wheel layouts.
+.PHONY: check-meson-min
+check-meson-min:
+	bash tests/dist/check-meson-min.sh
 
 # The example LLM app: llama-cpp-python (builds llama.cpp from source the
 # first time: minutes on 2 cores; pip caches the wheel) and the SmolLM2-135M

@@ -61,6 +61,12 @@ fi
 # --only-binary: pip may not build anything from source here.
 PATH=$nocc "$V/python" -m pip install -q --no-index --only-binary=:all: "$wheel"
 ln -s "$V/heavylock" "$nocc/heavylock"
+# The command is the launcher that execs the binary inside the package (no
+# auditwheel shim in the wheel's scripts: it broke --prefix/--user/--target).
+PATH=$nocc "$V/heavylock" --version | grep -q "^heavylock from heavylock "
+if unzip -l "$wheel" | grep -q '\.scripts/'; then
+  echo "check-wheel: the wheel carries an auditwheel script shim" >&2; exit 1
+fi
 # Run from outside the checkout so that nothing imports the source tree.
 cp -r "$ROOT/tests/python" "$work/tests"
 cp "$ROOT/pyproject.toml" "$work/pyproject.toml"  # the suite's pytest settings
@@ -110,4 +116,8 @@ EOF
 )
 grep -q "FallbackWarning: heavylock: the native extension could not be loaded (No module named 'heavylock._native')" \
   "$work/nocc.out"
+# No compiler, no CLI binary: the command says so (69), no traceback.
+rc=0; PATH=$nocc "$N/heavylock" --version 2> "$work/nocc-cli.err" || rc=$?
+[ "$rc" = 69 ] && grep -q "the CLI binary is not installed" "$work/nocc-cli.err" || {
+  echo "check-wheel: heavylock without its binary exited $rc:"; cat "$work/nocc-cli.err"; exit 1; } >&2
 echo "check-wheel: OK"

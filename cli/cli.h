@@ -6,6 +6,40 @@
 
 #include <stddef.h>
 
+struct option;
+
+/* One option of the CLI (options.c): getopt's arguments and --help are
+ * built from the table, and a test checks the man page and completions
+ * against --help. */
+typedef struct cli_option {
+  const char *commands; /* space-separated; "*" every command; "" heavylock itself */
+  int val;              /* what getopt_long returns: the short letter when has_short */
+  int has_short;        /* -<val> exists */
+  const char *name;     /* --name */
+  const char *alias;    /* another long name (flock(1)'s --nb, --wait) or NULL */
+  const char *arg;      /* its argument as the help shows it, NULL: none */
+  const char *help;     /* lines separated by '\n' */
+} cli_option_t;
+
+typedef struct cli_exit {
+  const char *commands; /* as in cli_option_t */
+  int code;             /* -1: the command's own status; -2: the -E code */
+  const char *meaning;
+} cli_exit_t;
+
+extern const cli_option_t cli_options[]; /* ends with a NULL name */
+extern const cli_exit_t cli_exits[];     /* ends with NULL commands */
+
+/* 1 when option `o` is one of command `cmd`'s. */
+int cli_option_for(const cli_option_t *o, const char *cmd);
+
+/* getopt_long's long options and optstring ("+" first) for command `cmd`. */
+void cli_getopt_args(const char *cmd, struct option *longs, size_t nlongs, char *shorts,
+                     size_t nshorts);
+
+/* The whole help (heavylock --help), from the tables. */
+void cli_usage(void);
+
 /* `heavylock doctor` (doctor.c). */
 int cmd_doctor(int argc, char **argv);
 

@@ -77,6 +77,28 @@ static void existing_dir(const char *path, char *dir, size_t len) {
   }
 }
 
+/* The lock file does not exist yet: can the first `heavylock run` create
+ * it?  Tried as run does it, with a scratch file in the nearest directory
+ * that exists (run creates the policy's missing directories there).  A
+ * read-only file system or a directory we cannot write passes every other
+ * check, yet run exits 73 (EROFS, ENOSPC) or 66 (anything else). */
+static void can_create(const char *path, const char *dir) {
+  char probe[HL_PATH_MAX + 64];
+  snprintf(probe, sizeof(probe), "%s/.heavylock-doctor-XXXXXX", dir);
+  int fd = mkstemp(probe);
+  if (fd >= 0) {
+    close(fd);
+    unlink(probe);
+    say("create", "ok: the first holder can create %s", path);
+    return;
+  }
+  int err = errno;
+  problem("cannot create the lock file %s: %s in %s, so `heavylock run` would exit %d; "
+          "point the lock at a writable directory (--lock, HEAVYLOCK_PATH), or have the "
+          "lock file created there beforehand", path, strerror(err), dir,
+          (err == EROFS || err == ENOSPC) ? 73 : 66);
+}
+
 /* What flock(2) means on a file system, by its magic number (statfs). */
 static void file_system(const char *dir) {
 #ifdef __linux__
@@ -246,21 +268,17 @@ static int doctor_server(const char *target) {
 }
 
 int cmd_doctor(int argc, char **argv) {
-  static const struct option opts[] = {{"root", required_argument, NULL, 'r'},
-                                       {"lock", required_argument, NULL, 'L'},
-                                       {"help", no_argument, NULL, 'h'},
-                                       {NULL, 0, NULL, 0}};
+  struct option opts[32];
+  char shorts[64];
+  cli_getopt_args("doctor", opts, 32, shorts, sizeof(shorts));
   const char *root = NULL, *given = NULL;
   int c;
-  while ((c = getopt_long(argc, argv, "+r:L:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
     switch (c) {
     case 'r': root = optarg; break;
     case 'L': given = optarg; break;
     case 'h':
-      printf("Usage: heavylock doctor [--root <dir>] [PATH]\n"
-             "Check why locking might not work: the lock path, its file system, whether\n"
-             "flock excludes there (tried on a scratch file), inotify, /proc/locks, and\n"
-             "who holds and waits now.  Exit 0 when all is well, 1 when a problem is found.\n");
+      cli_usage();
       return 0;
     default:
       fprintf(stderr, "heavylock: bad usage\nTry 'heavylock --help' for more information.\n");
@@ -301,8 +319,10 @@ int cmd_doctor(int argc, char **argv) {
     return doctor_server(path);
 
   struct stat st;
+  int missing = 0;
   if (lstat(path, &st) < 0) {
-    if (errno == ENOENT)
+    missing = errno == ENOENT;
+    if (missing)
       say("lock file", "does not exist yet (the first holder creates it)");
     else
       problem("cannot look at %s: %s", path, strerror(errno));
@@ -329,6 +349,8 @@ int cmd_doctor(int argc, char **argv) {
 
   char dir[HL_PATH_MAX];
   existing_dir(path, dir, sizeof(dir));
+  if (missing)
+    can_create(path, dir);
   file_system(dir);
   flock_excludes(dir);
   kernel_views(dir);

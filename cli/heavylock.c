@@ -67,48 +67,7 @@ static int usage_error(const char *fmt, ...) {
   return EX_USAGE;
 }
 
-static void usage(void) {
-  printf("Usage:\n"
-         " heavylock run [options] -- <command> [<argument>...]\n"
-         " heavylock status [--lock <path>] [--json]\n"
-         " heavylock path [--root <dir>]\n"
-         " heavylock gguf <model.gguf>\n"
-         " heavylock doctor [--root <dir>] [<lock path>]\n"
-         "\n"
-         "Run heavy commands (model loads) one at a time across processes, under an\n"
-         "exclusive flock(2) on a lock file that flock(1) and Python's filelock share.\n"
-         "\n"
-         "The lock file is --lock, else $HEAVYLOCK_PATH, else .llm_load.lock next to\n"
-         "$LOCAL_MODEL_PATH, else models/.llm_load.lock under --root (default: .).\n"
-         "\n"
-         "Options for run:\n"
-         " -n, --nonblock             fail rather than wait\n"
-         " -w, --timeout <secs>       wait for a limited amount of time\n"
-         " -E, --conflict-exit-code <number>  exit code after conflict or timeout (default 1)\n"
-         " -l, --label <text>         label for the holder record (shown by status)\n"
-         " -o, --close                do not pass the lock to the command\n"
-         " -v, --verbose              say who holds the lock while waiting, and how long it took\n"
-         " -q, --quiet                do not say anything while waiting\n"
-         "     --slots <n>|auto       up to n holders at once (default 1: exclusive);\n"
-         "                            auto: as many as memory admits\n"
-         "     --mem <size>           this command's expected peak memory (512M, 2G,\n"
-         "                            1.5GiB, bytes); implies --slots auto\n"
-         "     --budget <size>|auto   memory for all holders (default auto: live free\n"
-         "                            memory minus what loading holders still need)\n"
-         "\n"
-         "Options for all commands:\n"
-         " -L, --lock <path>          the lock file\n"
-         " -r, --root <dir>           project root for the default lock path\n"
-         " -j, --json                 status as JSON\n"
-         " -h, --help                 display this help\n"
-         " -V, --version              display version\n"
-         "\n"
-         "Exit status of run: the command's, or 128+N if it died of signal N;\n"
-         "the -E code on conflict or timeout; 64 bad usage; 66 cannot open the lock file;\n"
-         "69 cannot run the command; 73 read-only file system or disk full;\n"
-         "75 the lock (on a server) was lost while the command ran, and it exited 0.\n"
-         "Exit status of status: 0 free, 1 held.\n");
-}
+static void usage(void) { cli_usage(); }
 
 int cli_is_url(const char *target) { return hl_target_kind(target) != HL_TARGET_FILE; }
 
@@ -134,6 +93,8 @@ static const char *error_detail(char *buf, size_t len) {
 }
 
 static int open_error_code(int rc) {
+  if (rc == HL_EFULL) /* 1024 holders and waiters: a moment later it may not be */
+    return EX_TEMPFAIL;
   return (rc == -EROFS || rc == -ENOSPC) ? EX_CANTCREAT : EX_NOINPUT;
 }
 
@@ -207,10 +168,13 @@ static double now_mono(void) {
  * line between them. */
 static int on_wait(void *arg, const hl_status_t *st, double waited) {
   const char *path = arg;
-  char who[600], line[HL_PATH_MAX + 800];
+  char who[600], line[HL_PATH_MAX + 1400], why[1100];
   hl_holder_describe(st, who, sizeof(who));
+  /* A stuck admission table is in the way too (the library's detail); no
+   * password, ever (the target, a holder's label). */
   char raw[sizeof(line)];
-  snprintf(raw, sizeof(raw), "%s: waiting for %s, %s (waited %.0f s)\n", prog, path, who, waited);
+  snprintf(raw, sizeof(raw), "%s: waiting for %s, %s%s (waited %.0f s)\n", prog, path, who,
+           error_detail(why, sizeof(why)), waited);
   int n = (int)strlen(hl_redact(raw, line, sizeof(line)));
   if (n > 0) {
     if ((size_t)n >= sizeof(line))
@@ -258,16 +222,9 @@ static int parse_slots(const char *v) {
 }
 
 static int cmd_run(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"nonblock", no_argument, NULL, 'n'},  {"nb", no_argument, NULL, 'n'},
-      {"timeout", required_argument, NULL, 'w'}, {"wait", required_argument, NULL, 'w'},
-      {"conflict-exit-code", required_argument, NULL, 'E'},
-      {"label", required_argument, NULL, 'l'}, {"close", no_argument, NULL, 'o'},
-      {"verbose", no_argument, NULL, 'v'},   {"quiet", no_argument, NULL, 'q'},
-      {"lock", required_argument, NULL, 'L'}, {"root", required_argument, NULL, 'r'},
-      {"slots", required_argument, NULL, 'S'}, {"mem", required_argument, NULL, 'M'},
-      {"budget", required_argument, NULL, 'B'},
-      {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0}};
+  struct option opts[32];
+  char shorts[64];
+  cli_getopt_args("run", opts, 32, shorts, sizeof(shorts));
   double timeout = -1;
   int slots = -1; /* not given */
   uint64_t mem = 0, budget = 0;
@@ -275,7 +232,7 @@ static int cmd_run(int argc, char **argv) {
   int conflict = 1, verbose = 0, quiet = 0, close_fd = 0, c;
   const char *label = NULL, *lockopt = NULL, *root = NULL;
   char *end;
-  while ((c = getopt_long(argc, argv, "+nw:E:l:ovqL:r:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
     switch (c) {
     case 'n': timeout = 0; break;
     case 'w':
@@ -352,17 +309,15 @@ static int cmd_run(int argc, char **argv) {
   hl_lock_set_budget(lk, budget);
   rc = acquire_noisy(lk, timeout, verbose, quiet);
   if (rc == HL_EBUSY || rc == HL_ETIMEDOUT) {
+    /* A stuck admission table (see hl_error_detail) is said even for -n:
+     * it is not the everyday "busy". */
+    error_detail(detail, sizeof(detail));
     if (rc == HL_ETIMEDOUT && !quiet) {
       char who[600];
-      /* A server that stopped answering is named as such, not as a holder. */
-      const char *d = hl_error_detail();
-      if (cli_is_url(path) && d && strncmp(d, "timed out after", 15) == 0)
-        snprintf(who, sizeof(who), "%s", d);
-      else
-        describe_holder(path, who, sizeof(who));
-      warnx("timeout while waiting for %s, %s", path, who);
-    } else if (verbose) {
-      warnx("%s is busy", path);
+      describe_holder(path, who, sizeof(who));
+      warnx("timeout while waiting for %s, %s%s", path, who, detail);
+    } else if (verbose || (detail[0] && !quiet)) {
+      warnx("%s is busy%s", path, detail);
     }
     hl_lock_close(lk);
     return conflict;
@@ -395,12 +350,16 @@ static int cmd_run(int argc, char **argv) {
     if (remote)
       sigprocmask(SIG_SETMASK, &old_mask, NULL);
     /* Like flock(1): the command inherits the lock, so it stays held while
-     * the command runs even if this process is killed. */
-    int fd = (int)hl_lock_fd(lk);
-    if (!close_fd && fd >= 0)
-      fcntl(fd, F_SETFD, 0);
-    else if (fd >= 0)
-      close(fd);
+     * the command runs even if this process is killed.  Every descriptor
+     * that carries it (slots: the table's entry lock too). */
+    intptr_t fds[4];
+    int nfds = hl_lock_fds(lk, fds, 4);
+    for (int i = 0; i < nfds; i++) {
+      if (!close_fd)
+        fcntl((int)fds[i], F_SETFD, 0);
+      else
+        close((int)fds[i]);
+    }
     execvp(cmd[0], cmd);
     warnx("failed to execute %s: %s", cmd[0], strerror(errno));
     _exit(errno == ENOMEM ? EX_OSERR : EX_UNAVAILABLE);
@@ -521,14 +480,12 @@ static void term_str_raw(const char *str) {
 }
 
 static int cmd_status(int argc, char **argv) {
-  static const struct option opts[] = {{"lock", required_argument, NULL, 'L'},
-                                       {"root", required_argument, NULL, 'r'},
-                                       {"json", no_argument, NULL, 'j'},
-                                       {"help", no_argument, NULL, 'h'},
-                                       {NULL, 0, NULL, 0}};
+  struct option opts[32];
+  char shorts[64];
+  cli_getopt_args("status", opts, 32, shorts, sizeof(shorts));
   const char *lockopt = NULL, *root = NULL;
   int json = 0, c;
-  while ((c = getopt_long(argc, argv, "+L:r:jh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
     switch (c) {
     case 'L': lockopt = optarg; break;
     case 'r': root = optarg; break;
@@ -729,12 +686,12 @@ static int cmd_status(int argc, char **argv) {
 }
 
 static int cmd_path(int argc, char **argv) {
-  static const struct option opts[] = {{"root", required_argument, NULL, 'r'},
-                                       {"help", no_argument, NULL, 'h'},
-                                       {NULL, 0, NULL, 0}};
+  struct option opts[32];
+  char shorts[64];
+  cli_getopt_args("path", opts, 32, shorts, sizeof(shorts));
   const char *root = NULL;
   int c;
-  while ((c = getopt_long(argc, argv, "+r:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
     switch (c) {
     case 'r': root = optarg; break;
     case 'h': usage(); return 0;
@@ -759,8 +716,28 @@ static int cmd_path(int argc, char **argv) {
 }
 
 static int cmd_gguf(int argc, char **argv) {
-  if (argc != 2)
+  struct option opts[32];
+  char shorts[64];
+  cli_getopt_args("gguf", opts, 32, shorts, sizeof(shorts));
+  unsigned long long ctx = 0; /* 0: the model's own context length */
+  int c;
+  char *end;
+  while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
+    switch (c) {
+    case 'c':
+      errno = 0;
+      ctx = strtoull(optarg, &end, 10);
+      if (end == optarg || *end || errno || ctx < 1 || ctx > (1ull << 32) || optarg[0] == '-')
+        return usage_error("invalid --ctx value: '%s' (expected a number of tokens, 1 to %llu)",
+                           optarg, 1ull << 32);
+      break;
+    case 'h': usage(); return 0;
+    default: return usage_error("bad usage");
+    }
+  }
+  if (argc - optind != 1)
     return usage_error("gguf: expected one model file");
+  argv += optind - 1; /* argv[1]: the model */
   hl_gguf_estimate_t e;
   hl_gguf_t g;
   int rc = hl_gguf_read(argv[1], &g); /* a FIFO is refused, not waited on */
@@ -774,8 +751,8 @@ static int cmd_gguf(int argc, char **argv) {
          argv[1], g.version, g.architecture, g.name, (unsigned long long)g.context_length,
          (unsigned long long)g.n_tensors, (unsigned long long)g.n_kv,
          (unsigned long long)g.file_size, (unsigned long long)g.tensor_bytes);
-  if (hl_gguf_estimate(argv[1], 0, &e) == 0) {
-    char a[32], b[32], c[32], d[32];
+  if (hl_gguf_estimate(argv[1], ctx, &e) == 0) {
+    char a[32], b[32], c[32], d[32], o[32]; /* one buffer per figure: all are printed at once */
     printf("layers:         %llu\nheads:          %llu (kv %llu)\nembedding:      %llu\n"
            "kv cache (f16, %llu tokens): %llu bytes (%s)\n"
            "estimate:       %llu bytes (%s = weights %s + kv cache %s + compute %s)\n",
@@ -784,7 +761,7 @@ static int cmd_gguf(int argc, char **argv) {
            (unsigned long long)e.context_length, (unsigned long long)e.kv_cache,
            hl_size_format(e.kv_cache, a, sizeof(a)), (unsigned long long)e.total,
            hl_size_format(e.total, b, sizeof(b)), hl_size_format(e.weights, c, sizeof(c)),
-           hl_size_format(e.kv_cache, d, sizeof(d)), hl_size_format(e.overhead, a, sizeof(a)));
+           hl_size_format(e.kv_cache, d, sizeof(d)), hl_size_format(e.overhead, o, sizeof(o)));
   }
   return 0;
 }

@@ -1,4 +1,6 @@
 # bash completion for heavylock(1)
+# Each command's options as `heavylock --help` lists them (cli/options.c);
+# tests/python/test_cli_docs.py checks that none is missing.
 _heavylock() {
   local cur prev words cword
   _init_completion 2>/dev/null || {
@@ -25,17 +27,26 @@ _heavylock() {
   case $prev in
     -L|--lock) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     -r|--root) COMPREPLY=($(compgen -d -- "$cur")); return ;;
-    -w|--timeout|--wait|-E|--conflict-exit-code|-l|--label) return ;;
+    --slots) COMPREPLY=($(compgen -W 'auto 1 2 4' -- "$cur")); return ;;
+    --budget) COMPREPLY=($(compgen -W 'auto' -- "$cur")); return ;;
+    -w|--timeout|--wait|-E|--conflict-exit-code|-l|--label|--mem|--ctx) return ;;
   esac
   case $sub in
     run)
-      local opts='-n --nonblock -w --timeout -E --conflict-exit-code -l --label -o --close'
-      opts+=' -v --verbose -q --quiet -L --lock -r --root -h --help --'
+      local opts='-n --nonblock --nb -w --timeout --wait -E --conflict-exit-code -l --label'
+      opts+=' -o --close -v --verbose -q --quiet --slots --mem --budget -L --lock -r --root'
+      opts+=' -h --help --'
       COMPREPLY=($(compgen -W "$opts" -- "$cur")) ;;
     status) COMPREPLY=($(compgen -W '-L --lock -r --root -j --json -h --help' -- "$cur")) ;;
     path) COMPREPLY=($(compgen -W '-r --root -h --help' -- "$cur")) ;;
-    gguf) COMPREPLY=($(compgen -f -X '!*.gguf' -- "$cur") $(compgen -d -- "$cur")) ;;
-    doctor) COMPREPLY=($(compgen -W '-r --root -h --help' -- "$cur") $(compgen -f -- "$cur")) ;;
+    gguf)
+      if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W '--ctx -h --help' -- "$cur"))
+      else
+        COMPREPLY=($(compgen -f -X '!*.gguf' -- "$cur") $(compgen -d -- "$cur"))
+      fi ;;
+    doctor)
+      COMPREPLY=($(compgen -W '-L --lock -r --root -h --help' -- "$cur") $(compgen -f -- "$cur")) ;;
   esac
 }
 complete -F _heavylock heavylock

@@ -81,6 +81,9 @@ extern "C" {
                                   would never end                          */
 #define HL_ENOBUDGET  (-30011) /* memory admission on a remote lock needs a
                                   static budget (hl_lock_set_budget)       */
+#define HL_EFULL      (-30012) /* the slot table has HL_SLOTS_TABLE_MAX live
+                                  holders and waiters: try again later     */
+#define HL_SLOTS_TABLE_MAX 1024
 
 /* The name of an error returned by any function here (never NULL). */
 const char *hl_strerror(int err);
@@ -119,7 +122,10 @@ int hl_lock_open(hl_lock_t **lockp, const char *path);
  * -EINTR (a signal arrived while waiting: nothing is held; call again with
  * what is left of the timeout), -EDEADLK (this thread already holds, or is
  * waiting for, the same lock file through this or another handle: waiting
- * would never end), HL_EFORKED (handle belongs to the parent), or -errno.
+ * would never end), HL_EFORKED (handle belongs to the parent), HL_EFULL
+ * (slots: 1024 holders and waiters already), or -errno.  Every wait inside
+ * keeps the deadline (a try-once waits at most 0.2 s for a slot table's
+ * admission lock; see hl_error_detail when it stays locked).
  * After winning, it checks that the path still names the file it locked (a
  * tool may have deleted or replaced it) and starts over if not.  On Linux it
  * also checks the kernel's lock table for a holder that still holds a
@@ -227,7 +233,9 @@ int hl_lock_check(hl_lock_t *lock);
  * What the last failed call in this thread knew beyond its error code, ""
  * when nothing: for a PostgreSQL lock, the server's or libpq's message
  * ("connection to server at "db" (10.0.0.5), port 5432 failed: FATAL:
- * password authentication failed for user "ci"").  Valid until the next
+ * password authentication failed for user "ci""); for a lock with slots
+ * whose admission table stays locked by someone (HL_EBUSY, HL_ETIMEDOUT),
+ * "admission table PATH.slots locked by pid N".  Valid until the next
  * call into the library from this thread.
  */
 const char *hl_error_detail(void);
@@ -236,6 +244,15 @@ int hl_lock_held(const hl_lock_t *lock);          /* 1 when this handle holds it
 const char *hl_lock_path(const hl_lock_t *lock);  /* as given to hl_lock_open   */
 /* The descriptor while held, else -1 (for passing the lock to a child). */
 intptr_t hl_lock_fd(const hl_lock_t *lock);
+/*
+ * Every descriptor that carries the held lock, into fds[0..max): a lock
+ * with slots is held by two (the lock file's shared flock, and the slot
+ * table's descriptor that holds our entry's byte lock), an exclusive lock
+ * by one.  Returns how many (0 when not held or for a remote lock).  A
+ * child that is to keep the lock after its parent dies (heavylock run,
+ * like flock(1)) must inherit them all: clear FD_CLOEXEC on each.
+ */
+int hl_lock_fds(const hl_lock_t *lock, intptr_t *fds, int max);
 
 /* ------------------------------------------------------------------------
  * Holder records and status

@@ -172,7 +172,8 @@ int hl__admit(const hl__ask_t *ask, const hl__load_t *load, int live_ok, uint64_
     free = ask->budget > load->weights ? ask->budget - load->weights : 0;
     known = 1;
   } else if (live_ok) {
-    uint64_t taken = load->growth + HL_RESERVE_BYTES;
+    uint64_t taken = load->growth > UINT64_MAX - HL_RESERVE_BYTES ? UINT64_MAX /* never wrap */
+                                                                   : load->growth + HL_RESERVE_BYTES;
     free = live_free > taken ? live_free - taken : 0;
     known = 1;
   }

@@ -51,6 +51,8 @@ static int skip(rd_t *r, uint64_t n) {
 
 /* Read a string into buf (truncated to fit), or skip it when buf is NULL. */
 static void rd_str(rd_t *r, char *buf, size_t len) {
+  if (buf != NULL)
+    buf[0] = '\0'; /* empty, not stale, whatever happens below */
   uint64_t n = rd_u64(r);
   if (n > MAX_STRING) {
     r->bad = 1;
@@ -138,6 +140,8 @@ int hl_gguf_read(const char *path, hl_gguf_t *info) {
   for (uint64_t i = 0; i < info->n_kv && !r.bad; i++) {
     rd_str(&r, key, sizeof(key));
     uint32_t t = rd_u32(&r);
+    if (r.bad)
+      break; /* a key too long or cut short: nothing below may read it */
     if (t == T_STR && strcmp(key, "general.architecture") == 0) {
       rd_str(&r, info->architecture, sizeof(info->architecture));
     } else if (t == T_STR && strcmp(key, "general.name") == 0) {

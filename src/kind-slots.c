@@ -45,6 +45,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,7 +60,7 @@
 #define TABLE_MAGIC "heavylock-slots 1\n"
 #define HEADER_SIZE 4096
 #define ENTRY_SIZE 1024
-#define MAX_ENTRIES 1024
+#define MAX_ENTRIES HL_SLOTS_TABLE_MAX
 #define ADMIT_BYTE 0 /* the admission lock */
 
 enum { E_EMPTY = 0, E_WAITING = 1, E_HOLDING = 2 };
@@ -106,14 +107,16 @@ typedef struct slots_state_s {
 
 /* ---- small system helpers ---- */
 
-static int ofd_lock(int fd, off_t off, short type, int wait) {
+/* Never F_OFD_SETLKW: a wait here would ignore the caller's deadline
+ * (admit_lock below waits, bounded). */
+static int ofd_lock(int fd, off_t off, short type) {
   struct flock fl;
   memset(&fl, 0, sizeof(fl));
   fl.l_type = type;
   fl.l_whence = SEEK_SET;
   fl.l_start = off;
   fl.l_len = 1;
-  if (fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) == 0)
+  if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
     return 0;
   if (errno == EAGAIN || errno == EACCES)
     return HL_EBUSY;
@@ -133,6 +136,51 @@ static int ofd_live(int fd, off_t off) {
   if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
     return 0;
   return fl.l_type != F_UNLCK;
+}
+
+/*
+ * The admission lock, bounded.  A client that admits holds byte 0 for
+ * microseconds, so one attempt waits at most ADMIT_PATIENCE for it (a
+ * try-once as well), and never past the caller's deadline.  Longer means
+ * the holder is stopped (Ctrl-Z) or hostile: anyone who can read the table
+ * can take a read lock on its byte 0 (fcntl needs only a read-only
+ * descriptor for that; the table's mode cannot prevent it without shutting
+ * out the other users of the lock).  Then the attempt reports HL_EBUSY and
+ * says who holds the byte (hl_error_detail); the caller's wait loop goes on
+ * until its own deadline, with its notices.  `tpath` NULL: say nothing.
+ */
+#define ADMIT_PATIENCE 0.2 /* seconds */
+
+static int admit_lock(int tfd, const char *tpath, double deadline) {
+  int rc = ofd_lock(tfd, ADMIT_BYTE, F_WRLCK);
+  if (rc == 0 && tpath != NULL)
+    hl__detail_set("%s", ""); /* not stuck (any more) */
+  if (rc != HL_EBUSY)
+    return rc;
+  double t = hl__os_monotonic(), until = t + ADMIT_PATIENCE;
+  if (deadline > t && deadline < until)
+    until = deadline;
+  /* Short polls first (the holder needs microseconds; a crowd woken by one
+   * release queues here), backing off to 1 ms. */
+  for (int us = 20; rc == HL_EBUSY && t < until; t = hl__os_monotonic()) {
+    int left = (int)((until - t) * 1e6) + 1;
+    if ((rc = hl__os_sleep_us(us < left ? us : left)) < 0)
+      return rc; /* -EINTR: the caller checks its signals */
+    rc = ofd_lock(tfd, ADMIT_BYTE, F_WRLCK);
+    us = us < 500 ? us * 2 : 1000;
+  }
+  if (rc == 0 && tpath != NULL)
+    hl__detail_set("%s", "");
+  if (rc == HL_EBUSY && tpath != NULL) {
+    hl__fileid_t id;
+    long pid = hl__os_fileid_fd(tfd, &id) == 0 ? hl__os_range_locker(&id, ADMIT_BYTE) : 0;
+    if (pid > 0)
+      hl__detail_set("admission table %s locked by pid %ld", tpath, pid);
+    else
+      hl__detail_set("admission table %s locked by another process (not visible to "
+                          "this user)", tpath);
+  }
+  return rc;
 }
 
 static int pread_all(int fd, void *buf, size_t len, off_t off) {
@@ -178,9 +226,10 @@ static char *table_path(const char *path) {
  * Open (creating) the table.  Like the lock file: never follow a symlink,
  * refuse what is not a regular file, and never write into a file that is
  * not a table: a non-empty file without our magic is HL_EFORMAT.  An empty
- * file gets its header under the admission lock.
+ * file gets its header under the admission lock (bounded by `deadline`);
+ * a table that has its header needs no lock to open.
  */
-static int table_open(const char *tpath, int *out) {
+static int table_open(const char *tpath, double deadline, int *out) {
   const int base = O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK;
   int fd;
   do
@@ -198,12 +247,16 @@ static int table_open(const char *tpath, int *out) {
     close(fd);
     return HL_ENOTREG;
   }
-  int rc = ofd_lock(fd, ADMIT_BYTE, F_WRLCK, 1);
-  if (rc < 0) {
+  header_t h;
+  int rc = pread_all(fd, &h, sizeof(h), 0);
+  if (rc == 0 && st.st_size > 0 && memcmp(h.magic, TABLE_MAGIC, sizeof(TABLE_MAGIC) - 1) == 0) {
+    *out = fd;
+    return 0;
+  }
+  if (rc < 0 || (rc = admit_lock(fd, tpath, deadline)) < 0) {
     close(fd);
     return rc;
   }
-  header_t h;
   rc = pread_all(fd, &h, sizeof(h), 0);
   if (rc == 0 && fstat(fd, &st) == 0 && st.st_size == 0) {
     memset(&h, 0, sizeof(h));
@@ -213,7 +266,7 @@ static int table_open(const char *tpath, int *out) {
   } else if (rc == 0 && memcmp(h.magic, TABLE_MAGIC, sizeof(TABLE_MAGIC) - 1) != 0) {
     rc = HL_EFORMAT;
   }
-  (void)ofd_lock(fd, ADMIT_BYTE, F_UNLCK, 0);
+  (void)ofd_lock(fd, ADMIT_BYTE, F_UNLCK);
   if (rc < 0) {
     close(fd);
     return rc;
@@ -287,6 +340,22 @@ typedef struct snapshot_s {
   entry_t *e;   /* n entries; state E_EMPTY for dead or unused ones */
 } snapshot_t;
 
+/* An entry as read from the file, made safe to use: anyone who can write
+ * the table chose its bytes.  Text fields end inside their buffers (the
+ * one sanitizer in lock.c cleans them for status), an unknown state is
+ * empty, numbers that name a process or a time are in range. */
+static void entry_bound(entry_t *e) {
+  e->weight_source[sizeof(e->weight_source) - 1] = '\0';
+  e->host[sizeof(e->host) - 1] = '\0';
+  e->label[sizeof(e->label) - 1] = '\0';
+  if (e->state != E_WAITING && e->state != E_HOLDING)
+    e->state = E_EMPTY;
+  if (e->pid <= 0 || e->pid > INT32_MAX)
+    e->pid = 0;
+  if (!isfinite(e->since) || e->since < 0)
+    e->since = 0;
+}
+
 /* Read header and entries [0, high); entries whose byte nobody locks are
  * dead and read as empty (with `clean`, they are zeroed on disk too: the
  * caller holds the admission lock).  `self` is our own entry (its lock is on
@@ -307,8 +376,10 @@ static int snapshot(int tfd, int self, int clean, snapshot_t *s) {
     free(raw);
     return rc;
   }
-  for (int i = 0; i < s->n; i++)
+  for (int i = 0; i < s->n; i++) {
     memcpy(&s->e[i], raw + (size_t)i * ENTRY_SIZE, sizeof(entry_t));
+    entry_bound(&s->e[i]);
+  }
   free(raw);
   for (int i = 0; i < s->n; i++) {
     if (s->e[i].state == E_EMPTY || i == self)
@@ -333,14 +404,17 @@ static void load_of(const snapshot_t *s, int self, int need_rss, hl__load_t *loa
     if (i == self || e->state != E_HOLDING)
       continue;
     load->nholders++;
-    load->weights += e->weight;
+    /* Saturating: a forged entry's weight must not wrap the sum to room. */
+    load->weights = e->weight > UINT64_MAX - load->weights ? UINT64_MAX : load->weights + e->weight;
     load->exclusive |= e->exclusive != 0;
     if (need_rss && e->weight > 0) {
       uint64_t rss = 0, grown = 0;
       if (hl_mem_tree_rss((long)e->pid, &rss) == 0 && rss > e->baseline_rss)
         grown = rss - e->baseline_rss;
       if (e->weight > grown)
-        load->growth += e->weight - grown;
+        load->growth = e->weight - grown > UINT64_MAX - load->growth
+                           ? UINT64_MAX
+                           : load->growth + (e->weight - grown);
     }
   }
 }
@@ -392,7 +466,7 @@ static int slots_open(const char *path, void **statep) {
   int ro, rc = hl__os_open(path, &fd, &ro);
   if (rc == 0) {
     hl__os_close(fd);
-    rc = ro ? -EACCES : table_open(ss->tpath, &ss->tfd);
+    rc = ro ? -EACCES : table_open(ss->tpath, 0, &ss->tfd); /* no deadline: patience only */
   }
   drop(&ss->tfd);
   if (rc < 0) {
@@ -403,7 +477,7 @@ static int slots_open(const char *path, void **statep) {
   return 0;
 }
 
-static int ensure_open(slots_state_t *ss) {
+static int ensure_open(slots_state_t *ss, double deadline) {
   int rc;
   if (ss->fd < 0) {
     intptr_t fd;
@@ -416,7 +490,7 @@ static int ensure_open(slots_state_t *ss) {
       return rc;
     }
   }
-  if (ss->tfd < 0 && (rc = table_open(ss->tpath, &ss->tfd)) < 0)
+  if (ss->tfd < 0 && (rc = table_open(ss->tpath, deadline, &ss->tfd)) < 0)
     return rc;
   return 0;
 }
@@ -467,7 +541,7 @@ static int enqueue(slots_state_t *ss, const hl__ask_t *ask) {
   if (rc < 0)
     return rc;
   for (int i = 0; i < MAX_ENTRIES; i++) {
-    rc = ofd_lock(ss->tfd, entry_off(i), F_WRLCK, 0);
+    rc = ofd_lock(ss->tfd, entry_off(i), F_WRLCK);
     if (rc == HL_EBUSY)
       continue;
     if (rc < 0)
@@ -480,13 +554,13 @@ static int enqueue(slots_state_t *ss, const hl__ask_t *ask) {
     fill_entry(ss, ask, &e, E_WAITING);
     if ((rc = pwrite_all(ss->tfd, &e, sizeof(e), entry_off(i))) < 0 ||
         (rc = pwrite_all(ss->tfd, &h, sizeof(h), 0)) < 0) {
-      (void)ofd_lock(ss->tfd, entry_off(i), F_UNLCK, 0);
+      (void)ofd_lock(ss->tfd, entry_off(i), F_UNLCK);
       ss->idx = -1;
       return rc;
     }
     return 0;
   }
-  return -ENOSPC; /* MAX_ENTRIES holders and waiters at once */
+  return HL_EFULL; /* MAX_ENTRIES holders and waiters at once */
 }
 
 /* Under the admission lock: may we go now?  1 yes, 0 no, <0 error. */
@@ -529,14 +603,14 @@ void hl__slots_set_admit_delay(unsigned us) { admit_delay_us = us; }
 
 static int slots_try(void *state, const hl__ask_t *ask, int waiting) {
   slots_state_t *ss = state;
-  int rc = ensure_open(ss);
+  int rc = ensure_open(ss, ask->deadline);
   if (rc < 0)
     return rc;
   if (waiting)
     arm(ss); /* before the attempt: a change after it wakes us */
   if (ss->idx >= 0 && count_ahead(ss) > 0)
     return HL_EBUSY; /* not first: no need to take the admission lock */
-  if ((rc = ofd_lock(ss->tfd, ADMIT_BYTE, F_WRLCK, 1)) < 0)
+  if ((rc = admit_lock(ss->tfd, ss->tpath, ask->deadline)) < 0)
     return rc;
   if (ss->idx < 0 && (rc = enqueue(ss, ask)) < 0)
     goto out;
@@ -576,7 +650,7 @@ static int slots_try(void *state, const hl__ask_t *ask, int waiting) {
   unwatch(ss);
   rc = 0;
 out:
-  (void)ofd_lock(ss->tfd, ADMIT_BYTE, F_UNLCK, 0);
+  (void)ofd_lock(ss->tfd, ADMIT_BYTE, F_UNLCK);
   return rc;
 }
 
@@ -598,12 +672,14 @@ static int slots_wait(void *state, int ms) {
   return 1;
 }
 
-/* Clear our entry and close both files (the closes wake the others). */
+/* Clear our entry and close both files (the closes wake the others).  The
+ * clearing is tidiness only (an entry whose byte nobody locks is dead), so
+ * a stuck admission lock costs it, never the release. */
 static void leave(slots_state_t *ss) {
-  if (ss->tfd >= 0 && ss->idx >= 0 && ofd_lock(ss->tfd, ADMIT_BYTE, F_WRLCK, 1) == 0) {
+  if (ss->tfd >= 0 && ss->idx >= 0 && admit_lock(ss->tfd, NULL, 0) == 0) {
     uint32_t zero = 0;
     (void)pwrite_all(ss->tfd, &zero, sizeof(zero), entry_off(ss->idx));
-    (void)ofd_lock(ss->tfd, ADMIT_BYTE, F_UNLCK, 0);
+    (void)ofd_lock(ss->tfd, ADMIT_BYTE, F_UNLCK);
   }
   ss->idx = -1;
   drop(&ss->tfd); /* drops our entry's byte lock with it */
@@ -652,6 +728,22 @@ static int slots_identity(void *state, uint64_t id[2]) {
 
 static intptr_t slots_fd(void *state) { return ((slots_state_t *)state)->fd; }
 
+/* Both: a command that inherits the lock file's descriptor alone would hold
+ * the shared flock while its entry died with a killed parent, and slot
+ * counting would let one more in while it runs.  The entry's byte lock
+ * belongs to the table's open file description, so it lives for as long
+ * as any process (the parent, the command, its children) keeps that open,
+ * and dies with the last of them. */
+static int slots_fds(void *state, intptr_t *out, int max) {
+  slots_state_t *ss = state;
+  int n = 0;
+  if (ss->fd >= 0 && n < max)
+    out[n++] = ss->fd;
+  if (ss->tfd >= 0 && n < max)
+    out[n++] = ss->tfd;
+  return n;
+}
+
 static void slots_close(void *state, int owner) {
   slots_state_t *ss = state;
   if (owner && ss->held)
@@ -691,6 +783,7 @@ static int slots_status(const char *path, hl_status_t *st, int flags) {
   int rc = hl__flock_status(path, st, flags);
   if (rc < 0)
     return rc;
+  st->kind = hl__kind_flock.name; /* until slot holders or waiters show */
   hl__fileid_t id;
   if (hl__os_fileid_path(path, &id) < 0)
     return 0;
@@ -727,6 +820,8 @@ static int slots_status(const char *path, hl_status_t *st, int flags) {
     close(tfd);
     return 0;
   }
+  hl__fileid_t tid;
+  int have_tid = hl__os_fileid_fd(tfd, &tid) == 0;
   close(tfd);
   double now = hl__os_wallclock();
   uint64_t budget = 0;
@@ -744,10 +839,16 @@ static int slots_status(const char *path, hl_status_t *st, int flags) {
       hl_holder_t *ho = &st->holders[st->nholders++];
       memset(ho, 0, sizeof(*ho));
       ho->pid = (long)e->pid;
+      /* Its heavylock was killed while the command it ran still holds
+       * the entry (inherited descriptors): name the process that does. */
+      if (ho->pid == 0 || !hl__os_proc_alive(ho->pid)) {
+        long owner = have_tid ? hl__os_range_locker(&tid, (unsigned long long)entry_off(i)) : 0;
+        ho->pid = owner > 0 ? owner : ho->pid;
+      }
       ho->exclusive = e->exclusive != 0;
       ho->weight = e->weight;
       snprintf(ho->weight_source, sizeof(ho->weight_source), "%s", e->weight_source);
-      ho->held_for = now - e->since;
+      ho->held_for = e->since > 0 && e->since <= now ? now - e->since : -1;
       snprintf(ho->host, sizeof(ho->host), "%s", e->host);
       snprintf(ho->label, sizeof(ho->label), "%s", e->label);
       if (!(flags & HL__STATUS_QUICK))
@@ -778,6 +879,13 @@ static int slots_status(const char *path, hl_status_t *st, int flags) {
       *a = *b;
       *b = tmp;
     }
+  /* The kind in use now: slots while shared holders hold or slot waiters
+   * queue; an exclusive holder (heavylock, flock(1), filelock) and its
+   * queue are the flock kind's, table or not. */
+  int slot_use = st->shared;
+  for (int i = 0; i < st->nwaiters && !slot_use; i++)
+    slot_use = st->waiters[i].ticket > 0 && !st->waiters[i].exclusive;
+  st->kind = slot_use ? hl__kind_slots.name : hl__kind_flock.name;
   st->budget = budget;
   if (!(flags & HL__STATUS_QUICK)) {
     hl__load_t load;
@@ -813,14 +921,14 @@ int hl__queue_join(const char *lockpath, const hl__ask_t *ask, hl__queue_t **qp)
   hl__queue_t *q = calloc(1, sizeof(*q));
   if (q == NULL)
     return -ENOMEM;
-  q->ss.fd = q->ss.ino = -1;
+  q->ss.fd = q->ss.tfd = q->ss.ino = -1; /* never close(0) on a failure below */
   q->ss.wd_main = q->ss.wd_table = -1;
   q->ss.idx = -1;
   q->ss.tpath = table_path(lockpath);
-  int rc = q->ss.tpath ? table_open(q->ss.tpath, &q->ss.tfd) : -ENOMEM;
-  if (rc == 0 && (rc = ofd_lock(q->ss.tfd, ADMIT_BYTE, F_WRLCK, 1)) == 0) {
+  int rc = q->ss.tpath ? table_open(q->ss.tpath, ask->deadline, &q->ss.tfd) : -ENOMEM;
+  if (rc == 0 && (rc = admit_lock(q->ss.tfd, q->ss.tpath, ask->deadline)) == 0) {
     rc = enqueue(&q->ss, ask);
-    (void)ofd_lock(q->ss.tfd, ADMIT_BYTE, F_UNLCK, 0);
+    (void)ofd_lock(q->ss.tfd, ADMIT_BYTE, F_UNLCK);
   }
   if (rc < 0) {
     if (q->ss.tfd >= 0)
@@ -892,6 +1000,7 @@ const hl__kind_t hl__kind_slots = {
     .relabel = slots_relabel,
     .identity = slots_identity,
     .fd = slots_fd,
+    .fds = slots_fds,
     .status = slots_status,
     .close = slots_close,
 };

@@ -7,6 +7,7 @@
  * flock kind's plus the slot table); the flock kind takes every other path.
  */
 #include "kind.h"
+#include "os.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -39,9 +40,10 @@ int hl_pg_doctor(const char *target, char *out, size_t len) {
 }
 #endif
 
-/* What the last failure said beyond its code, per thread.  Large enough for
- * the longest detail we make: the CREATE TABLE shown to a role that may not
- * create it, with the server's reason (issue #17: cut at 512 bytes). */
+/* What the last failure said beyond its code, per thread: a server's words
+ * (large enough for the CREATE TABLE shown to a role that may not create
+ * it: issue #17 cut it at 512 bytes), or the file kinds' ("admission table
+ * ... locked by pid N"); lock.c empties it at the start of each acquisition. */
 static __thread char detail[HL__DETAIL_MAX];
 
 void hl__detail_set(const char *fmt, ...) {
@@ -52,6 +54,8 @@ void hl__detail_set(const char *fmt, ...) {
   size_t n = strlen(detail); /* libpq ends its messages with a newline */
   while (n > 0 && (detail[n - 1] == '\n' || detail[n - 1] == ' '))
     detail[--n] = '\0';
+  /* It may quote a path or a server's lines: any bytes at all, one line. */
+  hl__utf8_clean(detail, ' ');
 }
 
 const char *hl__kind_detail(void) { return detail; }

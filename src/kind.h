@@ -157,6 +157,11 @@ typedef struct hl__kind_s {
    * held?  No waiting.  0, or HL_ELOST when the kind learned that it lost
    * it (a remote session ended).  For hl_lock_check. */
   int (*check)(void *state);
+
+  /* Optional (NULL: just fd()): every descriptor that carries the held
+   * lock, into out[0..max); returns how many.  For hl_lock_fds: a child
+   * that inherits them all holds the lock after its parent died. */
+  int (*fds)(void *state, intptr_t *out, int max);
 } hl__kind_t;
 
 /* What the last failing call in this thread said beyond its code (the

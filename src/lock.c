@@ -80,6 +80,7 @@ const char *hl_strerror(int err) {
     return "held by this process through another descriptor, or by its parent: "
            "waiting would never end";
   case -EDEADLK: return "this thread already holds or waits for this lock";
+  case HL_EFULL: return "slot table full (1024 holders)"; /* HL_SLOTS_TABLE_MAX */
   case HL_ENOBUDGET:
     return "memory admission on a remote lock needs a budget (--budget SIZE)";
   }
@@ -386,8 +387,9 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
   int forever = timeout < 0 || isinf(timeout);
   double start = hl__os_monotonic();
   double deadline = forever ? INFINITY : start + (timeout > 0 ? timeout : 0);
-  lk->ask.deadline = deadline > 0 ? deadline : 1e-9; /* 0 means none under way */
   lk->thread = hl__os_thread_self();
+  lk->ask.deadline = deadline > 0 ? deadline : 1e-9; /* 0 means none under way */
+  hl__detail_set("%s", ""); /* a stuck slot table says so again if it still is */
 
   /* No deadline and no notices: a kind that can block in the kernel does
    * (the flock kind: flock(2), so that /proc/locks shows the waiter). */
@@ -492,6 +494,48 @@ const char *hl_error_detail(void) { return hl__kind_detail(); }
 const char *hl_lock_path(const hl_lock_t *lk) { return lk->target; }
 intptr_t hl_lock_fd(const hl_lock_t *lk) { return lk->held ? lk->kind->fd(lk->state) : -1; }
 
+int hl_lock_fds(const hl_lock_t *lk, intptr_t *fds, int max) {
+  if (!lk->held || max <= 0)
+    return 0;
+  if (lk->kind->fds)
+    return lk->kind->fds(lk->state, fds, max);
+  fds[0] = lk->kind->fd(lk->state);
+  return fds[0] >= 0 ? 1 : 0;
+}
+
+/* A text field that came from a file or a server: terminated inside its
+ * buffer, valid UTF-8, no control bytes (the one sanitizer, utf8.c). */
+#define CLEAN_FIELD(f) ((f)[sizeof(f) - 1] = '\0', hl__utf8_clean((f), '?'))
+
+/* Everything in a status that a kind read from a table, a record or a
+ * server, made safe before any caller (the CLI, Python, the plugin, wait
+ * callbacks, hl_holder_describe) sees it: whoever could write the file or
+ * the row chose those bytes. */
+static void status_clean(hl_status_t *st) {
+  CLEAN_FIELD(st->record.host);
+  CLEAN_FIELD(st->record.boot_id);
+  CLEAN_FIELD(st->record.label);
+  CLEAN_FIELD(st->record.cmd);
+  if (st->nholders < 0 || st->nholders > HL_MAX_HOLDERS)
+    st->nholders = st->nholders < 0 ? 0 : HL_MAX_HOLDERS;
+  if (st->nwaiters < 0 || st->nwaiters > HL_MAX_WAITERS)
+    st->nwaiters = st->nwaiters < 0 ? 0 : HL_MAX_WAITERS;
+  if (!isfinite(st->held_for))
+    st->held_for = -1;
+  for (int i = 0; i < st->nholders; i++) {
+    hl_holder_t *h = &st->holders[i];
+    CLEAN_FIELD(h->weight_source);
+    CLEAN_FIELD(h->host);
+    CLEAN_FIELD(h->label);
+    if (!isfinite(h->held_for))
+      h->held_for = -1;
+  }
+  for (int i = 0; i < st->nwaiters; i++) {
+    CLEAN_FIELD(st->waiters[i].weight_source);
+    CLEAN_FIELD(st->waiters[i].label);
+  }
+}
+
 int hl_status(const char *target, hl_status_t *st) {
   memset(st, 0, sizeof(*st));
   st->held_for = -1;
@@ -499,7 +543,9 @@ int hl_status(const char *target, hl_status_t *st) {
   if (k == NULL)
     return hl__kind_none(target);
   st->kind = k->name;
-  return k->status(target, st, 0);
+  int rc = k->status(target, st, 0);
+  status_clean(st);
+  return rc;
 }
 
 /* ---- the flock kind: an exclusive flock(2) on the whole lock file ----

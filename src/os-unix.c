@@ -395,6 +395,13 @@ int hl__os_sleep_ms(int ms) {
   return nanosleep(&ts, NULL) < 0 ? -errno : 0;
 }
 
+int hl__os_sleep_us(int us) {
+  if (us < 0)
+    us = 0;
+  struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000L};
+  return nanosleep(&ts, NULL) < 0 ? -errno : 0;
+}
+
 double hl__os_monotonic(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

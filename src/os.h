@@ -57,6 +57,7 @@ int hl__os_write_all(intptr_t fd, const char *buf, size_t len);
 
 /* 0, or -EINTR when a signal cut the sleep short. */
 int hl__os_sleep_ms(int ms);
+int hl__os_sleep_us(int us); /* POSIX only (the slots kind's short polls) */
 double hl__os_monotonic(void); /* seconds */
 double hl__os_wallclock(void); /* seconds since the epoch */
 long hl__os_getpid(void);
@@ -89,6 +90,11 @@ int hl__os_in_child_wait(long pid);
  * runs on every acquisition, so it looks only at the descriptors of the
  * process that took each lock (tens of microseconds). */
 int hl__os_ghost_holder(const char *path, const hl__fileid_t *cur, long *pid);
+
+/* Linux: who holds a byte-range lock (POSIX or OFD) covering byte `off` of
+ * the file, 0 when none or not visible (another user's OFD lock, unless we
+ * are root).  Scans /proc: for reporting a stuck lock only. */
+long hl__os_range_locker(const hl__fileid_t *id, unsigned long long off);
 
 /* Fallback: does a shared try-lock fail?  1 held, 0 free, -errno. */
 int hl__os_probe_held(const char *path);

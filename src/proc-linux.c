@@ -261,6 +261,80 @@ static long lock_owner(const lock_line_t *want, const char *link, int scan_all) 
   }
 }
 
+/* A byte-range lock line (POSIX or OFDLCK, not a waiter's) on the file that
+ * covers byte `off`: 1 and its pid as listed (-1 for an OFD lock). */
+static int range_line_covers(const char *line, const hl__fileid_t *id, unsigned long long off,
+                             long *pid) {
+  const char *p = strchr(line, ':');
+  if (p == NULL)
+    return 0;
+  p++;
+  while (*p == ' ')
+    p++;
+  if (strncmp(p, "->", 2) == 0)
+    return 0;
+  char type[16], adv[16], mode[16], end[24];
+  unsigned maj, min;
+  unsigned long long ino, start;
+  if (sscanf(p, "%15s %15s %15s %ld %x:%x:%llu %llu %23s", type, adv, mode, pid, &maj, &min,
+             &ino, &start, end) != 9)
+    return 0;
+  if (strcmp(type, "POSIX") != 0 && strcmp(type, "OFDLCK") != 0)
+    return 0;
+  if (maj != major((dev_t)id->dev) || min != minor((dev_t)id->dev) || ino != id->ino)
+    return 0;
+  return start <= off && (strcmp(end, "EOF") == 0 || strtoull(end, NULL, 10) >= off);
+}
+
+long hl__os_range_locker(const hl__fileid_t *id, unsigned long long off) {
+  /* POSIX locks name their process in /proc/locks. */
+  FILE *f = fopen("/proc/locks", "re");
+  if (f == NULL)
+    return 0;
+  char line[512];
+  long pid = 0, found = 0;
+  while (found <= 0 && fgets(line, sizeof(line), f))
+    if (range_line_covers(line, id, off, &pid))
+      found = pid;
+  fclose(f);
+  if (found > 0)
+    return found;
+  /* OFD locks show -1 there: find the process whose descriptor carries it
+   * (its fdinfo lists the locks of that open file description). */
+  DIR *proc = opendir("/proc");
+  if (proc == NULL)
+    return 0;
+  long self = (long)getpid();
+  struct dirent *de;
+  while (found <= 0 && (de = readdir(proc)) != NULL) {
+    if (!isdigit((unsigned char)de->d_name[0]))
+      continue;
+    long cand = strtol(de->d_name, NULL, 10);
+    if (cand == self)
+      continue;
+    char dpath[64];
+    snprintf(dpath, sizeof(dpath), "/proc/%ld/fdinfo", cand);
+    DIR *fds = opendir(dpath);
+    if (fds == NULL)
+      continue;
+    struct dirent *fe;
+    while (found <= 0 && (fe = readdir(fds)) != NULL) {
+      if (fe->d_name[0] == '.')
+        continue;
+      char ipath[320], info[4096];
+      snprintf(ipath, sizeof(ipath), "/proc/%ld/fdinfo/%s", cand, fe->d_name);
+      if (read_small(ipath, info, sizeof(info)) <= 0)
+        continue;
+      for (char *q = strstr(info, "lock:"); q && found <= 0; q = strstr(q + 5, "lock:"))
+        if (range_line_covers(q + 5, id, off, &pid))
+          found = cand;
+    }
+    closedir(fds);
+  }
+  closedir(proc);
+  return found > 0 ? found : 0;
+}
+
 int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick) {
   FILE *f = fopen("/proc/locks", "re");
   if (f == NULL)

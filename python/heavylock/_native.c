@@ -161,6 +161,7 @@ static PyObject *raise_hl(int rc, const char *path, const char *detail) {
   case HL_ELOST: err = ENOLCK; cls = py_exception("LockLost"); break;
   case HL_EBUSY: err = EAGAIN; break;            /* BlockingIOError  */
   case HL_ETIMEDOUT: err = ETIMEDOUT; break;     /* TimeoutError     */
+  case HL_EFULL: err = ENOSPC; break;            /* "slot table full" */
   case HL_ESYMLINK: err = ELOOP; break;
   case HL_ENOTREG: err = EINVAL; break;
   default: err = rc < 0 ? -rc : EIO; break;      /* -errno */

@@ -254,6 +254,13 @@ class BaseLock:
     def __init__(self, path: str, timeout: Optional[float] = None) -> None:
         self.path = path
         self.timeout = timeout
+        self._closed = False
+
+    def _check_open(self) -> None:
+        # After close() a handle is done with, on every backend as on the
+        # native one: a new acquire must not quietly lock again.
+        if self._closed:
+            raise ValueError("lock is closed")
 
     def acquire(self, timeout: Optional[float] = None) -> bool:
         """Take the lock: None or negative waits as long as it takes, 0 tries
@@ -381,6 +388,7 @@ class FilelockLock(BaseLock):
         self._timeout_exc = filelock.Timeout
 
     def acquire(self, timeout: Optional[float] = None) -> bool:
+        self._check_open()
         if self.held:
             raise _already_held(self.path)
         try:
@@ -391,6 +399,7 @@ class FilelockLock(BaseLock):
         return True
 
     def release(self) -> None:
+        self._check_open()
         if not self.held:
             raise RuntimeError("release of a lock that is not held")
         self._lock.release()
@@ -402,6 +411,7 @@ class FilelockLock(BaseLock):
     def close(self) -> None:
         if self.held:
             self._lock.release(force=True)
+        self._closed = True
 
 
 def _close_fd(fd: int) -> None:
@@ -430,6 +440,7 @@ class FcntlLock(BaseLock):
         self._finalizer: Optional[weakref.finalize[[int], FcntlLock]] = None
 
     def acquire(self, timeout: Optional[float] = None) -> bool:
+        self._check_open()
         fcntl = self._fcntl
         if self._fd is not None:
             raise _already_held(self.path)
@@ -462,6 +473,7 @@ class FcntlLock(BaseLock):
         return True
 
     def release(self) -> None:
+        self._check_open()
         if self._fd is None:
             raise RuntimeError("release of a lock that is not held")
         if os.getpid() != self._pid:
@@ -481,15 +493,14 @@ class FcntlLock(BaseLock):
         return self._fd is not None and os.getpid() == self._pid
 
     def close(self) -> None:
-        if self._fd is None:
-            return
-        if os.getpid() == self._pid:
+        if self._fd is not None and os.getpid() == self._pid:
             self.release()
-        else:  # a forked child drops its reference, the parent keeps the lock
+        elif self._fd is not None:  # a forked child drops its reference, the parent keeps it
             fd, self._fd = self._fd, None
             if self._finalizer is not None:
                 self._finalizer.detach()
             _close_fd(fd)
+        self._closed = True
 
 
 def _unlink_if_ours(path: str, pid: int) -> None:
@@ -544,6 +555,7 @@ class PidfileLock(BaseLock):
         return True
 
     def acquire(self, timeout: Optional[float] = None) -> bool:
+        self._check_open()
         if self._held:
             raise _already_held(self.path)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -557,6 +569,7 @@ class PidfileLock(BaseLock):
         return True
 
     def release(self) -> None:
+        self._check_open()
         if not self._held:
             raise RuntimeError("release of a lock that is not held")
         self._held = False
@@ -575,6 +588,7 @@ class PidfileLock(BaseLock):
     def close(self) -> None:
         if self._held:
             self.release()
+        self._closed = True
 
 
 _CLASSES: Dict[str, Type[BaseLock]] = {"native": NativeLock, "filelock": FilelockLock,

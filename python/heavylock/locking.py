@@ -111,6 +111,7 @@ class LockClient:
         self.settings = settings
         self.lock = None
         self.lost = None          # why the held lock was lost (LockLost), or None
+        self.why_not = None       # why the last acquire failed: "timed out" or "error"
         self._watch = None        # (stop event, thread) checking a remote lock
 
     @property
@@ -260,28 +261,37 @@ class LockClient:
         (wait_start, acquired) wall times.  `item`, the test that waits,
         has its pytest-timeout timer stopped meanwhile.  `weight` (bytes,
         0 unknown) is what a lock with slots admits it by."""
-        lk = self.handle()
-        lk.set_label(label)
-        s = self.settings
-        if s.slots != 1:
-            # N slots on a lock server without a budget count holders only:
-            # a weight there would ask for memory no one can read
-            counted = s.remote and not s.budget
-            lk.set_weight(0 if counted else int(weight), source=source)
-        self.lost = None
-        wait_start = time.time()
-        if lk.acquire(0):
-            self._start_watch()
-            return wait_start, time.time()
-        with timer_stopped(item):
-            if "on_wait" in _params(lk.acquire):
-                self._wait_native(lk)
-            else:
-                self._wait(lk)
+        self.why_not = "error"
+        try:
+            lk = self.handle()
+            lk.set_label(label)
+            s = self.settings
+            if s.slots != 1:
+                # N slots on a lock server without a budget count holders only:
+                # a weight there would ask for memory no one can read
+                counted = s.remote and not s.budget
+                lk.set_weight(0 if counted else int(weight), source=source)
+            self.lost = None
+            wait_start = time.time()
+            if lk.acquire(0):
+                self._start_watch()
+                return wait_start, time.time()
+            with timer_stopped(item):
+                if "on_wait" in _params(lk.acquire):
+                    self._wait_native(lk)
+                else:
+                    self._wait(lk)
+        except OSError as exc:
+            # checked at start-up, so this broke during the run (the folder
+            # removed, the server gone): one line, not a traceback
+            what = " ".join(str(exc.strerror or exc).split())
+            pytest.fail(f"heavylock: cannot take the lock {backends._shown(self.path)} (from "
+                        f"{self.settings.path_source}): {what}", pytrace=False)
         self._start_watch()
         return wait_start, time.time()
 
     def _give_up(self, timeout, st=None):
+        self.why_not = "timed out"
         pytest.fail(f"heavylock: gave up after waiting {timeout:g} s for {self.shown}, "
                     f"{self.describe_holder(st)} (--heavylock-timeout)", pytrace=False)
 

@@ -7,9 +7,10 @@ heavy), ``locking`` (the wait for the lock), ``report`` (what happened) and
 ``scheduler`` (the heavy lane under pytest-xdist).
 
 A heavy test holds the lock from the start of its setup to the end of its
-teardown; a heavy test module holds it while it is imported (heavy work at
-import time is part of its tests).  Settings: command line > environment >
-ini > default.
+teardown; a heavy test module or conftest.py holds it while it is imported
+(heavy work at import time is part of its tests), until a run has measured
+that importing it loads no model (``imports``).  Settings: command line >
+environment > ini > default.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from heavylock.imports import ImportVerdicts, Probe, content_hash, model_dirs
 from heavylock.locking import LockClient, note_timer
 from heavylock.report import Recorder, rss
 from heavylock.scheduler import Lane
@@ -54,6 +56,8 @@ class _State:
         self.spool = getattr(config, "workerinput", {}).get("heavylock_spool")
         self.recorder = Recorder(self.settings, self.spool)
         self.weights = Weights(config, self.settings)
+        self.imports = ImportVerdicts(config)
+        self.model_dirs = model_dirs(self.settings)
         self.peak = PeakMeter()
         self.current = None       # event of the test holding the lock
         self.running = None       # event of the test in progress
@@ -123,7 +127,8 @@ def pytest_configure(config):
     for name in names:
         config.addinivalue_line(
             "markers", f"{name}: heavy test (loads a local model); runs under the heavylock "
-            "file lock, one at a time across processes and xdist workers")
+            "file lock, one at a time across processes and xdist workers; mem=\"2G\": its "
+            "peak memory, ctx=256: the context it runs the model with (for the estimate)")
     state = config.stash[STATE_KEY] = _State(config)
     config.pluginmanager.register(state, "heavylock-state")
     # The heavy lane: xdist's scheduler for --dist load, and the verdicts'
@@ -133,35 +138,63 @@ def pytest_configure(config):
         state.recorder.start_sampling()
 
 
+def _imported_by(collector):
+    """The file that making this collector's report imports, when it may be
+    heavy: a test module, or a directory's conftest.py not loaded yet."""
+    # (pytest < 8: a Package is a Module whose collect() imports only __init__.py)
+    if isinstance(collector, pytest.Module) and not isinstance(collector, pytest.Package):
+        return collector.path
+    if isinstance(collector, getattr(pytest, "Directory", ())):  # pytest >= 8
+        conftest = collector.path / "conftest.py"
+        if (conftest.is_file()
+                and not collector.config.pluginmanager.has_plugin(str(conftest))):
+            return conftest
+    return None
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
-    """Import a heavy test module under the lock, and measure the import."""
+    """Import a heavy test module, or a heavy folder's conftest.py, under the
+    lock, and measure the import (imports.py)."""
     state = _state(collector.config)
-    # (pytest < 8: a Package is a Module whose collect() imports only __init__.py)
-    if (not isinstance(collector, pytest.Module) or isinstance(collector, pytest.Package)
-            or state.client.held):
+    path = None if state.client.held else _imported_by(collector)
+    if path is None:
         yield
         return
-    heavy, rule = state.selector.module_verdict(collector.path, collector.config.rootpath)
+    root = collector.config.rootpath
+    heavy, rule = state.selector.module_verdict(path, root)
     if not heavy:
         yield
         return
-    event = state.recorder.new_event(collector.nodeid, True, rule, kind="import")
+    rel = collector.nodeid if isinstance(collector, pytest.Module) else \
+        os.path.relpath(path, root).replace(os.sep, "/")
+    sha = content_hash(path)
+    if not rule.startswith("token ") and state.imports.light(rel, sha):
+        yield  # an earlier run imported this content and saw no model load
+        return
+    event = state.recorder.new_event(rel, True, rule, kind="import", sha256=sha)
     worker = state.settings.worker
     try:
         event["wait_start"], event["acquired"] = state.client.acquire(
-            f"import {collector.nodeid}" + (f" [{worker}]" if worker else ""))
+            f"import {rel}" + (f" [{worker}]" if worker else ""))
     except pytest.fail.Exception as exc:
+        event["end"] = time.time()
+        event["no_lock"] = state.client.why_not
+        if path.name == "conftest.py":  # loaded before collect() is called: stop the run
+            pytest.exit(f"{exc} (to import {rel}, which is never imported without the lock)",
+                        returncode=pytest.ExitCode.INTERRUPTED)
+
         # The import must not run without the lock: this module's collection
         # fails with the reason instead (raising here would be an internal error).
         def refuse(msg=str(exc)):
             pytest.fail(msg, pytrace=False)
 
         collector.collect = refuse
-        event["end"] = time.time()
         yield
         return
     state.recorder.touch(event)  # should this worker die while importing it
+    probe = Probe(state.model_dirs, state.settings.path)
+    probe.before()
     before, t0 = rss(), time.monotonic()
     try:
         yield
@@ -170,6 +203,8 @@ def pytest_make_collect_report(collector):
         after = rss()
         if before is not None and after is not None:
             event["rss_growth"] = after - before
+        event["model"] = probe.after()
+        event["probed"], event["read_bytes"] = probe.seen, probe.read
         event["released"] = event["end"] = time.time()  # before others may win
         lost = state.client.release()
         if lost:
@@ -239,15 +274,22 @@ def pytest_runtest_setup(item):
     if "local_model_path" in item.fixturenames:
         reason = _skip_reason_for_model(state.settings)
         if reason:
+            event["no_lock"] = "skipped"
             pytest.skip(reason)  # no need to wait for the lock just to skip
     weight, source, problem = state.weights.of(item)
     if problem:
+        event["no_lock"] = "error"
         pytest.fail(f"heavylock: {problem}", pytrace=False)
     event["weight"], event["weight_source"] = weight, source
     worker = state.settings.worker
     label = f"{item.nodeid} [{worker}]" if worker else item.nodeid
     event["rss_before"] = rss()
-    event["wait_start"], event["acquired"] = state.client.acquire(label, item, weight, source)
+    try:
+        event["wait_start"], event["acquired"] = state.client.acquire(label, item, weight,
+                                                                      source)
+    except pytest.fail.Exception:
+        event["no_lock"] = state.client.why_not  # for the summary: timed out or error
+        raise
     state.peak.start(rss())
     state.current = event
     state.recorder.touch(event)
@@ -265,7 +307,10 @@ def pytest_sessionfinish(session):
         return
     state.recorder.stop_sampling()
     state.weights.save(state.recorder.events + state.recorder.remote_events)
+    state.imports.save(state.recorder.events + state.recorder.remote_events)
     state.recorder.write_files(session.config)
+    if state.recorder.errors and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # asked for, not written: not a pass
     if state.spool:
         shutil.rmtree(state.spool, ignore_errors=True)
 

@@ -17,6 +17,7 @@ import threading
 import time
 
 from heavylock import backends
+from heavylock.imports import light_import
 
 SCHEMA = 1
 IMPORT_WARN_SECONDS = 1.0      # an import this slow is named after collection
@@ -50,6 +51,33 @@ def outcome_of(report):
     if report.skipped:
         return "skipped"
     return "passed" if when == "call" else None
+
+
+def describe_import(nodeid, imports):
+    """One line on a measured import (one event per process that imported
+    it): what was measured, and a model named only when one was seen."""
+    workers = sorted((e["worker"] for e in imports if e.get("worker")), key=lambda w: (len(w), w))
+    where = f" in {', '.join(workers)}" if workers else ""
+    measured = (f"took {max(e['seconds'] for e in imports):.1f} s and added "
+                f"{max(e.get('rss_growth') or 0 for e in imports) / MiB:.0f} MiB{where}")
+    model = next((e["model"] for e in imports if e.get("model")), None)
+    rule = imports[0].get("rule") or ""
+    if model or rule.startswith("token "):
+        what = f"loaded the model {model}" if model else f"runs code naming {rule.split()[1]}"
+        return (f"importing {nodeid} {what} at import time ({measured}), under the lock, one "
+                "process at a time; each process that imports it keeps what it loaded for the "
+                "whole run, tests or not: a fixture that loads the model runs only where its "
+                "tests do, under the lock")
+    if all(light_import(e) for e in imports):
+        return (f"importing {nodeid} {measured} and loaded no model (no .gguf or file of the "
+                "model's folder mapped or open): from the next run on it is imported without "
+                "the lock, until the file changes")
+    read = max(e.get("read_bytes") or 0 for e in imports)
+    why = (f"but it read {read / MiB:.0f} MiB, so it may have read one"
+           if any(e.get("probed") for e in imports) else "but this system does not let an "
+           "import be watched")
+    return (f"importing {nodeid} {measured}; no model file was seen mapped or open, {why}: it "
+            "stays under the lock")
 
 
 class Recorder:
@@ -200,7 +228,8 @@ class Recorder:
                                "resident_warn": s.resident_warn, "events": events,
                                "memory": self.memory}, f, indent=1)
             except OSError as exc:
-                self.errors.append(f"could not write the report {s.report}: {exc.strerror}")
+                self.errors.append(f"could not write the report {s.report}: {exc.strerror} "
+                                   "(the run fails)")
         if s.timeline:
             from heavylock import timeline as tl
 
@@ -209,12 +238,28 @@ class Recorder:
                          title=f"heavylock timeline: {config.rootpath.name}")
             except OSError as exc:
                 self.errors.append(f"could not write the timeline {s.timeline}: "
-                                   f"{exc.strerror}")
+                                   f"{exc.strerror} (the run fails)")
+
+    def not_locked(self, tests):
+        """'3 skipped (not opted in), 1 timed out, 2 errors' for the heavy
+        tests that did not take the lock, or '' when there are none."""
+        counts = {}
+        for e in tests:
+            why = e.get("no_lock")  # (a test skipped by its own mark has no event)
+            if why:
+                counts[why] = counts.get(why, 0) + 1
+        shown = {"skipped": "skipped (not opted in, or no LOCAL_MODEL_PATH)",
+                 "timed out": "timed out waiting (--heavylock-timeout)",
+                 "error": "could not take the lock (errors)"}
+        return ", ".join(f"{counts[k]} {shown[k]}" for k in shown if k in counts)
 
     def heavy_imports(self):
+        """Imports worth a line: those that loaded a model (or name a token
+        at import time), and slow or big ones that loaded none."""
         return [e for e in self.events + self.remote_events
                 if e.get("kind") == "import" and e.get("seconds") is not None
-                and (e["seconds"] >= IMPORT_WARN_SECONDS
+                and (e.get("model") or e.get("rule", "").startswith("token ")
+                     or e["seconds"] >= IMPORT_WARN_SECONDS
                      or (e.get("rss_growth") or 0) >= IMPORT_WARN_BYTES)]
 
     def left_resident(self):
@@ -230,10 +275,11 @@ class Recorder:
         events = [e for e in tests if e.get("acquired")]
         problems = (self.heavy_imports() or self.left_resident() or self.errors
                     or any(e.get("outcome") == "crashed" or e.get("lost") for e in everything))
+        said = self.not_locked(tests)
         if not events and not problems:
-            if any(e["heavy"] for e in tests):
+            if said:
                 tr.write_sep("-", "heavylock")
-                tr.write_line("heavy tests were selected but none took the lock (all skipped)")
+                tr.write_line(f"heavy tests were selected but none took the lock: {said}")
             return
         tr.write_sep("-", "heavylock")
         tr.write_line(f"lock: {self.settings.where()}")
@@ -250,6 +296,8 @@ class Recorder:
             tr.write_line("slowest holders:")
             for held, nodeid in sorted(holds, reverse=True)[:5]:
                 tr.write_line(f"  {held:7.2f} s  {nodeid}")
+            if said:
+                tr.write_line(f"other heavy tests did not take the lock: {said}")
         if self.settings.slots != 1 and events:
             counts = {}
             for e in events:
@@ -274,14 +322,7 @@ class Recorder:
         for e in self.heavy_imports():
             by_module.setdefault(e["nodeid"], []).append(e)
         for nodeid, imports in sorted(by_module.items()):
-            workers = sorted(e["worker"] for e in imports if e.get("worker"))
-            where = f" (in {', '.join(workers)})" if workers else ""
-            tr.write_line(
-                f"importing {nodeid} took {max(e['seconds'] for e in imports):.1f} s and added "
-                f"{max(e.get('rss_growth') or 0 for e in imports) / MiB:.0f} MiB{where}: "
-                "heavy work at import time runs in every worker during collection, before any "
-                "test (imports under the lock are serialized); move the model load into a "
-                "fixture")
+            tr.write_line(describe_import(nodeid, imports))
         for e in everything:
             if e.get("outcome") == "crashed":
                 what = "importing" if e.get("kind") == "import" else "running"

@@ -32,7 +32,7 @@ import time
 
 import pytest
 
-from heavylock.settings import FALSE_VALUES, TRUE_VALUES, setting, size_format
+from heavylock.settings import parse_yes_no, setting, size_format
 
 WORKERINPUT_KEY = "heavylock_verdicts"
 CACHE_KEY = "heavylock/durations"
@@ -53,12 +53,7 @@ def parse_lane(config):
     v, where = setting(config, "heavylock_lane", "HEAVYLOCK_LANE", "heavylock_lane")
     if v is None:
         return True, "default"
-    low = str(v).strip().lower()
-    if low in TRUE_VALUES + ("on",):
-        return True, where
-    if low in FALSE_VALUES + ("off",):
-        return False, where
-    raise pytest.UsageError(f"{where}: invalid value {v!r}: expected on or off")
+    return parse_yes_no(v, where), where
 
 
 def auto_lanes(weights, budget, workers):
@@ -559,7 +554,10 @@ class Lane:
             lanes = "one lane" if len(lane_ids) == 1 else f"{len(lane_ids)} lanes"
             at_once = ("one at a time" if self.slots == 1 else "admitted by memory"
                        if self.slots == 0 else f"at most {self.slots} at once")
-            lines.append(f"every test is heavy ({next(iter(sched.heavy.values()))}): {lanes}, "
+            # the opt-in when it applies, not the first test's rule (a marker)
+            why = (self.settings.run_heavy_source if self.selector.every_test
+                   else next(iter(sched.heavy.values())))
+            lines.append(f"every test is heavy ({why}): {lanes}, "
                          f"{', '.join(lane_ids)}, ran all {n_all} tests {at_once} "
                          f"({heavy_time:.2f} s{skipped}); the other {max(idle, 0)} worker(s) "
                          "sat idle")

@@ -13,9 +13,10 @@
 
 Their names, for ini ``heavylock_rules``: marker, env, path, fixture, token.
 
-Importing a test module is part of its tests: a module under a heavy path,
-or one whose import-time code names a token, is imported under the lock
-(``module_verdict``).
+Importing a test module is part of its tests: a module (or a conftest.py)
+that a rule makes heavy is imported under the lock (``module_verdict``),
+unless an earlier run measured that importing this very content loads no
+model (``imports.py``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,25 @@ class TokenScanner:
                 return t
         return None
 
+    def module_marker(self, filename, markers):
+        """The heavy marker a module-level ``pytestmark`` names, or None."""
+        text = "".join(linecache.getlines(filename))
+        if "pytestmark" not in text:
+            return None
+        try:
+            tree = ast.parse(text, filename)
+        except (SyntaxError, ValueError):
+            return None  # the import will report it
+        for node in tree.body:
+            if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in targets):
+                    seg = ast.get_source_segment(text, node.value) or ""
+                    for name in markers:
+                        if f"mark.{name}" in seg:
+                            return name
+        return None
+
     def find_at_import(self, filename):
         """The first token in the code a module runs when imported, or None."""
         if not self._file_may_have(filename):
@@ -142,6 +162,16 @@ class Selector:
     def __init__(self, settings):
         self.settings = settings
         self.scanner = TokenScanner(settings.tokens)
+        self.every_test = self.every_test_reason()
+
+    def every_test_reason(self):
+        """Why every test is heavy (the opt-in, named by the source that
+        gave it), or None when that rule does not apply.  Marked tests still
+        say their marker; this is the reason for the run as a whole."""
+        s = self.settings
+        if s.run_heavy and "env" in s.rules:
+            return f"{s.run_heavy_source} (every test)"
+        return None
 
     def verdict(self, item):
         """(heavy, rule) for one test."""
@@ -161,14 +191,23 @@ class Selector:
         return None
 
     def module_verdict(self, path, rootpath):
-        """(heavy, rule) for importing the test module at `path`: heavy when
-        it lies under a heavy folder, or when its import-time code (module
+        """(heavy, rule) for importing the test module (or conftest) at
+        `path`, by the rules that apply, as for its tests: a heavy marker on
+        the whole module (``pytestmark``); the opt-in (every test, so every
+        import); a heavy folder; a token in its import-time code (module
         level and class bodies, not function bodies, not import statements:
-        naming a class loads nothing, calling it might) holds a token."""
+        naming a class loads nothing, calling it might).  So the strict
+        preset (marker env) still imports under the lock when opted in."""
         try:
             rel = os.path.relpath(str(path), str(rootpath)).replace(os.sep, "/")
         except ValueError:  # another drive (Windows)
             rel = str(path)
+        if "marker" in self.settings.rules:
+            name = self.scanner.module_marker(str(path), self.settings.markers)
+            if name:
+                return True, f"pytestmark @pytest.mark.{name}"
+        if self.every_test is not None:
+            return True, self.every_test
         p = self._under_heavy_path(rel)
         if p is not None:
             return True, f"file under {p}/"
@@ -185,8 +224,8 @@ class Selector:
             for name in s.markers:
                 if item.get_closest_marker(name) is not None:
                     return True, f"marker @pytest.mark.{name}"
-        if s.run_heavy and "env" in rules:
-            return True, "RUN_HEAVY_INTEGRATION / --heavylock-run-heavy (every test)"
+        if self.every_test is not None:
+            return True, self.every_test
         p = self._under_heavy_path(item.nodeid.split("::", 1)[0])  # rootdir-relative
         if p is not None:
             return True, f"file under {p}/"

@@ -5,7 +5,10 @@ project's own (``--run-heavy`` is a common conftest option)."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import stat
 
 import pytest
 
@@ -18,8 +21,10 @@ DEFAULT_TOKENS = ["LocalLLMClient", "LocalLLMProvider", "LOCAL_MODEL_PATH", "USE
 RULES = ("marker", "env", "path", "fixture", "token")
 RULE_PRESETS = {"all": RULES, "strict": ("marker", "env")}
 DEFAULT_RESIDENT_WARN_MIB = 64.0
-TRUE_VALUES = ("1", "true", "yes")
-FALSE_VALUES = ("0", "false", "no", "")
+# The one yes/no grammar of every switch (options, environment, ini): the
+# seed's 1/true/yes, and on/off as pytest's own ini booleans read them.
+TRUE_VALUES = ("1", "true", "yes", "on")
+FALSE_VALUES = ("0", "false", "no", "off", "")
 
 RUN_HEAVY_HELP = ("serialize every test and opt in to heavy tests (the command-line twin "
                   "of RUN_HEAVY_INTEGRATION=1)")
@@ -60,7 +65,7 @@ def addoptions(parser):
     parser.addini("heavylock_slots", SLOTS_HELP, default="")
     group.addoption("--heavylock-budget", default=None, metavar="SIZE|auto", help=BUDGET_HELP)
     parser.addini("heavylock_budget", BUDGET_HELP, default="")
-    parser.addini("heavylock_run_heavy", RUN_HEAVY_HELP, type="bool", default=False)
+    parser.addini("heavylock_run_heavy", RUN_HEAVY_HELP, default="")
     parser.addini("heavylock_path", PATH_HELP, default="")
     parser.addini("heavylock_timeout", TIMEOUT_HELP, default="")
     parser.addini("heavylock_backend", BACKEND_HELP, default="")
@@ -88,20 +93,38 @@ def setting(config, option, env, ini):
     return None, None
 
 
-def parse_run_heavy(config) -> bool:
-    if config.getoption("heavylock_run_heavy"):
+def parse_yes_no(value, where, meaning=("", "")) -> bool:
+    """A switch's value from any source (True/False as given, or text), or a
+    usage error naming the source and the value (`meaning`: what yes and
+    what no do, for the message)."""
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in TRUE_VALUES:
         return True
-    v = os.environ.get("RUN_HEAVY_INTEGRATION")
+    if low in FALSE_VALUES:
+        return False
+    raise pytest.UsageError(f"{where}={value!r} is not a yes/no value: use 1, true, yes or on"
+                            f"{meaning[0]}, 0, false, no, off or empty{meaning[1]}")
+
+
+RUN_HEAVY_MEANING = (" to run heavy tests (serialized)", " for fast tests only")
+
+
+def parse_run_heavy(config):
+    """(opted in, the source that decided): --heavylock-run-heavy >
+    RUN_HEAVY_INTEGRATION > ini heavylock_run_heavy."""
+    if config.getoption("heavylock_run_heavy"):
+        return True, "--heavylock-run-heavy"
+    v = os.environ.get("RUN_HEAVY_INTEGRATION")  # set, even empty, it decides
     if v is not None:
-        low = v.strip().lower()
-        if low in TRUE_VALUES:
-            return True
-        if low in FALSE_VALUES:
-            return False
-        raise pytest.UsageError(
-            f"RUN_HEAVY_INTEGRATION={v!r} is not a yes/no value: use 1, true or yes to run "
-            "heavy tests (serialized), 0, false, no or empty for fast tests only")
-    return bool(config.getini("heavylock_run_heavy"))
+        return (parse_yes_no(v, "RUN_HEAVY_INTEGRATION", RUN_HEAVY_MEANING),
+                f"RUN_HEAVY_INTEGRATION={v.strip()}")
+    v = config.getini("heavylock_run_heavy")
+    if v:
+        where = "ini option heavylock_run_heavy"
+        return parse_yes_no(v, where, RUN_HEAVY_MEANING), f"{where} = {v.strip()}"
+    return False, "default"
 
 
 def parse_seconds(config, option, env, ini, what):
@@ -169,30 +192,45 @@ def is_url(value) -> bool:
     return backends.target_kind(str(value)) != "file"
 
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
-          "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40,
-          "tib": 2**40}
+# The C grammar of hl_size_parse (src/admit.c), for when the extension is not
+# there: a number as strtod reads it (no sign, no space), then nothing (plain
+# bytes: an integer) or K, M, G, T or B, an optional i, an optional B.
+_SIZE_NUMBER = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+_SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "b": 1}
+
+
+def size_parse_py(text) -> int:
+    """The pure-Python twin of the C parser (tests hold it to the same
+    table of inputs)."""
+    t = str(text)
+    m = _SIZE_NUMBER.match(t)
+    if m is None or "\0" in t or any(c in t for c in "xXpP"):
+        raise ValueError(f"{text!r} is not a size")
+    v, rest = float(m.group(0)), t[m.end():].lower()
+    mult = 1
+    if rest:
+        mult = _SIZE_UNITS.get(rest[0], 0)
+        tail = rest if rest[0] == "b" else rest[1:]
+        tail = tail[1:] if tail[:1] == "i" else tail
+        tail = tail[1:] if tail[:1] == "b" else tail
+        if not mult or tail:
+            raise ValueError(f"{text!r} is not a size")
+    elif any(c in t for c in ".eE"):
+        raise ValueError(f"{text!r} is not a size")  # plain bytes: an integer
+    b = v * mult
+    if not math.isfinite(v) or b >= 18446744073709551615.0:
+        raise ValueError(f"{text!r} is not a size")
+    return int(b + 0.5)
 
 
 def size_parse(text) -> int:
     """Bytes from "512M", "2G", "1.5GiB" or plain bytes (ValueError when
-    not a size).  The C library's parser when the extension has it (one
-    grammar for the CLI and the plugin); this mirror of it otherwise."""
+    not a size): the C library's parser (one grammar for the CLI and the
+    plugin), its Python twin when the extension cannot load."""
     native = getattr(backends._native, "size_parse", None)
     if native is not None:
         return int(native(str(text)))
-    t = str(text).strip()
-    i = len(t)
-    while i and t[i - 1].isalpha():
-        i -= 1
-    number, unit = t[:i].strip(), t[i:].lower()
-    try:
-        n = float(number)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size") from None
-    if unit not in _UNITS or not n >= 0 or n == float("inf"):
-        raise ValueError(f"{text!r} is not a size")
-    return int(n * _UNITS[unit])
+    return size_parse_py(text)
 
 
 def size_format(n) -> str:
@@ -292,15 +330,19 @@ def resolve_lock_path(config):
     return path, source, None
 
 
-def output_path(config, option):
+def output_path(config, option, suffixes=None):
     """An output file's absolute path, its folder created now: a folder that
-    cannot be made is a usage error at start-up, not a traceback at the end
-    that loses the pass/fail summary."""
+    cannot be made, or a suffix the file will not have, is a usage error at
+    start-up, not a traceback (or a misnamed file) at the end."""
     v = config.getoption(option)
     if not v:
         return None
     path = os.path.abspath(v)
     flag = "--" + option.replace("_", "-")
+    if suffixes and not path.lower().endswith(suffixes):
+        shown = f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
+        raise pytest.UsageError(f"{flag}={v!r}: the file must end in {shown} (what it is "
+                                "written as)")
     if os.path.isdir(path):
         raise pytest.UsageError(f"{flag}={v!r} is a directory; name the file to write")
     if not hasattr(config, "workerinput"):  # only the process that writes it
@@ -312,13 +354,74 @@ def output_path(config, option):
     return path
 
 
+def _target_problem(path):
+    """Why the lock file at `path` could not be opened for locking (what the
+    first heavy test would meet), or None.  Creates nothing: a run with no
+    heavy test leaves no trace."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        d = os.path.dirname(path)
+        while not os.path.lexists(d):  # the folders still to be made
+            d = os.path.dirname(d)
+        if not os.path.isdir(d):
+            return f"{d} is not a directory, so the lock's folder cannot be created there"
+        if not os.access(d, os.W_OK | os.X_OK):
+            what = "the lock file" if d == os.path.dirname(path) else "its folder"
+            return (f"cannot create {what} in {d}: it is read-only for this user "
+                    f"(uid {os.getuid()})")
+        return None
+    except OSError as exc:
+        return f"cannot look at it: {exc.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"it is a directory; name the lock file itself, e.g. {path}/{backends.LOCK_NAME}"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link (refused: a lock is never taken through one)"
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if not os.access(path, os.W_OK):
+        return f"it cannot be opened for writing by this user (uid {os.getuid()})"
+    return None
+
+
+def check_lock_target(settings):
+    """The lock target, checked once at start-up: a usage error naming the
+    value and its source, before any test runs, instead of the same
+    traceback in every heavy test."""
+    if settings.backend == "filelock":
+        try:
+            import filelock  # noqa: F401
+        except ImportError:
+            raise pytest.UsageError(
+                f"{settings.backend_source}={settings.backend_value!r}: the filelock package is "
+                "not installed (pip install filelock), or choose another backend") from None
+    problem = (_server_problem(settings.path) if settings.remote
+               else _target_problem(settings.path))
+    if problem:
+        raise pytest.UsageError(f"the lock {backends._shown(settings.path)} (from "
+                                f"{settings.path_source}) cannot be used: {problem}")
+
+
+def _server_problem(url):
+    """Why the lock server at `url` cannot be asked (one question: who holds
+    the lock), or None."""
+    if backends._native is None:
+        return None  # open_lock says that URLs need the extension
+    try:
+        backends._native.status(url)
+    except OSError as exc:
+        return " ".join(str(exc.strerror or exc).split())  # libpq's words, on one line
+    return None
+
+
 class Settings:
     """Every setting of one run, parsed and checked once at configure time."""
 
     def __init__(self, config):
-        self.run_heavy = parse_run_heavy(config)
+        self.run_heavy, self.run_heavy_source = parse_run_heavy(config)
         self.timeout = parse_timeout(config)
         v, where = setting(config, "heavylock_backend", "HEAVYLOCK_BACKEND", "heavylock_backend")
+        self.backend_value, self.backend_source = v, where
         try:
             self.backend = backends.choose_backend(v, where or "HEAVYLOCK_BACKEND")
         except ValueError as exc:
@@ -339,8 +442,12 @@ class Settings:
         self.paths = [p.strip("/") for p in config.getini("heavylock_paths") if p.strip("/")]
         self.tokens = [t for t in config.getini("heavylock_tokens") if t]
         self.report = output_path(config, "heavylock_report")
-        self.timeline = output_path(config, "heavylock_timeline")
-        self.worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        self.timeline = output_path(config, "heavylock_timeline", (".svg", ".html", ".htm"))
+        # an xdist worker's id; not one inherited by a pytest run inside a worker
+        self.worker = (os.environ.get("PYTEST_XDIST_WORKER", "")
+                       if hasattr(config, "workerinput") else "")
+        if not hasattr(config, "workerinput"):  # once per run: the workers share it
+            check_lock_target(self)
 
     def where(self):
         shown = f"{self.shown_path} (from {self.path_source}, backend {self.backend}"

@@ -123,7 +123,7 @@ def render_svg(events, memory=(), title="heavylock timeline"):
 
 def write(path, events, memory=(), title="heavylock timeline"):
     svg = render_svg(events, memory, title)
-    if str(path).endswith((".html", ".htm")):
+    if str(path).lower().endswith((".html", ".htm")):
         svg = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{escape(title)}"
                f"</title></head><body>{svg}</body></html>")
     import os

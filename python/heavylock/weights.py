@@ -7,7 +7,8 @@ knows wins:
    pytest's cache under ``heavylock/weights``);
 3. estimated: the GGUF model's footprint from its header, for a test that
    uses ``local_model_path`` (or any heavy test when ``LOCAL_MODEL_PATH``
-   names a GGUF file).
+   names a GGUF file), with the KV cache for the context the test declares
+   (``@pytest.mark.llm(ctx=256)``), else for the model's own context length.
 
 Unknown is 0, which the lock treats as exclusive (the safe guess).
 
@@ -94,7 +95,7 @@ class Weights:
         self.config = config
         self.settings = settings
         self._measured = None
-        self._estimate = None
+        self._estimates = {}  # {ctx: (bytes, model path)}
         self._known = {}
 
     @property
@@ -109,25 +110,26 @@ class Weights:
                               if isinstance(data, dict) else {})
         return self._measured
 
-    def model_estimate(self):
-        """(bytes, model path) from LOCAL_MODEL_PATH's GGUF header, or (0, None)."""
-        if self._estimate is None:
-            self._estimate = (0, None)
+    def model_estimate(self, ctx=0):
+        """(bytes, model path) from LOCAL_MODEL_PATH's GGUF header with a KV
+        cache for `ctx` tokens (0: the model's own context), or (0, None)."""
+        if ctx not in self._estimates:
+            self._estimates[ctx] = (0, None)
             model = os.environ.get("LOCAL_MODEL_PATH")
             estimate = getattr(backends._native, "gguf_estimate", None)
             if model and estimate is not None and os.path.isfile(model):
                 try:
-                    self._estimate = (int(estimate(model)["total"]), model)
+                    self._estimates[ctx] = (int(estimate(model, ctx)["total"]), model)
                 except (OSError, ValueError, KeyError):
                     pass  # not a GGUF file: nothing to estimate
-        return self._estimate
+        return self._estimates[ctx]
 
-    def declared(self, item):
-        """(value as written, marker name) of the first heavy marker with mem=."""
+    def declared(self, item, key="mem"):
+        """(value as written, marker name) of the first heavy marker with key=."""
         for name in self.settings.markers:
             for mark in item.iter_markers(name):
-                if "mem" in mark.kwargs:
-                    return mark.kwargs["mem"], name
+                if key in mark.kwargs:
+                    return mark.kwargs[key], name
         return None, None
 
     def of(self, item):
@@ -150,12 +152,15 @@ class Weights:
             out = (self.measured[nodeid], "measured", None)
         else:
             # Only a GGUF file has an estimate, and then it is the model every
-            # heavy test of the run loads (local_model_path or not).
-            est, _model = self.model_estimate()
-            if est:
-                out = (est, "estimated", None)
+            # heavy test of the run loads (local_model_path or not), with the
+            # context the test says it runs it with.
+            ctx, marker = self.declared(item, "ctx")
+            if ctx is not None and (type(ctx) is not int or not 0 < ctx <= 2**32):
+                out = (0, "unknown", f"{nodeid}: @pytest.mark.{marker}(ctx={ctx!r}) is not a "
+                       "context length: use a number of tokens, such as 256")
             else:
-                out = (0, "unknown", None)
+                est, _model = self.model_estimate(ctx or 0)
+                out = (est, "estimated", None) if est else (0, "unknown", None)
         self._known[nodeid] = out
         return out
 

@@ -668,6 +668,28 @@ static void test_gguf(void) {
   ASSERT_EQ(hl_gguf_read("/no/such.gguf", &g), -ENOENT);
 }
 
+/* A first key longer than the reader takes (1 MiB + 1, 2^63, 2^64 - 1):
+ * refused, and the key buffer is never compared before anything was read
+ * into it (valgrind: make test-gguf-valgrind; the fuzz corpus has these). */
+static void test_gguf_key_lengths(void) {
+  static const uint64_t lengths[] = {(1ull << 20) + 1, 1ull << 63, UINT64_MAX};
+  char path[400];
+  snprintf(path, sizeof(path), "%s/keylen.gguf", dir);
+  for (size_t i = 0; i < sizeof(lengths) / sizeof(lengths[0]); i++) {
+    char b[64];
+    memset(b, 0, sizeof(b));
+    size_t o = put(b, 0, "GGUF", 4);
+    o = put_u32(b, o, 3);
+    o = put_u64(b, o, 0); /* tensors */
+    o = put_u64(b, o, 1); /* kv */
+    o = put_u64(b, o, lengths[i]);
+    o = put_u32(b, o, 8);
+    write_file(path, b, o + 8);
+    hl_gguf_t g;
+    ASSERT_EQ(hl_gguf_read(path, &g), HL_EFORMAT);
+  }
+}
+
 static void test_memory(void) {
   uint64_t avail = 0, rss = 0, rss2 = 0;
   ASSERT_EQ(hl_mem_available(&avail), 0);
@@ -1140,7 +1162,7 @@ static const struct test_entry tests[] = {
     T(fork_child_cannot_release), T(killed_holder), T(mutual_exclusion), T(hostile_paths),
     T(creates_parent_dirs), T(readonly_fallback), T(flock_failure_injected),
     T(write_failure_injected), T(replaced_file), T(status), T(record_garbage), T(path_policy),
-    T(gguf), T(memory), T(eintr), T(other_content), T(deleted_while_held),
+    T(gguf), T(gguf_key_lengths), T(memory), T(eintr), T(other_content), T(deleted_while_held),
     T(replaced_while_held), T(unlock_without_close), T(huge_timeouts), T(hostile_records),
     T(path_kinds), T(inherited_holder),
 #undef T

@@ -807,6 +807,174 @@ static void test_hostile_table(void) {
   ASSERT_EQ(sb.st_size, 19);
 }
 
+/* Every byte of a string field is printable text: terminated inside its
+ * buffer, no C0/C1 control, no byte that is not UTF-8 (0xff, a lone 0x9b). */
+static void assert_clean(const char *f, size_t size) {
+  const unsigned char *s = (const unsigned char *)f;
+  size_t n = strnlen(f, size);
+  ASSERT(n < size);
+  for (size_t i = 0; i < n; i++) {
+    ASSERT(s[i] >= 0x20 && s[i] != 0x7f && s[i] != 0xff);
+    ASSERT(!(s[i] == 0xc2 && i + 1 < n && s[i + 1] < 0xa0));
+    ASSERT(!(s[i] >= 0x80 && s[i] < 0xc0 && (i == 0 || s[i - 1] < 0x80)));
+  }
+}
+
+/* A forged live entry: every byte after the state is hostile text with no
+ * NUL anywhere (terminal escapes, C1 CSI, bytes that are not UTF-8), and
+ * its byte lock held so the entry is live.  Status must read nothing past
+ * the entry (ASan: it read 593 bytes past the heap buffer) and hand out
+ * only clean, bounded text and sane numbers. */
+static void test_forged_entry(void) {
+  hl_lock_t *lk = open_slots(2, 0, 0, NULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0); /* makes the table; entry 0 used */
+  hl_lock_close(lk);
+  char tpath[400];
+  snprintf(tpath, sizeof(tpath), "%s.slots", lockpath);
+  int tfd = open(tpath, O_RDWR);
+  ASSERT(tfd >= 0);
+  static const char evil[] = "\x1b]0;owned\x07\x1b[2J\x9b\xff\xc2\x9b\xe2\x82";
+  char e[1024];
+  for (size_t i = 0; i < sizeof(e); i++)
+    e[i] = evil[i % (sizeof(evil) - 1)];
+  for (uint32_t state = 1; state <= 2; state++) { /* waiting at 1, holding at 0 */
+    memcpy(e, &state, 4);
+    ASSERT_EQ(pwrite(tfd, e, sizeof(e), 4096 + (off_t)(2 - state) * 1024), (ssize_t)sizeof(e));
+  }
+  uint32_t high = 2;
+  ASSERT_EQ(pwrite(tfd, &high, 4, 40), 4); /* header: magic[32], ticket, high */
+  struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 4096, .l_len = 1};
+  ASSERT_EQ(fcntl(tfd, F_OFD_SETLK, &fl), 0);
+  fl.l_start = 4096 + 1024;
+  ASSERT_EQ(fcntl(tfd, F_OFD_SETLK, &fl), 0);
+
+  hl_status_t *st = malloc(sizeof(*st));
+  ASSERT_EQ(hl_status(lockpath, st), 0);
+  ASSERT_EQ(st->nholders, 1);
+  ASSERT_EQ(st->held, 1);
+  const hl_holder_t *h = &st->holders[0];
+  ASSERT_EQ(h->pid, 0); /* not a pid: 0x...1b5d... is out of range */
+  ASSERT(h->held_for == -1 || (h->held_for >= 0 && isfinite(h->held_for)));
+  assert_clean(h->label, sizeof(h->label));
+  assert_clean(h->host, sizeof(h->host));
+  assert_clean(h->weight_source, sizeof(h->weight_source));
+  ASSERT(strlen(h->label) > 100); /* cleaned, not dropped */
+  int queued = 0;
+  for (int i = 0; i < st->nwaiters; i++) {
+    assert_clean(st->waiters[i].label, sizeof(st->waiters[i].label));
+    assert_clean(st->waiters[i].weight_source, sizeof(st->waiters[i].weight_source));
+    queued += st->waiters[i].how == 'q';
+  }
+  ASSERT_EQ(queued, 1);
+  char line[512];
+  ASSERT_EQ(hl_holder_describe(st, line, sizeof(line)), 1);
+  assert_clean(line, sizeof(line));
+  ASSERT(strstr(line, "held by 1 slot holder") != NULL);
+  free(st);
+  close(tfd); /* the forged entries die with their byte locks */
+  lk = open_slots(2, 0, 0, NULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  hl_lock_close(lk);
+}
+
+/* Two forged live holders whose weights (2^63 each) add up to 2^64: the
+ * sum must saturate, never wrap to "nothing is used" and admit a newcomer
+ * against a budget. */
+static void test_forged_weights(void) {
+  hl_lock_t *lk = open_slots(0, 1 * GiB, 8 * GiB, NULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0); /* makes the table */
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  char tpath[400];
+  snprintf(tpath, sizeof(tpath), "%s.slots", lockpath);
+  int tfd = open(tpath, O_RDWR);
+  ASSERT(tfd >= 0);
+  for (int i = 0; i < 2; i++) {
+    char e[1024];
+    memset(e, 0, sizeof(e));
+    uint32_t state = 2;
+    int64_t pid = getpid();
+    uint64_t weight = 1ull << 63;
+    memcpy(e, &state, 4);    /* entry_t: state, exclusive (0), pid, start, */
+    memcpy(e + 8, &pid, 8);  /* ticket, weight, ...                       */
+    memcpy(e + 32, &weight, 8);
+    ASSERT_EQ(pwrite(tfd, e, sizeof(e), 4096 + (off_t)i * 1024), (ssize_t)sizeof(e));
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 4096 + i * 1024,
+                       .l_len = 1};
+    ASSERT_EQ(fcntl(tfd, F_OFD_SETLK, &fl), 0);
+  }
+  uint32_t high = 2;
+  ASSERT_EQ(pwrite(tfd, &high, 4, 40), 4);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  /* Live memory: their expected growth saturates too, and the reserve
+   * added to it must not wrap it back to almost nothing. */
+  hl_lock_t *live = open_slots(0, 1 * GiB, 0, NULL);
+  ASSERT_EQ(hl_lock_acquire(live, 0), HL_EBUSY);
+  hl_lock_close(live);
+  close(tfd); /* they die with their byte locks */
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  hl_lock_close(lk);
+}
+
+/* A read lock on the admission byte that is never let go (another user
+ * who can read the table, or a client stopped with Ctrl-Z): every acquire
+ * keeps its deadline and try-once, says who is in the way, and a release
+ * does not wait for it either. */
+static void test_stuck_admission(void) {
+  hl_lock_t *lk = open_slots(2, 0, 0, NULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0); /* makes the table */
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  char tpath[400];
+  snprintf(tpath, sizeof(tpath), "%s.slots", lockpath);
+  int rfd = open(tpath, O_RDONLY);
+  ASSERT(rfd >= 0);
+  struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+  ASSERT_EQ(fcntl(rfd, F_OFD_SETLK, &fl), 0);
+  double t0 = now();
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  double t1 = now();
+  ASSERT(t1 - t0 < 2.0); /* try-once: the patience (0.2 s), not forever */
+  ASSERT(strstr(hl_error_detail(), "admission table") != NULL);
+  ASSERT(strstr(hl_error_detail(), "locked by") != NULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 1.0), HL_ETIMEDOUT);
+  double t2 = now();
+  ASSERT(t2 - t1 >= 1.0 && t2 - t1 < 4.0);
+  /* Let go: the next try gets in and the detail is gone. */
+  fl.l_type = F_UNLCK;
+  ASSERT_EQ(fcntl(rfd, F_OFD_SETLK, &fl), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  ASSERT_STR(hl_error_detail(), "");
+  /* Stuck while held: the release does not wait for it either. */
+  fl.l_type = F_RDLCK;
+  ASSERT_EQ(fcntl(rfd, F_OFD_SETLK, &fl), 0);
+  t0 = now();
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  ASSERT(now() - t0 < 2.0);
+  close(rfd);
+  hl_lock_close(lk);
+}
+
+/* 1024 live entries (held here by one OFD lock over every entry's byte,
+ * which is what 1024 clients' locks look like to a newcomer): a distinct
+ * error that says so, not ENOSPC's "No space left on device". */
+static void test_table_full(void) {
+  hl_lock_t *lk = open_slots(2, 0, 0, NULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0); /* makes the table */
+  ASSERT_EQ(hl_lock_release(lk), 0);
+  char tpath[400];
+  snprintf(tpath, sizeof(tpath), "%s.slots", lockpath);
+  int fd = open(tpath, O_RDWR);
+  ASSERT(fd >= 0);
+  struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 4096,
+                     .l_len = (off_t)HL_SLOTS_TABLE_MAX * 1024};
+  ASSERT_EQ(fcntl(fd, F_OFD_SETLK, &fl), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EFULL);
+  ASSERT_EQ(hl_lock_acquire(lk, 5), HL_EFULL); /* at once: no entry to wait in */
+  ASSERT_STR(hl_strerror(HL_EFULL), "slot table full (1024 holders)");
+  close(fd);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0);
+  hl_lock_close(lk);
+}
+
 static void test_size_parse(void) {
   static const struct { const char *s; uint64_t v; } good[] = {
       {"0", 0},           {"1048576", 1048576}, {"512M", 512 * MiB}, {"2G", 2 * GiB},
@@ -935,7 +1103,7 @@ static const struct test_entry tests[] = {
     T(too_big_runs_alone), T(growth_accounting), T(dies_mid_load),     T(interop_exclusive),
     T(exclusive_not_starved), T(fifo),          T(fifo_exclusive),
     T(heavylock_exclusive_not_starved), T(self_deadlock),      T(wait_callback),
-    T(status_lists),     T(hostile_table),     T(size_parse),         T(gguf_estimate),
+    T(status_lists),     T(hostile_table),     T(forged_entry),      T(forged_weights), T(stuck_admission), T(table_full),   T(size_parse),         T(gguf_estimate),
 #undef T
 };
 

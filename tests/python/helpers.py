@@ -48,3 +48,23 @@ def held_by(cli, lock):
                        text=True)
     data = json.loads(r.stdout)
     return data["holder"]["pid"] if data["held"] else 0
+
+
+def toy_gguf(path, ctx=4096, layers=16, embd=2048, heads=32, kv_heads=8, data=10 << 20):
+    """A GGUF v3 header with the keys the estimate reads, then `data` bytes."""
+    import struct
+
+    def s(x):
+        return struct.pack("<Q", len(x)) + x.encode()
+
+    kvs = [("toy.context_length", ctx), ("toy.block_count", layers),
+           ("toy.embedding_length", embd), ("toy.attention.head_count", heads),
+           ("toy.attention.head_count_kv", kv_heads)]
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs) + 1)
+    for k, v in kvs:
+        out += s(k) + struct.pack("<II", 4, v)
+    out += s("general.architecture") + struct.pack("<I", 8) + s("toy")
+    out += b"\0" * (-len(out) % 32)
+    with open(path, "wb") as f:
+        f.write(out)
+        f.truncate(len(out) + data)

@@ -461,3 +461,18 @@ def test_async_native_wait_keeps_its_place_in_the_queue(lockfile):
             if p.poll() is None:
                 p.kill()
             p.wait(30)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_a_closed_handle_refuses_to_lock_again_on_every_backend(lockfile, backend):
+    # Bug: the filelock, fcntl and pidfile backends took the lock again
+    # after close() (acquire returned True); the native one raises.
+    lk = open_quiet(lockfile, backend)
+    assert lk.acquire(0)
+    lk.close()
+    assert not lk.held
+    for call in (lambda: lk.acquire(0), lambda: lk.acquire(1), lk.lock, lk.release):
+        with pytest.raises(ValueError, match="lock is closed"):
+            call()
+    assert not lk.held and not taken_elsewhere(lockfile, backend)
+    lk.close()  # closing twice is harmless

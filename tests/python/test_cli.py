@@ -498,3 +498,70 @@ def test_doctor_finds_a_flock_that_excludes_nobody(cli, tmp_path):
     assert r.returncode == 1, r.stdout
     assert "flock(2) does NOT exclude across processes" in r.stdout
     assert run(cli, "doctor", tmp_path / "x.lock").returncode == 0  # without the shim
+
+
+def _doctor_predicts(out):
+    """The exit code doctor says `heavylock run` would meet, or None."""
+    import re
+    m = re.search(r"`heavylock run` would exit (\d+)", out)
+    return int(m.group(1)) if m else None
+
+
+@pytest.fixture
+def ro_mount(tmp_path):
+    """A real read-only file system (tmpfs): mount(8) needs root."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        (mnt / "existing.lock").write_text("")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_doctor_says_what_run_meets_on_a_read_only_file_system(cli, ro_mount):
+    # No lock file yet, on a read-only file system: run cannot create it (73),
+    # and doctor, which tries what run does, names the problem and the code.
+    # (--lock on the mount; the policy's models/ under --root, to be created)
+    for where in (["--lock", ro_mount / "x.lock"], ["--root", ro_mount]):
+        r = run(cli, "run", *where, "--", "true")
+        assert r.returncode == 73, (where, r.returncode, r.stderr)
+        d = run(cli, "doctor", *where)
+        assert d.returncode == 1 and "all is well" not in d.stdout, d.stdout
+        assert "PROBLEM      cannot create the lock file" in d.stdout
+        assert "Read-only file system" in d.stdout and _doctor_predicts(d.stdout) == 73
+    # A lock file that exists there is locked on a read-only descriptor: run
+    # works, and doctor agrees.
+    existing = ro_mount / "existing.lock"
+    assert run(cli, "run", "--lock", existing, "--", "true").returncode == 0
+    d = run(cli, "doctor", existing)
+    assert d.returncode == 0 and "all is well" in d.stdout, d.stdout
+
+
+def test_doctor_says_what_run_meets_in_a_directory_it_cannot_write(cli):
+    # A real second user (nobody) and a directory it cannot write: root
+    # would write anywhere.
+    import tempfile
+    top = tempfile.mkdtemp(prefix="heavylock-ro-")
+    try:
+        os.chmod(top, 0o755)  # nobody may look, not write
+        lock = os.path.join(top, "x.lock")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", cli]
+        r = subprocess.run(as_nobody + ["run", "--lock", lock, "--", "true"],
+                           capture_output=True, text=True)
+        if r.returncode == 127 or "setpriv" in r.stderr:
+            pytest.skip(f"cannot run as nobody: {r.stderr.strip()}")
+        if os.geteuid() != 0:
+            pytest.skip("needs root to switch to the nobody user")
+        assert r.returncode == 66 and "Permission denied" in r.stderr, (r.returncode, r.stderr)
+        d = subprocess.run(as_nobody + ["doctor", lock], capture_output=True, text=True)
+        assert d.returncode == 1 and "Permission denied" in d.stdout, d.stdout
+        assert _doctor_predicts(d.stdout) == r.returncode
+    finally:
+        import shutil
+        shutil.rmtree(top)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import read_intervals, record_cmd, wait_for
+from helpers import read_intervals, record_cmd, toy_gguf, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the slots kind is built on Linux only")
@@ -214,6 +214,15 @@ def test_status_free_and_budget_text(cli, lockfile):
         kill(a)
 
 
+def _estimate(out):
+    """(total, weights, kv cache, compute) in bytes from `heavylock gguf`."""
+    import re
+    total = int(re.search(r"^estimate: +(\d+) bytes", out, re.M).group(1))
+    kv = int(re.search(r"^kv cache \(f16, \d+ tokens\): (\d+) bytes", out, re.M).group(1))
+    parts = re.search(r"= weights (\S+ \S+) \+ kv cache (\S+ \S+) \+ compute (\S+ \S+)\)", out)
+    return total, kv, parts.groups()
+
+
 def test_gguf_prints_estimate(cli):
     if not os.path.exists(MODEL):
         pytest.skip("model not fetched (make example-setup)")
@@ -222,3 +231,123 @@ def test_gguf_prints_estimate(cli):
     # SmolLM2-135M: 30 layers x 8192 tokens x 3 KV heads x (64 + 64) x 2 bytes
     assert f"kv cache (f16, 8192 tokens): {30 * 8192 * 3 * 128 * 2} bytes" in r.stdout
     assert "estimate:" in r.stdout
+    full, _, _ = _estimate(r.stdout)
+    # The application runs it with 256 tokens: --ctx says so (issue #16).
+    r = run(cli, "gguf", "--ctx", "256", MODEL)
+    assert r.returncode == 0, r.stderr
+    assert f"kv cache (f16, 256 tokens): {30 * 256 * 3 * 128 * 2} bytes" in r.stdout
+    small, kv, _ = _estimate(r.stdout)
+    assert small == full - 30 * (8192 - 256) * 3 * 128 * 2 and small < full * 0.6, (small, full)
+
+
+def test_gguf_ctx_sizes_the_kv_cache(cli, tmp_path):
+    model = tmp_path / "toy.gguf"
+    toy_gguf(model)
+    per_token = 16 * 8 * (64 + 64) * 2  # layers x kv heads x (k + v) x f16
+    r = run(cli, "gguf", model)
+    assert r.returncode == 0, r.stderr
+    full, kv, parts = _estimate(r.stdout)
+    assert kv == 4096 * per_token
+    r = run(cli, "gguf", "--ctx", "256", model)
+    assert r.returncode == 0, r.stderr
+    small, kv, (weights, kvs, compute) = _estimate(r.stdout)
+    assert kv == 256 * per_token and full - small == (4096 - 256) * per_token
+    # each figure its own: compute is 64 MiB + weights / 20, not the kv cache again
+    assert (weights, kvs, compute) == ("10.0 MiB", "8.0 MiB", "64.5 MiB"), r.stdout
+    for bad in ("0", "-1", "x", "1e3", str(2**32 + 1)):
+        r = run(cli, "gguf", "--ctx", bad, model)
+        assert r.returncode == 64 and f"invalid --ctx value: '{bad}'" in r.stderr, (bad, r.stderr)
+
+
+MARKED = (
+    "import os, sys, time\n"
+    "t0 = time.time()\n"
+    "open(sys.argv[3], 'w').close()\n"  # running now: the parent may be killed
+    "time.sleep(float(sys.argv[2]))\n"
+    "t1 = time.time()\n"
+    "with open(sys.argv[1], 'a') as f:\n"
+    "    f.write(f'{os.getpid()} {t0!r} {t1!r}\\n')\n"
+)
+
+
+def test_killing_run_parent_keeps_the_slot_with_the_command(cli, lockfile, tmp_path):
+    # Bug: the table entry's OFD lock lived only in the heavylock parent
+    # (close-on-exec), so SIGKILL of the parent freed the slot while the
+    # command still ran: 4 at once under --slots 2.  Now the command
+    # inherits it with the flock, and the slot is free when the command ends.
+    import threading
+    log = tmp_path / "iv.log"
+    nthreads, runs = 3, 12
+    errors = []
+
+    def launcher(t):
+        try:
+            for i in range(runs):
+                marker = tmp_path / f"m{t}.{i}"
+                p = subprocess.Popen([cli, "run", "-q", "--lock", str(lockfile), "--slots", "2",
+                                      "--", sys.executable, "-c", MARKED, str(log), "0.3",
+                                      str(marker)])
+                if i % 2 == 0:  # half of the parents die while their command runs
+                    wait_for(marker.exists, timeout=60, what=f"command {t}.{i} to start")
+                    p.send_signal(signal.SIGKILL)
+                assert p.wait(timeout=60) in (0, -signal.SIGKILL)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=launcher, args=(t,)) for t in range(nthreads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == nthreads * runs,
+             timeout=60, what="every command to finish")
+    iv = read_intervals(log)
+    assert max_concurrent(iv) <= 2, iv
+    # The orphans' slots went with them: free, and two fit again at once.
+    wait_for(lambda: status(cli, lockfile)["holders"] == [], what="the last slot to go")
+    a = hold(cli, lockfile, "--slots", "2", label="a")
+    b = hold(cli, lockfile, "--slots", "2", label="b")
+    kill(a)
+    kill(b)
+
+
+def test_status_kind_is_flock_for_an_exclusive_holder_with_a_table(cli, lockfile):
+    # Bug: once PATH.slots existed, `status --json` said "kind": "slots" for
+    # an exclusive holder (heavylock run without --slots, flock(1)).
+    assert run(cli, "run", "--lock", lockfile, "--slots", "2", "--", "true").returncode == 0
+    assert os.path.exists(f"{lockfile}.slots")
+    assert status(cli, lockfile)["kind"] == "flock"  # free
+    for cmd in ([cli, "run", "-q", "--lock", str(lockfile), "--", "sleep", "300"],
+                ["flock", str(lockfile), "sleep", "300"]):
+        p = subprocess.Popen(cmd, start_new_session=True)
+        try:
+            wait_for(lambda: status(cli, lockfile)["held"], what="the exclusive holder")
+            d = status(cli, lockfile)
+            assert d["kind"] == "flock" and not d["shared"], d
+        finally:
+            kill(p)
+    p = hold(cli, lockfile, "--slots", "2")
+    try:
+        assert status(cli, lockfile)["kind"] == "slots"
+    finally:
+        kill(p)
+
+
+def test_status_names_the_command_after_its_run_parent_died(cli, lockfile, tmp_path):
+    # The slot outlives a killed `heavylock run` with the command: status
+    # names the command (not the dead parent), and the slot goes when the
+    # command ends.
+    pidfile = tmp_path / "pid"
+    p = subprocess.Popen([cli, "run", "-q", "--lock", str(lockfile), "--slots", "2", "-l", "job",
+                          "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 300"])
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the command")
+    child = int(pidfile.read_text())
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    try:
+        holders = status(cli, lockfile)["holders"]
+        assert [(h["pid"], h["label"]) for h in holders] == [(child, "job")], holders
+    finally:
+        os.kill(child, signal.SIGKILL)
+    wait_for(lambda: status(cli, lockfile)["holders"] == [], what="the slot to go with it")

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -229,3 +230,148 @@ def test_other_users_file(cli):
         assert os.path.getsize(lock) == 0
     finally:
         shutil.rmtree(d)
+
+
+# A live slot entry written behind heavylock's back (anyone who can write
+# PATH.slots): exclusive, so every newcomer waits behind it, with a label
+# of terminal escapes.  The helper holds a shared flock on the lock file and
+# the entry's OFD byte lock, as a real slot holder does, until killed.
+FORGE_SLOT = r"""
+import fcntl, os, struct, sys, time
+lock, label = sys.argv[1], sys.argv[2].encode("utf-8", "surrogateescape")
+fd = os.open(lock, os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_SH)
+t = os.open(lock + ".slots", os.O_RDWR)
+# entry_t: state, exclusive, pid, start, ticket, weight, baseline_rss, budget,
+# slots, pad, since, weight_source[16], host[64], label[512]
+e = struct.pack("=IIqQQQQQiid16s64s512s", 2, 1, os.getpid(), 0, 0, 0, 0, 0, 1, 0,
+                time.time(), b"declared", b"h\x1b]0;host\x07", label)
+os.pwrite(t, e, 4096)
+fcntl.fcntl(t, fcntl.F_OFD_SETLK, struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 4096, 1, 0))
+print("ready", flush=True)
+time.sleep(120)
+"""
+EVIL_LABEL = "\x1b]0;owned\x07\x1b[2J\u009b31mred\x7f"
+
+
+@pytest.fixture
+def forged_slot_holder(cli, tmp_path):
+    lock = tmp_path / "models" / ".llm_load.lock"
+    lock.parent.mkdir()
+    assert run(cli, "run", "--lock", lock, "--slots", "2", "--", "true").returncode == 0
+    p = subprocess.Popen([sys.executable, "-c", FORGE_SLOT, str(lock), EVIL_LABEL],
+                         stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        yield lock, p
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def test_slot_label_escapes_never_reach_python_or_the_plugin(cli, pytester, monkeypatch,
+                                                             forged_slot_holder):
+    # Bug: the slot table's label went out raw through status() and the
+    # plugin's wait notice and timeout message (ESC ] 0 ; ... BEL ESC [ 2 J).
+    heavylock = pytest.importorskip("heavylock")
+    lock, p = forged_slot_holder
+    st = heavylock.status(str(lock))
+    (h,) = st["holders"]
+    assert h["pid"] == p.pid and "owned" in h["label"] and "red" in h["label"]
+    for text in (h["label"], h["host"], heavylock.describe_holder(str(lock))):
+        assert not CONTROL.search(text.encode()), repr(text)
+    for k in ("RUN_HEAVY_INTEGRATION", "LOCAL_MODEL_PATH", "HEAVYLOCK_PATH", "HEAVYLOCK_URL",
+              "HEAVYLOCK_BACKEND", "HEAVYLOCK_TIMEOUT", "HEAVYLOCK_SLOTS", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(k, raising=False)
+    pytester.makepyfile(test_w="""
+        import pytest
+        @pytest.mark.llm
+        def test_heavy(): pass
+    """)
+    for slots in ("1", "2"):
+        r = pytester.runpytest_subprocess(f"--heavylock-path={lock}", f"--heavylock-slots={slots}",
+                                          "--heavylock-timeout=2.5")
+        r.assert_outcomes(errors=1)
+        out = "\n".join(r.outlines + r.errlines)
+        assert "waiting for" in out and "gave up after waiting 2.5 s" in out, out
+        assert "owned" in out, out  # the label is shown, cleaned
+        assert not CONTROL.search(out.replace("\n", "").encode()), repr(out)
+
+
+# Another user who can read PATH.slots (created 0644) takes a read lock on
+# its byte 0, the admission lock, through a read-only descriptor, and keeps it.
+HOLD_ADMISSION = r"""
+import fcntl, os, struct, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhxxxxqqixxxx", fcntl.F_RDLCK, 0, 0, 1, 0))
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def admission_table_held_by_nobody(cli):
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="hl-admit-", dir="/tmp")
+    os.chmod(d, 0o755)
+    lock = os.path.join(d, "x.lock")
+    assert run(cli, "run", "--lock", lock, "--slots", "2", "--", "true").returncode == 0
+    assert os.stat(lock + ".slots").st_mode & 0o777 == 0o644
+    p = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                          "/usr/bin/python3", "-c", HOLD_ADMISSION, lock + ".slots"],
+                         stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert p.stdout.readline() == b"ready\n", "nobody could not lock the table"
+        yield lock, p
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("how,bound", [("slots -n", (0, 3)), ("slots -w 2", (2, 6)),
+                                       ("exclusive -w 1 behind flock(1)", (1, 5))])
+def test_stuck_admission_table_honours_n_and_w(cli, admission_table_held_by_nobody, how, bound):
+    # Bug: the admission byte was taken with a blocking F_OFD_SETLKW: all
+    # three hung for as long as the other user held it.
+    lock, p = admission_table_held_by_nobody
+    args = {"slots -n": ["--slots", "2", "-n"], "slots -w 2": ["--slots", "2", "-w", "2"],
+            "exclusive -w 1 behind flock(1)": ["-w", "1"]}[how]
+    blocker = None
+    if how.startswith("exclusive"):
+        blocker = subprocess.Popen(["flock", lock, "sleep", "30"], start_new_session=True)
+        ino = f":{os.stat(lock).st_ino} "
+        wait_for(lambda: any(ino in ln and "FLOCK" in ln for ln in open("/proc/locks")),
+                 what="flock(1) to hold")
+    try:
+        t0 = time.monotonic()
+        r = run(cli, "run", "--lock", lock, *args, "--", "true", timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if blocker:
+            os.killpg(blocker.pid, signal.SIGKILL)
+            blocker.wait()
+    assert r.returncode == 1, r.stderr
+    assert bound[0] <= took < bound[1], (took, r.stderr)
+    assert f"admission table {lock}.slots locked by pid {p.pid}".encode() in r.stderr, r.stderr
+
+
+def test_full_slot_table_says_so(cli, tmp_path):
+    # Bug: 1024 live entries made `run --slots` exit 73 "No space left on
+    # device".  One OFD lock over every entry's byte looks like 1024 clients.
+    import fcntl
+    import struct
+    lock = str(tmp_path / "x.lock")
+    assert run(cli, "run", "--lock", lock, "--slots", "2", "--", "true").returncode == 0
+    fd = os.open(lock + ".slots", os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK,
+                    struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 4096, 1024 * 1024, 0))
+        r = run(cli, "run", "--lock", lock, "--slots", "2", "-w", "5", "--", "true", timeout=30)
+        assert r.returncode == 75, r.stderr  # EX_TEMPFAIL: try again later
+        assert b"slot table full (1024 holders)" in r.stderr, r.stderr
+        assert b"No space left" not in r.stderr
+    finally:
+        os.close(fd)
+    assert run(cli, "run", "--lock", lock, "--slots", "2", "-n", "--", "true").returncode == 0

@@ -32,7 +32,8 @@ def test_a_conftest_with_its_own_run_heavy_option(pytester, env):
     r = pytester.runpytest_subprocess("--run-heavy", "--heavylock-run-heavy",
                                       "--collect-only", "-q", "--heavylock-explain")
     assert r.ret == 0
-    r.stdout.fnmatch_lines(["*HEAVY  test_o.py::test_own_option  (RUN_HEAVY_INTEGRATION*"])
+    r.stdout.fnmatch_lines(["*HEAVY  test_o.py::test_own_option  (--heavylock-run-heavy (every "
+                            "test)*"])
 
 
 def kill(p):

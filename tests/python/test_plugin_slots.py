@@ -291,3 +291,43 @@ def test_auto_lanes_as_many_as_the_weights_fit(pytester, env, budget, lanes):
     assert len({pid for _, _, pid, _, _ in heavy}) == lanes
     assert at_once(heavy)[0] <= lanes
     r.stdout.fnmatch_lines([f"*--heavylock-slots auto (--heavylock-slots): {lanes} lane(s)*"])
+
+
+def test_estimate_takes_the_context_a_test_declares(pytester, env, tmp_path, monkeypatch):
+    """@pytest.mark.llm(ctx=256): the GGUF estimate's KV cache is for the 256
+    tokens the test runs the model with, not the model's own 4096; a context
+    that is not a number of tokens fails that test, naming it."""
+    from helpers import toy_gguf
+    from heavylock import _native
+    (tmp_path / "models").mkdir()
+    model = tmp_path / "models" / "toy.gguf"
+    toy_gguf(model, ctx=4096)
+    pytester.makepyfile(test_ctx=module("""
+        @pytest.mark.llm(ctx=256)
+        def test_small_context(request):
+            hold(request, 0.01)
+
+        @pytest.mark.llm
+        def test_model_context(request):
+            hold(request, 0.01)
+
+        @pytest.mark.llm(ctx="lots")
+        def test_bad_context(request):
+            hold(request, 0.01)
+    """))
+    report = pytester.path / "r.json"
+    monkeypatch.setenv("RUN_HEAVY_INTEGRATION", "1")
+    monkeypatch.setenv("LOCAL_MODEL_PATH", str(model))
+    r = pytester.runpytest_subprocess("--heavylock-slots", "auto", "--heavylock-budget", "4G",
+                                      f"--heavylock-report={report}", "-p", "no:cacheprovider")
+    r.assert_outcomes(passed=2, errors=1)
+    r.stdout.fnmatch_lines(["*test_ctx.py::test_bad_context: @pytest.mark.llm(ctx='lots') is "
+                            "not a context length*"])
+    events = {e["nodeid"].split("::")[-1]: e for e in json.loads(report.read_text())["events"]
+              if e.get("kind", "test") == "test"}
+    small, full = events["test_small_context"], events["test_model_context"]
+    assert small["weight_source"] == full["weight_source"] == "estimated"
+    assert small["weight"] == _native.gguf_estimate(str(model), 256)["total"]
+    assert full["weight"] == _native.gguf_estimate(str(model))["total"]
+    per_token = 16 * 8 * (64 + 64) * 2
+    assert full["weight"] - small["weight"] == (4096 - 256) * per_token
