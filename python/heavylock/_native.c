@@ -127,7 +127,7 @@ static PyObject *raise_hl(int rc, const char *path, const char *detail) {
     Py_DECREF(msgobj);
     return NULL;
   }
-  if (*more) { /* the detail may quote the URL, password and all */
+  { /* the message may quote a URL (the detail, a bad variable's value) */
     PyObject *bytes = PyUnicode_AsUTF8String(msgobj);
     PyObject *clean = bytes ? redacted(PyBytes_AsString(bytes)) : NULL;
     Py_XDECREF(bytes);
