@@ -168,7 +168,7 @@ static double now_mono(void) {
  * line between them. */
 static int on_wait(void *arg, const hl_status_t *st, double waited) {
   const char *path = arg;
-  char who[600], line[HL_PATH_MAX + 1400], why[1100];
+  char who[600], line[HL_PATH_MAX + 9000], why[8300]; /* the detail: up to 8 KiB */
   hl_holder_describe(st, who, sizeof(who));
   /* A stuck admission table is in the way too (the library's detail); no
    * password, ever (the target, a holder's label). */
