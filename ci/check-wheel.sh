@@ -20,6 +20,19 @@ make dist
 wheel=$(ls "$ROOT"/dist/*-cp310-abi3-manylinux_*.whl)
 sdist=$(ls "$ROOT"/dist/*.tar.gz)
 echo "== wheel: $(basename "$wheel")"
+# A light wheel (issue #16): libpq is loaded at run time, so no TLS stack,
+# Kerberos or LDAP rides along; under 1 MB unpacked, and no libpq inside.
+unpacked=$("$PYTHON" -c 'import sys, zipfile; print(sum(i.file_size for i in zipfile.ZipFile(sys.argv[1]).infolist()))' "$wheel")
+echo "   $(stat -c %s "$wheel") bytes, $unpacked unpacked"
+if [ "$unpacked" -ge 1000000 ]; then
+  echo "check-wheel: the wheel is $unpacked bytes unpacked; the bound is 1 MB" >&2
+  unzip -l "$wheel" >&2
+  exit 1
+fi
+if unzip -l "$wheel" | grep -i 'libpq'; then
+  echo "check-wheel: the wheel carries libpq; it must be loaded at run time" >&2
+  exit 1
+fi
 
 work=$ROOT/build/check-wheel
 rm -rf "$work"

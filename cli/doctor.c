@@ -34,21 +34,25 @@
 
 static int problems;
 
+/* Every line goes through hl_redact: it may quote a URL (the target, a
+ * server's message, a holder's or waiter's command line). */
+static void line_out(const char *head, const char *fmt, va_list ap) {
+  char raw[16384], safe[sizeof(raw) * 2 + 4];
+  vsnprintf(raw, sizeof(raw), fmt, ap);
+  printf("%-12s %s\n", head, hl_redact(raw, safe, sizeof(safe)));
+}
+
 static void say(const char *what, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  printf("%-12s ", what);
-  vprintf(fmt, ap);
-  putchar('\n');
+  line_out(what, fmt, ap);
   va_end(ap);
 }
 
 static void problem(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  printf("PROBLEM      ");
-  vprintf(fmt, ap);
-  putchar('\n');
+  line_out("PROBLEM", fmt, ap);
   va_end(ap);
   problems++;
 }
@@ -237,14 +241,11 @@ static void kernel_views(const char *dir) {
 
 /* A lock server: can we reach it, what it runs, who holds and waits. */
 static int doctor_server(const char *target) {
-  char shown[HL_PATH_MAX + 8], line[1024], safe[1024];
+  char shown[HL_PATH_MAX + 8], line[8192], safe[8192];
   cli_show_target(target, shown, sizeof(shown));
   int rc = hl_pg_doctor(target, line, sizeof(line));
   cli_show_target(line, safe, sizeof(safe));
-  if (rc == -ENOSYS)
-    problem("%s: this heavylock was built without the PostgreSQL backend (libpq was not "
-            "found at build time)", shown);
-  else if (rc < 0)
+  if (rc < 0)
     problem("%s: %s", shown, safe[0] ? safe : hl_strerror(rc));
   else
     say("server", "%s", safe);
@@ -366,7 +367,7 @@ int cmd_doctor(int argc, char **argv) {
     say("now", "%s%s; %d waiting", who,
         hs.deleted_file ? " (on a lock file that was deleted or replaced)" : "", hs.nwaiters);
     for (int i = 0; i < hs.nwaiters; i++) {
-      char cmd[256];
+      char cmd[HL_CMD_MAX]; /* whole: masked before any cut */
       if (hl_proc_cmdline(hs.waiters[i].pid, cmd, sizeof(cmd)) < 0)
         cmd[0] = '\0';
       say("", "waiter pid %ld (%s): %s", hs.waiters[i].pid,

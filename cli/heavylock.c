@@ -41,17 +41,16 @@ static const char *prog = "heavylock";
  * prefix, the text and the newline apart, and two heavylock processes
  * sharing a terminal (make -j) could interleave inside a line. */
 static void warnx(const char *fmt, ...) {
-  char line[HL_PATH_MAX + 2048];
-  int n = snprintf(line, sizeof(line), "%s: ", prog);
+  /* a path and a detail (up to 8 KiB: a CREATE TABLE); no password, ever */
+  char raw[HL_PATH_MAX + 12288], line[sizeof(raw) + 64];
+  int n = snprintf(raw, sizeof(raw), "%s: ", prog);
   va_list ap;
   va_start(ap, fmt);
-  int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+  int m = vsnprintf(raw + n, sizeof(raw) - (size_t)n - 1, fmt, ap);
   va_end(ap);
-  if (m < 0)
-    m = 0;
-  n += m;
-  if ((size_t)n > sizeof(line) - 2)
-    n = (int)sizeof(line) - 2;
+  (void)m;
+  hl_redact(raw, line, sizeof(line) - 1);
+  n = (int)strlen(line);
   line[n++] = '\n';
   if (write(STDERR_FILENO, line, (size_t)n) < 0) {
     /* nowhere to say it */
@@ -70,32 +69,10 @@ static int usage_error(const char *fmt, ...) {
 
 static void usage(void) { cli_usage(); }
 
-int cli_is_url(const char *target) {
-  const char *p = strstr(target, "://");
-  if (p == NULL || p == target)
-    return 0;
-  for (const char *q = target; q < p; q++)
-    if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || *q == '+' || *q == '-'))
-      return 0;
-  return 1;
-}
+int cli_is_url(const char *target) { return hl_target_kind(target) != HL_TARGET_FILE; }
 
 const char *cli_show_target(const char *target, char *buf, size_t len) {
-  snprintf(buf, len, "%s", target);
-  char *scheme = strstr(buf, "://");
-  if (!cli_is_url(target) || scheme == NULL)
-    return buf;
-  char *user = scheme + 3, *at = strchr(user, '@'), *slash = strchr(user, '/');
-  char *colon = strchr(user, ':');
-  if (at && (!slash || at < slash) && colon && colon < at) {
-    /* user:password@host -> user:***@host */
-    size_t tail = strlen(at) + 1;
-    if ((size_t)(colon + 1 - buf) + 3 + tail <= len) {
-      memmove(colon + 4, at, tail);
-      memcpy(colon + 1, "***", 3);
-    }
-  }
-  return buf;
+  return hl_redact(target, buf, len);
 }
 
 /* What the library knew beyond an error code (a server's words), as " (...)",
@@ -106,7 +83,7 @@ static const char *error_detail(char *buf, size_t len) {
     buf[0] = '\0';
     return buf;
   }
-  char shown[1024];
+  char shown[8192];
   cli_show_target(d, shown, sizeof(shown));
   for (char *p = shown; *p; p++) /* one line */
     if ((unsigned char)*p < 0x20)
@@ -121,6 +98,12 @@ static int open_error_code(int rc) {
   return (rc == -EROFS || rc == -ENOSPC) ? EX_CANTCREAT : EX_NOINPUT;
 }
 
+/* Opening a target: a URL that cannot be used as written (a bad lock name,
+ * a bad parameter) is the user's to fix: a usage error. */
+static int open_target_error_code(const char *target, int rc) {
+  return rc == -EINVAL && cli_is_url(target) ? EX_USAGE : open_error_code(rc);
+}
+
 /* Where the lock is: --lock, else the policy.  Returns 0 or an exit code.
  * `create`: the caller will create the lock file; an explicit --lock into a
  * directory that does not exist is more likely a typo than a wish, so it
@@ -131,6 +114,11 @@ static int lock_path(const char *opt, const char *root, char *out, size_t len, i
     if (n >= len || n >= HL_PATH_MAX)
       return usage_error("lock path is %zu bytes long; the limit is %d", n, HL_PATH_MAX - 1);
     memcpy(out, opt, n + 1);
+    if (hl_target_kind(opt) == HL_TARGET_UNKNOWN) {
+      char shown[HL_PATH_MAX + 64];
+      return usage_error("--lock '%s' is a URL of no known lock server; supported: "
+                         HL_TARGET_SCHEMES, hl_redact(opt, shown, sizeof(shown)));
+    }
     if (create && !cli_is_url(opt)) {
       char dir[HL_PATH_MAX];
       memcpy(dir, opt, n + 1);
@@ -180,11 +168,14 @@ static double now_mono(void) {
  * line between them. */
 static int on_wait(void *arg, const hl_status_t *st, double waited) {
   const char *path = arg;
-  char who[600], line[HL_PATH_MAX + 1400], why[1100];
+  char who[600], line[HL_PATH_MAX + 9000], why[8300]; /* the detail: up to 8 KiB */
   hl_holder_describe(st, who, sizeof(who));
-  /* A stuck admission table is in the way too (the library's detail). */
-  int n = snprintf(line, sizeof(line), "%s: waiting for %s, %s%s (waited %.0f s)\n", prog, path,
-                   who, error_detail(why, sizeof(why)), waited);
+  /* A stuck admission table is in the way too (the library's detail); no
+   * password, ever (the target, a holder's label). */
+  char raw[sizeof(line)];
+  snprintf(raw, sizeof(raw), "%s: waiting for %s, %s%s (waited %.0f s)\n", prog, path, who,
+           error_detail(why, sizeof(why)), waited);
+  int n = (int)strlen(hl_redact(raw, line, sizeof(line)));
   if (n > 0) {
     if ((size_t)n >= sizeof(line))
       n = (int)sizeof(line) - 1;
@@ -299,17 +290,13 @@ static int cmd_run(int argc, char **argv) {
   int rc = lock_path(lockopt, root, path, sizeof(path), 1);
   if (rc)
     return rc;
-  char shown[HL_PATH_MAX + 8], detail[1100];
+  char shown[HL_PATH_MAX + 8], detail[8300];
   cli_show_target(path, shown, sizeof(shown));
   hl_lock_t *lk;
   if ((rc = hl_lock_open(&lk, path)) < 0) {
-    if (rc == -ENOSYS && cli_is_url(path))
-      warnx("cannot use %s: this heavylock was built without the PostgreSQL backend "
-            "(libpq was not found at build time)", shown);
-    else
-      warnx("cannot open lock %s%s: %s%s", cli_is_url(path) ? "" : "file ", shown,
+    warnx("cannot open lock %s%s: %s%s", cli_is_url(path) ? "" : "file ", shown,
             hl_strerror(rc), error_detail(detail, sizeof(detail)));
-    return open_error_code(rc);
+    return open_target_error_code(path, rc);
   }
   if (label)
     hl_lock_set_label(lk, label);
@@ -428,7 +415,17 @@ static int utf8_len(const unsigned char *s) {
 
 /* A JSON string that always parses: control bytes escaped, bytes that are
  * not UTF-8 (a path from the environment can hold any) as U+FFFD. */
+static void json_str_raw(const char *str);
+/* Every string shown goes through hl_redact first: a holder's command line
+ * or label may carry a URL with its password. */
 static void json_str(const char *str) {
+  size_t n = strlen(str) * 2 + 4; /* "***" for each password of 1 byte or more */
+  char *safe = malloc(n);
+  json_str_raw(safe ? hl_redact(str, safe, n) : "?");
+  free(safe);
+}
+
+static void json_str_raw(const char *str) {
   const unsigned char *s = (const unsigned char *)str;
   putchar('"');
   while (*s) {
@@ -458,7 +455,17 @@ static void json_num(double v, int prec) {
 
 /* Text for a terminal: control characters (C0, DEL, C1) and bytes that are
  * not UTF-8 are shown as \xHH, never passed through. */
+static void term_str_raw(const char *str);
+/* Every string shown goes through hl_redact first: a holder's command line
+ * or label may carry a URL with its password. */
 static void term_str(const char *str) {
+  size_t n = strlen(str) * 2 + 4; /* "***" for each password of 1 byte or more */
+  char *safe = malloc(n);
+  term_str_raw(safe ? hl_redact(str, safe, n) : "?");
+  free(safe);
+}
+
+static void term_str_raw(const char *str) {
   const unsigned char *s = (const unsigned char *)str;
   while (*s) {
     int n = utf8_len(s);
@@ -495,8 +502,10 @@ static int cmd_status(int argc, char **argv) {
     return rc;
   hl_status_t st;
   if ((rc = hl_status(path, &st)) < 0) {
-    warnx("cannot read lock file %s: %s", path, hl_strerror(rc));
-    return EX_NOINPUT;
+    char detail[8300];
+    warnx("cannot read %s%s: %s%s", cli_is_url(path) ? "the lock's status from " : "lock file ",
+          path, hl_strerror(rc), cli_is_url(path) ? error_detail(detail, sizeof(detail)) : "");
+    return open_target_error_code(path, rc);
   }
   char cmd[HL_CMD_MAX];
   if (st.holder_pid && hl_proc_cmdline(st.holder_pid, cmd, sizeof(cmd)) < 0)
@@ -579,7 +588,14 @@ static int cmd_status(int argc, char **argv) {
   term_str(path);
   printf(": %s\n", st.held ? (st.shared ? "held (shared)" : "held") : "free");
   if (st.held && !(st.shared && !st.holder_pid)) {
-    if (st.holder_pid)
+    /* A server names its holder even on another machine (its row, or its
+     * application_name): pid there and host. */
+    int pg = st.kind && strcmp(st.kind, "pg") == 0;
+    const hl_holder_t *remote = pg && !st.has_record && st.nholders > 0 ? &st.holders[0] : NULL;
+    if (remote && remote->pid > 0) {
+      printf("  holder:  pid %ld on ", remote->pid);
+      term_str(remote->host[0] ? remote->host : "an unknown host");
+    } else if (st.holder_pid)
       printf("  holder:  pid %ld", st.holder_pid);
     else
       printf("  holder:  unknown pid");
@@ -603,6 +619,14 @@ static int cmd_status(int argc, char **argv) {
       printf("  (the record names pid %ld, which is gone: the holder inherited the lock,\n"
              "   e.g. the command of a heavylock run whose parent was killed)\n",
              st.record.pid);
+    else if (remote && remote->pid > 0) {
+      if (remote->label[0]) {
+        printf("  label:   ");
+        term_str(remote->label);
+        printf("\n");
+      }
+    } else if (pg && !st.has_record)
+      printf("  (held by a session that is not heavylock's: see pg_locks on the server)\n");
     else if (!st.has_record)
       printf("  (no holder record: the holder is another tool, e.g. flock(1) or filelock)\n");
   } else if (st.stale_record) {

@@ -370,8 +370,14 @@ int hl_proc_cmdline(long pid, char *buf, size_t len);
  * Across machines: a PostgreSQL URL instead of a lock path (kind "pg")
  * ------------------------------------------------------------------------
  *
- * Built when meson finds libpq (else such targets fail with -ENOSYS).  Any
- * function that takes a lock path takes, instead,
+ * Built on every POSIX system; libpq is loaded at run time, the first time
+ * such a target is used (dlopen "libpq.so.5", or $HEAVYLOCK_LIBPQ): without
+ * it these targets fail with -ENOSYS and hl_error_detail() naming what to
+ * install.  Every round trip to the server is bounded by what is left of
+ * the acquisition's timeout, at least 5 s (also for a try-once, and 5 s for
+ * open and status): a server that stops answering gives HL_ETIMEDOUT with
+ * the detail "timed out ...", and the session is closed.  Any function that
+ * takes a lock path takes, instead,
  *
  *     postgresql://USER@HOST[:PORT]/DB?name=NAME[&other libpq parameters]
  *
@@ -441,7 +447,7 @@ int hl_proc_cmdline(long pid, char *buf, size_t len);
  * name 'NAME' (advisory key XXXXXXXX:XXXXXXXX); table heavylock_holders
  * ready", or on failure what went wrong (the server's words).  0 or an error
  * (-EINVAL bad URL, -ECONNREFUSED cannot connect, -EPROTO the server refused
- * a statement, -ENOSYS built without libpq).  Holds no lock.
+ * a statement, -ENOSYS libpq not found).  Holds no lock.
  */
 int hl_pg_doctor(const char *target, char *out, size_t len);
 
@@ -455,6 +461,32 @@ typedef struct hl_path_s {
                                  "LOCAL_MODEL_PATH", "default"               */
   char why[4400];             /* one sentence: why this path, or what is wrong */
 } hl_path_t;
+
+/*
+ * What a target names (the one rule, used by the library, the CLI and the
+ * Python package): "SCHEME://..." with an RFC 3986 scheme of two or more
+ * characters is a URL (a one-letter scheme is a Windows drive, "C://x");
+ * anything else is a lock file path ("./redis:x" is a file).  A URL is a
+ * lock server's when its scheme is one of HL_TARGET_SCHEMES; any other
+ * scheme is HL_TARGET_UNKNOWN, which hl_lock_open and hl_status refuse
+ * (-EINVAL, hl_error_detail naming the supported schemes) and callers
+ * report as a usage error: never a file created at "redis:/h/x".
+ */
+#define HL_TARGET_FILE 0
+#define HL_TARGET_PG 1      /* postgresql:// or postgres:// */
+#define HL_TARGET_UNKNOWN 2 /* a URL of no known lock server */
+#define HL_TARGET_SCHEMES "postgresql://, postgres://"
+int hl_target_kind(const char *target);
+
+/*
+ * `text` with every password masked as "***", into `out` (NUL-terminated,
+ * cut at len - 1): the password of a URL's user info (scheme://user:PW@host,
+ * for any scheme, anywhere in the text) and the value of a password= or
+ * sslpassword= parameter (a URL's query, a conninfo keyword, quoted or
+ * not).  Use it on every target, server message and command line shown.
+ * Returns `out`.
+ */
+const char *hl_redact(const char *text, char *out, size_t len);
 
 /*
  * Resolve where the lock lives:

@@ -58,10 +58,12 @@
  */
 #define _GNU_SOURCE
 #include "kind.h"
+#include "os.h"
+#include "pq.h"
 
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
-#include <libpq-fe.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -93,6 +95,8 @@ typedef struct pg_state_s {
                                    send_later)                            */
   int armed;                    /* waiter: LISTEN + `wait` shared + row    */
   int listening;
+  long server_ms;               /* statement_timeout/lock_timeout set now  */
+  double server_for;            /* ... for the acquisition of this deadline */
   hl__ask_t ask;                /* what the current acquisition asks for   */
   long pid;
   char host[64];
@@ -122,20 +126,9 @@ static void machine_id(char *out, size_t len) {
 
 /* ---- error details: the server's words, for messages ----
  * hl_strerror() maps codes to fixed text; what the server said (which host
- * refused, which password failed) is kept per thread for the caller. */
-static __thread char errdetail[512];
-
-static void set_detail(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(errdetail, sizeof(errdetail), fmt, ap);
-  va_end(ap);
-  size_t n = strlen(errdetail);
-  while (n > 0 && (errdetail[n - 1] == '\n' || errdetail[n - 1] == ' '))
-    errdetail[--n] = '\0';
-}
-
-const char *hl__pg_errdetail(void) { return errdetail; }
+ * refused, which password failed) is kept per thread for the caller, in
+ * kind.c's buffer (hl__detail_set: large enough for the table's DDL). */
+const char *hl__pg_errdetail(void) { return hl__kind_detail(); }
 
 /* ---- keys ---- */
 
@@ -183,7 +176,7 @@ static void key_oids(key_t_ k, char a[12], char b[12]) {
 
 static int claims(const char *target, const hl__ask_t *ask) {
   (void)ask;
-  return strncmp(target, "postgresql://", 13) == 0 || strncmp(target, "postgres://", 11) == 0;
+  return hl_target_kind(target) == HL_TARGET_PG;
 }
 
 static int hexval(int c) {
@@ -222,7 +215,7 @@ int hl__pg_parse(const char *target, char **conninfo, char *name, size_t namelen
         if (c == '%') {
           int hi = i + 2 < len ? hexval(p[i + 1]) : -1, lo = i + 2 < len ? hexval(p[i + 2]) : -1;
           if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            set_detail("bad percent-escape in the lock name of '%s'", target);
+            hl__detail_set("bad percent-escape in the lock name of '%s'", target);
             free(out);
             return -EINVAL;
           }
@@ -232,7 +225,7 @@ int hl__pg_parse(const char *target, char **conninfo, char *name, size_t namelen
           c = ' ';
         }
         if (n + 1 >= namelen || n >= NAME_MAX_LEN) {
-          set_detail("lock name in '%s' is longer than %d bytes", target, NAME_MAX_LEN);
+          hl__detail_set("lock name in '%s' is longer than %d bytes", target, NAME_MAX_LEN);
           free(out);
           return -EINVAL;
         }
@@ -240,7 +233,21 @@ int hl__pg_parse(const char *target, char **conninfo, char *name, size_t namelen
       }
       name[n] = '\0';
       if (n == 0) {
-        set_detail("empty lock name (name=) in '%s'", target);
+        hl__detail_set("empty lock name (name=) in '%s'", target);
+        free(out);
+        return -EINVAL;
+      }
+      /* The name is stored as text (the server refuses bytes that are not
+       * UTF-8) and shown: a name that is not clean UTF-8 would hold the
+       * lock with no row (issue #17).  Refused, named as given. */
+      char clean[NAME_MAX_LEN + 1];
+      memcpy(clean, name, n + 1);
+      hl__utf8_clean(clean, '?');
+      if (strcmp(clean, name) != 0) {
+        hl__detail_set("the lock name (name=%.*s) in '%s' is not valid UTF-8 text or holds "
+                       "control characters; name the lock in UTF-8 letters, digits and "
+                       "punctuation",
+                       (int)(len - 5), p + 5, target);
         free(out);
         return -EINVAL;
       }
@@ -253,11 +260,19 @@ int hl__pg_parse(const char *target, char **conninfo, char *name, size_t namelen
     p = end ? end + 1 : NULL;
   }
   out[o] = '\0';
+  /* libpq is loaded at the first URL (pq.h): without it, say what to install. */
+  const char *why;
+  int rc = hl__pq_load(&why);
+  if (rc < 0) {
+    hl__detail_set("%s", why);
+    free(out);
+    return rc;
+  }
   /* Let libpq judge the rest now, so a bad URL is reported at open. */
   char *err = NULL;
   PQconninfoOption *opts = PQconninfoParse(out, &err);
   if (opts == NULL) {
-    set_detail("bad PostgreSQL URL '%s': %s", target, err ? err : "out of memory");
+    hl__detail_set("bad PostgreSQL URL '%s': %s", target, err ? err : "out of memory");
     PQfreemem(err);
     free(out);
     return -EINVAL;
@@ -286,7 +301,54 @@ static void set_appname(const pg_state_t *s, const char *label, char out[64]) {
       *c = '?';
 }
 
-static PGconn *connect_to(const char *conninfo, const char *appname) {
+/*
+ * Every round trip is bounded (issue #17: a server that stops answering must
+ * not hang -n or -w).  During an acquisition by what is left of the
+ * caller's deadline, but never less than ROUND_TRIP_MIN_S (a try-once, or
+ * the last moments of a wait, still gets a sane time to hear the answer);
+ * outside one (open, release, status) by IDLE_CAP_S.  Waiting forever
+ * leaves the statements unbounded too: that is what was asked.  The bound
+ * is kept on the client's side (a poll on the socket): it holds for a
+ * server that accepted TCP and never answers, a stopped backend, a table
+ * locked by another session.  When it passes, the session is given up
+ * (closed): whatever it half did, the server undoes with the session.
+ */
+#define ROUND_TRIP_MIN_S 5.0
+#define IDLE_CAP_S 5.0
+
+static double mono(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double round_trip_until(const pg_state_t *s) {
+  double now = mono(), d = s ? s->ask.deadline : 0;
+  if (d == 0)
+    return now + IDLE_CAP_S;
+  if (isinf(d))
+    return INFINITY;
+  return now + (d - now > ROUND_TRIP_MIN_S ? d - now : ROUND_TRIP_MIN_S);
+}
+
+/* Wait until the socket is readable (`events`) or `until`: 1, 0 timed out,
+ * <0 error. */
+static int wait_socket(PGconn *c, short events, double until) {
+  for (;;) {
+    double left = until - mono();
+    if (left <= 0)
+      return 0;
+    struct pollfd p = {.fd = PQsocket(c), .events = events};
+    int ms = isinf(until) ? -1 : (int)(left * 1000.0 + 0.999);
+    int rc = poll(&p, 1, ms);
+    if (rc > 0)
+      return 1;
+    if (rc < 0 && errno != EINTR)
+      return -errno;
+  }
+}
+
+static PGconn *connect_to(const char *conninfo, const char *appname, double until) {
   /*
    * Our defaults come before `dbname` (the URL, expanded), so the user's own
    * settings in the URL win.  Server-side keepalives make the server notice
@@ -299,9 +361,33 @@ static PGconn *connect_to(const char *conninfo, const char *appname) {
                        "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 "
                        "-c tcp_keepalives_count=3",
                        appname, conninfo, NULL};
-  PGconn *c = PQconnectdbParams(kw, val, 1);
+  double start = mono();
+  PGconn *c = PQconnectStartParams(kw, val, 1);
   if (c == NULL)
     return NULL;
+  /* libpq applies connect_timeout only when it blocks: here it is ours, the
+   * user's value from the URL when it is shorter. */
+  double cap = IDLE_CAP_S;
+  PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+  for (PQconninfoOption *o = opts; o && o->keyword; o++)
+    if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && atoi(o->val) > 0 &&
+        atoi(o->val) < cap)
+      cap = atoi(o->val) < 2 ? 2 : atoi(o->val); /* libpq's own minimum is 2 s */
+  PQconninfoFree(opts);
+  if (isinf(until) || until - start > cap)
+    until = start + cap;
+  PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+  while (PQstatus(c) != CONNECTION_BAD && ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
+    int rc = wait_socket(c, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, until);
+    if (rc == 0) {
+      hl__detail_set("timed out after %.1f s connecting to PostgreSQL (the server accepted "
+                     "no session: is it answering?)", mono() - start);
+      PQfinish(c);
+      errno = ETIMEDOUT;
+      return NULL;
+    }
+    ps = PQconnectPoll(c);
+  }
   PQsetNoticeProcessor(c, quiet_notices, NULL);
   return c;
 }
@@ -310,7 +396,7 @@ static PGconn *connect_to(const char *conninfo, const char *appname) {
  * gone (the lock with it), else -EPROTO with the server's message kept. */
 static int query_error(pg_state_t *s, PGconn *c, PGresult *r, const char *what) {
   const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(c);
-  set_detail("%s: %s", what, msg && msg[0] ? msg : PQerrorMessage(c));
+  hl__detail_set("%s: %s", what, msg && msg[0] ? msg : PQerrorMessage(c));
   /* A FATAL (pg_terminate_backend, a server shutdown) ends the session even
    * before libpq has read the end of the stream. */
   const char *sev = r ? PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED) : NULL;
@@ -325,21 +411,66 @@ static int query_error(pg_state_t *s, PGconn *c, PGresult *r, const char *what) 
 /* Read the answer of the statement send_later() sent.  Its failure costs
  * nothing but what it wrote (a row for status); a lost connection shows at
  * the next statement or check. */
+static int await_answer(pg_state_t *s, PGconn *c, double until, const char *what);
+
 static void settle(pg_state_t *s) {
   if (!s->inflight)
     return;
   s->inflight = 0;
+  if (await_answer(s, s->conn, round_trip_until(s), "writing the holder's row") < 0)
+    return; /* the session is given up: the next statement reconnects */
   PGresult *r;
   while ((r = PQgetResult(s->conn)) != NULL)
     PQclear(r);
 }
 
+/* Wait (bounded) until the answer to what was sent is all read: 0, or
+ * HL_ETIMEDOUT / HL_ELOST with the session given up. */
+static int await_answer(pg_state_t *s, PGconn *c, double until, const char *what) {
+  double start = mono();
+  while (PQisBusy(c)) {
+    int rc = wait_socket(c, POLLIN, until);
+    if (rc == 0) {
+      hl__detail_set("timed out after %.1f s waiting for the server's answer (%.60s): the "
+                     "server is not answering (a stopped backend, a locked table, a stuck "
+                     "network); the session is given up",
+                     mono() - start, what);
+      if (s && c == s->conn) {
+        /* Closed now, not at the next start: a session we gave up must not
+         * go on holding (the server ends it and undoes what it half did). */
+        PQfinish(s->conn);
+        s->conn = NULL;
+        s->lost = 1;
+        s->armed = s->listening = s->pending = s->inflight = 0;
+      }
+      return HL_ETIMEDOUT;
+    }
+    if (rc < 0 || !PQconsumeInput(c))
+      return query_error(s, c, NULL, what);
+  }
+  return 0;
+}
+
 /* Run `sql` with text parameters; NULL on failure (rc set). */
 static PGresult *run(pg_state_t *s, PGconn *c, int *rc, const char *sql, int n,
                      const char *const *params) {
+  if (s && c == s->conn && s->lost) { /* given up (timed out): say so at once */
+    *rc = HL_ELOST;
+    return NULL;
+  }
   if (s && c == s->conn)
     settle(s);
-  PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+  PGresult *r = NULL;
+  if (!PQsendQueryParams(c, sql, n, NULL, params, NULL, NULL, 0)) {
+    *rc = query_error(s, c, NULL, sql);
+    return NULL;
+  }
+  if ((*rc = await_answer(s, c, round_trip_until(s), sql)) < 0)
+    return NULL;
+  /* The statement's result, then the end of its results. */
+  r = PQgetResult(c);
+  for (PGresult *more; (more = PQgetResult(c)) != NULL;)
+    PQclear(more);
   ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
   if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
     *rc = query_error(s, c, r, sql);
@@ -362,22 +493,27 @@ static int is_true(PGresult *r) {
   return PQntuples(r) > 0 && !PQgetisnull(r, 0, 0) && PQgetvalue(r, 0, 0)[0] == 't';
 }
 
+/*
+ * The holders' table.  No SQL comments in the statement: it is shown, on
+ * one line, to a role that may not create it ("create it once as: ..."),
+ * and must run as printed (a "--" would swallow the rest of the line).
+ *   backend_pid  the session (pg_backend_pid())
+ *   name         the lock name
+ *   state        'h' holds, 'w' waits
+ *   k1, k2       the advisory key whose lock keeps the row alive (classid,
+ *                objid in pg_locks)
+ *   weight       bytes, 0 unknown
+ *   pid, host    the client process, on `host`
+ *   machine      boot_id and pid namespace (Linux)
+ */
 #define TABLE_DDL                                                                            \
-  "CREATE TABLE IF NOT EXISTS heavylock_holders (\n"                                         \
-  "  backend_pid integer PRIMARY KEY,  -- the session (pg_backend_pid())\n"                  \
-  "  name text NOT NULL,               -- the lock name\n"                                   \
-  "  state text NOT NULL,              -- 'h' holds, 'w' waits\n"                            \
-  "  k1 bigint NOT NULL,               -- the advisory key whose lock keeps the row\n"       \
-  "  k2 bigint NOT NULL,               --   alive (classid, objid in pg_locks)\n"            \
-  "  exclusive boolean NOT NULL,\n"                                                          \
-  "  weight bigint NOT NULL DEFAULT 0, -- bytes, 0 unknown\n"                                \
-  "  weight_source text NOT NULL DEFAULT '',\n"                                              \
-  "  budget bigint NOT NULL DEFAULT 0,\n"                                                    \
-  "  pid bigint NOT NULL,              -- the client process, on `host`\n"                   \
-  "  host text NOT NULL,\n"                                                                  \
-  "  machine text NOT NULL DEFAULT '', -- boot_id and pid namespace (Linux)\n"               \
-  "  label text NOT NULL DEFAULT '',\n"                                                      \
-  "  since timestamptz NOT NULL DEFAULT now())"
+  "CREATE TABLE IF NOT EXISTS heavylock_holders ("                                           \
+  "backend_pid integer PRIMARY KEY, name text NOT NULL, state text NOT NULL, "               \
+  "k1 bigint NOT NULL, k2 bigint NOT NULL, exclusive boolean NOT NULL, "                     \
+  "weight bigint NOT NULL DEFAULT 0, weight_source text NOT NULL DEFAULT '', "               \
+  "budget bigint NOT NULL DEFAULT 0, pid bigint NOT NULL, host text NOT NULL, "              \
+  "machine text NOT NULL DEFAULT '', label text NOT NULL DEFAULT '', "                       \
+  "since timestamptz NOT NULL DEFAULT now())"
 
 const char *hl__pg_table_ddl(void) { return TABLE_DDL; }
 
@@ -388,6 +524,67 @@ const char *hl__pg_table_ddl(void) { return TABLE_DDL; }
   " AND l.objid::int8 = h.k2 AND l.database = (SELECT oid FROM pg_database"                 \
   " WHERE datname = current_database()))"
 
+/* The columns TABLE_DDL makes, as format_type() names their types. */
+static const char *const columns[][2] = {
+    {"backend_pid", "integer"}, {"name", "text"},    {"state", "text"},
+    {"k1", "bigint"},           {"k2", "bigint"},    {"exclusive", "boolean"},
+    {"weight", "bigint"},       {"weight_source", "text"}, {"budget", "bigint"},
+    {"pid", "bigint"},          {"host", "text"},    {"machine", "text"},
+    {"label", "text"},          {"since", "timestamp with time zone"},
+};
+
+/*
+ * A table made by someone else (or an older heavylock) must have our shape:
+ * else rows go missing silently (an extra NOT NULL column refuses every
+ * insert) and admission by memory cannot count (issue #17).  Checked once
+ * per session, reported with what is wrong.  0 or -EPROTO (detail set).
+ */
+static int check_table(pg_state_t *s) {
+  int rc;
+  PGresult *r = run(s, s->conn, &rc,
+                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),"
+                    " a.attnotnull AND NOT a.atthasdef AND a.attidentity = '',"
+                    " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid"
+                    " AND i.indisunique AND i.indnatts = 1 AND i.indkey[0] = a.attnum)"
+                    " FROM pg_attribute a WHERE a.attrelid = 'heavylock_holders'::regclass"
+                    " AND a.attnum > 0 AND NOT a.attisdropped",
+                    0, NULL);
+  if (r == NULL)
+    return rc;
+  char why[512] = "";
+  size_t ncol = sizeof(columns) / sizeof(columns[0]);
+  int seen[sizeof(columns) / sizeof(columns[0])] = {0};
+  for (int i = 0; i < PQntuples(r) && !why[0]; i++) {
+    const char *col = PQgetvalue(r, i, 0), *type = PQgetvalue(r, i, 1);
+    size_t k = 0;
+    while (k < ncol && strcmp(columns[k][0], col) != 0)
+      k++;
+    if (k == ncol) {
+      if (PQgetvalue(r, i, 2)[0] == 't')
+        snprintf(why, sizeof(why), "it has a column %.64s NOT NULL without a default, which "
+                 "heavylock does not fill (every row would be refused)", col);
+    } else {
+      seen[k] = 1;
+      if (strcmp(type, columns[k][1]) != 0)
+        snprintf(why, sizeof(why), "its column %s is %.64s; heavylock needs %s", col, type,
+                 columns[k][1]);
+      else if (k == 0 && PQgetvalue(r, i, 3)[0] != 't')
+        snprintf(why, sizeof(why), "its column backend_pid is not its primary key (or unique)");
+    }
+  }
+  for (size_t k = 0; k < ncol && !why[0]; k++)
+    if (!seen[k])
+      snprintf(why, sizeof(why), "it has no column %s (%s)", columns[k][0], columns[k][1]);
+  PQclear(r);
+  if (!why[0])
+    return 0;
+  hl__detail_set("the table heavylock_holders is not the one heavylock needs: %s; it holds "
+                 "only the rows of live sessions, so drop it (DROP TABLE heavylock_holders) and "
+                 "let heavylock create it, or create it as: %s",
+                 why, TABLE_DDL);
+  return -EPROTO;
+}
+
 static int ensure_table(pg_state_t *s) {
   int rc;
   PGresult *r = run(s, s->conn, &rc, "SELECT to_regclass('heavylock_holders') IS NOT NULL", 0,
@@ -397,7 +594,7 @@ static int ensure_table(pg_state_t *s) {
   int have = is_true(r);
   PQclear(r);
   if (have)
-    return 0;
+    return check_table(s);
   /* Concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog:
    * serialize the creators on the schema key. */
   key_t_ k = make_key("", "schema");
@@ -409,10 +606,10 @@ static int ensure_table(pg_state_t *s) {
   if ((rc = exec0(s, "SELECT pg_advisory_xact_lock($1::int4, $2::int4)", 2, p)) == 0)
     rc = exec0(s, TABLE_DDL, 0, NULL);
   if (rc < 0) {
-    char keep[sizeof(errdetail)];
-    snprintf(keep, sizeof(keep), "%s", errdetail);
+    char keep[1024];
+    snprintf(keep, sizeof(keep), "%s", hl__kind_detail());
     (void)exec0(s, "ROLLBACK", 0, NULL);
-    set_detail("cannot create the table heavylock_holders (%s); grant CREATE on the schema "
+    hl__detail_set("cannot create the table heavylock_holders (%s); grant CREATE on the schema "
                "or create it once as: %s",
                keep, TABLE_DDL);
     return rc;
@@ -428,11 +625,15 @@ static int session_start(pg_state_t *s) {
     PQfinish(s->conn);
   s->lost = 0;
   s->armed = s->listening = s->pending = s->inflight = 0;
+  s->server_ms = 0;
+  s->server_for = -1;
   char app[64];
   set_appname(s, s->ask.label, app);
-  s->conn = connect_to(s->conninfo, app);
+  s->conn = connect_to(s->conninfo, app, round_trip_until(s));
+  if (s->conn == NULL && errno == ETIMEDOUT)
+    return HL_ETIMEDOUT; /* detail set: "timed out ... connecting" */
   if (s->conn == NULL || PQstatus(s->conn) != CONNECTION_OK) {
-    set_detail("cannot connect to PostgreSQL: %s",
+    hl__detail_set("cannot connect to PostgreSQL: %s",
                s->conn ? PQerrorMessage(s->conn) : "out of memory");
     if (s->conn)
       PQfinish(s->conn);
@@ -446,12 +647,58 @@ static int session_start(pg_state_t *s) {
                  " set_config('lock_timeout', '0', false),"
                  " set_config('idle_in_transaction_session_timeout', '0', false)",
                  0, NULL);
+  /* client_connection_check_interval: a backend whose client died (or gave
+   * up on it) in the middle of a statement, e.g. blocked on a locked table,
+   * ends within a second, and its advisory locks with it.  Without it, such
+   * a backend kept its slot key until the statement finished, and a later
+   * `--slots 2 -n` was refused with no live client holding (issue #17). */
   if (rc == 0 && PQserverVersion(s->conn) >= 140000)
-    rc = exec0(s, "SELECT set_config('idle_session_timeout', '0', false)", 0, NULL);
+    rc = exec0(s,
+               "SELECT set_config('idle_session_timeout', '0', false),"
+               " set_config('client_connection_check_interval', '1000', false)",
+               0, NULL);
   if (rc == 0)
     rc = ensure_table(s);
-  if (rc == 0) /* rows of sessions that are gone: clean them while here */
-    (void)exec0(s, "DELETE FROM heavylock_holders h WHERE NOT " LIVE, 0, NULL);
+  if (rc == 0) { /* rows of sessions that are gone: clean them while here */
+    rc = exec0(s, "DELETE FROM heavylock_holders h WHERE NOT " LIVE, 0, NULL);
+    if (rc == -EPROTO)
+      rc = 0; /* the clean-up failing costs nothing; a server not answering does */
+  }
+  return rc;
+}
+
+/*
+ * The server's own bound behind the client's (statement_timeout and
+ * lock_timeout): should the client go away or give up, the server still
+ * ends the statement (before PostgreSQL 14 nothing else would, and the
+ * backend kept its advisory locks meanwhile).  Always longer than the
+ * client's bound, so the client decides: what is left of the deadline
+ * plus 2 s, rounded up to a power of two seconds (at least 8), so that it
+ * is set once per session in practice, not per statement; 0 (none) when
+ * waiting forever.
+ */
+static int server_bound(pg_state_t *s) {
+  double d = s->ask.deadline;
+  if (s->pending || d == s->server_for)
+    return 0; /* once per acquisition, and never over a request in flight */
+  s->server_for = d;
+  long ms = 0;
+  if (d != 0 && !isinf(d)) {
+    double left = d - mono();
+    long sec = 8;
+    while ((double)sec < (left > ROUND_TRIP_MIN_S ? left : ROUND_TRIP_MIN_S) + 2 && sec < 1L << 30)
+      sec *= 2;
+    ms = sec > 2000000L ? 0 : sec * 1000; /* past int4 milliseconds: none */
+  }
+  if (ms == s->server_ms)
+    return 0;
+  char v[24];
+  snprintf(v, sizeof(v), "%ld", ms);
+  const char *p[] = {v};
+  int rc = exec0(s, "SELECT set_config('statement_timeout', $1, false),"
+                    " set_config('lock_timeout', $1, false)", 1, p);
+  if (rc == 0)
+    s->server_ms = ms;
   return rc;
 }
 
@@ -500,7 +747,7 @@ static int make_plan(const hl__ask_t *ask, plan_t *p) {
   p->admit_mem = ask->slots == 0 || (ask->slots != 1 && ask->weight > 0) ||
                  (ask->slots != 1 && ask->budget > 0);
   if (p->admit_mem && ask->budget == 0) {
-    set_detail("memory admission on a PostgreSQL lock needs a budget (--budget SIZE): "
+    hl__detail_set("memory admission on a PostgreSQL lock needs a budget (--budget SIZE): "
                "there is no live memory to read across machines");
     return HL_ENOBUDGET;
   }
@@ -724,6 +971,13 @@ static int poll_lock(pg_state_t *s, int block) {
       goto fail;
     if (PQisBusy(s->conn))
       return 0;
+  } else {
+    /* After a cancel: bounded, a stopped backend never answers it. */
+    int rc = await_answer(s, s->conn, mono() + ROUND_TRIP_MIN_S, "pg_advisory_lock");
+    if (rc < 0) {
+      s->pending = 0;
+      return rc;
+    }
   }
   PGresult *r = PQgetResult(s->conn);
   int ok = r && PQresultStatus(r) == PGRES_TUPLES_OK;
@@ -751,7 +1005,10 @@ static void disarm(pg_state_t *s) {
       (void)PQcancel(c, err, sizeof(err));
       PQfreeCancel(c);
     }
-    if (poll_lock(s, 1) == 1) {
+    int got = poll_lock(s, 1);
+    if (s->lost) /* the answer never came: the session is given up, and all with it */
+      return;
+    if (got == 1) {
       unlock_key(s, s->main, 0);
       char *p[] = {s->channel};
       (void)exec0(s, "SELECT pg_notify($1, '')", 1, (const char *const *)p);
@@ -795,7 +1052,7 @@ static int pg_try_acquire(void *state, const hl__ask_t *ask, int waiting) {
   if (s->lost && (s->armed || s->pending))
     return HL_ELOST; /* the wait's session is gone: say so, not "busy" */
   s->ask = *ask;
-  if ((rc = session_start(s)) < 0)
+  if ((rc = session_start(s)) < 0 || (rc = server_bound(s)) < 0)
     return rc;
 
   if (pl.exclusive) {
@@ -873,7 +1130,7 @@ static int pg_release(void *state) {
   s->held = 0;
   if (s->lost || s->conn == NULL || PQstatus(s->conn) != CONNECTION_OK) {
     s->lost = 1;
-    set_detail("the connection to PostgreSQL was lost while the lock was held: "
+    hl__detail_set("the connection to PostgreSQL was lost while the lock was held: "
                "the server released it then");
     return HL_ELOST;
   }
@@ -987,10 +1244,12 @@ static int pg_status(const char *target, hl_status_t *st, int flags) {
   int rc = hl__pg_parse(target, &conninfo, name, sizeof(name));
   if (rc < 0)
     return rc;
-  PGconn *c = connect_to(conninfo, "heavylock status");
+  PGconn *c = connect_to(conninfo, "heavylock status", round_trip_until(NULL));
   free(conninfo);
+  if (c == NULL && errno == ETIMEDOUT)
+    return HL_ETIMEDOUT;
   if (c == NULL || PQstatus(c) != CONNECTION_OK) {
-    set_detail("cannot connect to PostgreSQL: %s", c ? PQerrorMessage(c) : "out of memory");
+    hl__detail_set("cannot connect to PostgreSQL: %s", c ? PQerrorMessage(c) : "out of memory");
     PQfinish(c);
     return -ECONNREFUSED;
   }
@@ -1132,16 +1391,17 @@ int hl_pg_doctor(const char *target, char *out, size_t len) {
   void *state;
   int rc = pg_open(target, &state);
   if (rc < 0) {
-    snprintf(out, len, "%s", errdetail);
+    snprintf(out, len, "%s", hl__kind_detail());
     return rc;
   }
   pg_state_t *s = state;
-  int v = PQserverVersion(s->conn);
+  int v = PQserverVersion(s->conn), lib = PQlibVersion();
   snprintf(out, len,
-           "connected to PostgreSQL %d.%d at %s:%s, database %s as %s; lock name '%s' "
-           "(advisory key %08x:%08x); table heavylock_holders ready",
+           "connected to PostgreSQL %d.%d at %s:%s, database %s as %s (libpq %d.%d, loaded at "
+           "run time); lock name '%s' (advisory key %08x:%08x); table heavylock_holders ready",
            v / 10000, v % 10000, PQhost(s->conn), PQport(s->conn), PQdb(s->conn),
-           PQuser(s->conn), s->name, (unsigned)(s->main.h >> 32), (unsigned)s->main.h);
+           PQuser(s->conn), lib / 10000, lib % 10000, s->name, (unsigned)(s->main.h >> 32),
+           (unsigned)s->main.h);
   pg_close(state, 1);
   return 0;
 }

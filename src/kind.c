@@ -31,22 +31,19 @@ const hl__kind_t *hl__kind_pick(const char *target, const hl__ask_t *ask) {
   return NULL;
 }
 
-#ifdef HL_HAVE_PG
-const char *hl__pg_errdetail(void);
-#endif
-
 #ifndef HL_HAVE_PG
 int hl_pg_doctor(const char *target, char *out, size_t len) {
   (void)target;
   snprintf(out, len, "this heavylock was built without its PostgreSQL backend "
-                     "(libpq was not found when it was built)");
+                     "(not available on this platform)");
   return -ENOSYS;
 }
 #endif
 
-/* What the last failure said beyond its code, per thread (the file kinds:
- * "admission table ... locked by pid N"); lock.c empties it at the start
- * of each acquisition. */
+/* What the last failure said beyond its code, per thread: a server's words
+ * (large enough for the CREATE TABLE shown to a role that may not create
+ * it: issue #17 cut it at 512 bytes), or the file kinds' ("admission table
+ * ... locked by pid N"); lock.c empties it at the start of each acquisition. */
 static __thread char detail[HL__DETAIL_MAX];
 
 void hl__detail_set(const char *fmt, ...) {
@@ -54,27 +51,41 @@ void hl__detail_set(const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(detail, sizeof(detail), fmt, ap);
   va_end(ap);
-  hl__utf8_clean(detail, '?'); /* it may quote a path: any bytes at all */
+  size_t n = strlen(detail); /* libpq ends its messages with a newline */
+  while (n > 0 && (detail[n - 1] == '\n' || detail[n - 1] == ' '))
+    detail[--n] = '\0';
+  /* It may quote a path or a server's lines: any bytes at all, one line. */
+  hl__utf8_clean(detail, ' ');
 }
 
-const char *hl__kind_detail(void) {
-  if (detail[0])
-    return detail;
-#ifdef HL_HAVE_PG
-  return hl__pg_errdetail();
-#else
-  return "";
-#endif
-}
+const char *hl__kind_detail(void) { return detail; }
 
-int hl__is_url(const char *target) {
-  /* "scheme://": letters, digits, '+', '-', '.' before "://" */
+int hl_target_kind(const char *target) {
+  if (target == NULL)
+    return HL_TARGET_FILE;
   const char *p = strstr(target, "://");
-  if (p == NULL || p == target)
-    return 0;
+  if (p == NULL || p - target < 2)
+    return HL_TARGET_FILE;
+  if (!((target[0] >= 'a' && target[0] <= 'z') || (target[0] >= 'A' && target[0] <= 'Z')))
+    return HL_TARGET_FILE;
   for (const char *c = target; c < p; c++)
     if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
           *c == '+' || *c == '-' || *c == '.'))
-      return 0;
-  return 1;
+      return HL_TARGET_FILE;
+  size_t n = (size_t)(p - target);
+  if ((n == 10 && strncmp(target, "postgresql", 10) == 0) ||
+      (n == 8 && strncmp(target, "postgres", 8) == 0))
+    return HL_TARGET_PG;
+  return HL_TARGET_UNKNOWN;
+}
+
+int hl__is_url(const char *target) { return hl_target_kind(target) != HL_TARGET_FILE; }
+
+int hl__kind_none(const char *target) {
+  if (hl_target_kind(target) == HL_TARGET_UNKNOWN) {
+    hl__detail_set("'%.*s' is a URL of no known lock server; supported: " HL_TARGET_SCHEMES,
+                   (int)(strstr(target, "://") - target + 3), target);
+    return -EINVAL;
+  }
+  return -ENOSYS;
 }

@@ -177,7 +177,8 @@ void hl__detail_set(const char *fmt, ...)
     ;
 
 /* The kinds.  kind.c lists them for the registry; the build defines
- * HL_HAVE_SLOTS (Linux: OFD locks, /proc) and HL_HAVE_PG (libpq found) for
+ * HL_HAVE_SLOTS (Linux: OFD locks, /proc) and HL_HAVE_PG (POSIX: libpq is
+ * loaded at run time) for
  * the ones it compiles. */
 extern const hl__kind_t hl__kind_flock;
 #ifdef HL_HAVE_SLOTS
@@ -190,15 +191,19 @@ extern const hl__kind_t hl__kind_pg;
 /*
  * The registry: the first kind, in the order pg, slots, flock, that claims
  * `target` with `ask` (NULL: for status).  Returns NULL when none does
- * (e.g. a postgresql:// target in a build without libpq: lock.c then
- * returns -ENOSYS).
+ * (a URL of an unknown scheme, or a postgresql:// target on Windows: lock.c
+ * then returns hl__kind_none()).
  */
 const hl__kind_t *hl__kind_pick(const char *target, const hl__ask_t *ask);
+/* The error when no kind claims `target`: -EINVAL with the detail naming the
+ * supported schemes for a URL of an unknown one, else -ENOSYS (a kind this
+ * build lacks). */
+int hl__kind_none(const char *target);
 
 /* Helpers the kinds share (lock.c). */
 /* The flock kind's status of a lock file: kernel lock table + record. */
 int hl__flock_status(const char *path, hl_status_t *st, int flags);
-/* 1 when `target` looks like "scheme://...": not a lock file path (the file
+/* 1 when `target` is a URL (hl_target_kind): not a lock file path (the file
  * kinds refuse it, so that a URL without its kind is not created as a file). */
 int hl__is_url(const char *target);
 

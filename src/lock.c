@@ -166,7 +166,7 @@ static int registry_busy(const hl_lock_t *lk) {
 static int open_state(hl_lock_t *lk) {
   const hl__kind_t *k = hl__kind_pick(lk->target, &lk->ask);
   if (k == NULL)
-    return -ENOSYS;
+    return hl__kind_none(lk->target);
   if (k->version < 1 || k->version > HL__KIND_VERSION)
     return -ENOSYS;
   void *state = NULL;
@@ -541,7 +541,7 @@ int hl_status(const char *target, hl_status_t *st) {
   st->held_for = -1;
   const hl__kind_t *k = hl__kind_pick(target, NULL);
   if (k == NULL)
-    return -ENOSYS;
+    return hl__kind_none(target);
   st->kind = k->name;
   int rc = k->status(target, st, 0);
   status_clean(st);
@@ -1057,8 +1057,10 @@ int hl_holder_describe(const hl_status_t *st, char *buf, size_t len) {
     for (int i = 0; i < st->nholders && i < 4 && n < len; i++) {
       const hl_holder_t *h = &st->holders[i];
       n += (size_t)snprintf(buf + n, len - n, "%s pid %ld", i ? "," : "", h->pid);
+      char safe[2 * HL_LABEL_MAX + 4]; /* masked before it is cut (a cut could hide the '@') */
       if (n < len && h->label[0])
-        n += (size_t)snprintf(buf + n, len - n, " (%.80s)", h->label);
+        n += (size_t)snprintf(buf + n, len - n, " (%.80s)",
+                              hl_redact(h->label, safe, sizeof(safe)));
       if (n < len && h->held_for >= 0)
         n += (size_t)snprintf(buf + n, len - n, " for %.0f s", h->held_for);
     }
@@ -1067,11 +1069,13 @@ int hl_holder_describe(const hl_status_t *st, char *buf, size_t len) {
     hl__utf8_clean(buf, ' ');
     return 1;
   }
-  char what[160] = "";
+  char raw[HL_CMD_MAX] = "", safe[2 * HL_CMD_MAX + 4], what[160];
   if (st->has_record && st->record.label[0])
-    snprintf(what, sizeof(what), "%.150s", st->record.label);
-  else if (st->holder_pid && hl_proc_cmdline(st->holder_pid, what, sizeof(what)) < 0)
-    what[0] = '\0';
+    snprintf(raw, sizeof(raw), "%s", st->record.label);
+  else if (st->holder_pid && hl_proc_cmdline(st->holder_pid, raw, sizeof(raw)) < 0)
+    raw[0] = '\0';
+  /* Passwords masked before the cut to 150 bytes (a cut could hide the '@'). */
+  snprintf(what, sizeof(what), "%.150s", hl_redact(raw, safe, sizeof(safe)));
   size_t n = 0;
   if (st->holder_pid)
     n += (size_t)snprintf(buf, len, "held by pid %ld", st->holder_pid);

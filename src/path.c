@@ -41,10 +41,10 @@ static int join(hl_path_t *out, const char *dir, const char *name) {
  * rather than created as a file called "postgresq://...".
  */
 static int url_target(hl_path_t *out, const char *source, const char *v) {
-  if (strncmp(v, "postgresql://", 13) != 0 && strncmp(v, "postgres://", 11) != 0)
+  if (hl_target_kind(v) != HL_TARGET_PG)
     return fail(out, source,
-                "%s='%s' is a URL of no known lock server%s; use postgresql://USER@HOST/DB"
-                "?name=NAME",
+                "%s='%s' is a URL of no known lock server%s; supported: " HL_TARGET_SCHEMES
+                " (postgresql://USER@HOST/DB?name=NAME)",
                 v, "");
   if (strlen(v) >= sizeof(out->path))
     return -ENAMETOOLONG;

@@ -69,27 +69,20 @@ static PyObject *py_exception(const char *name) {
   return cls;
 }
 
-/* A target as shown in messages: a URL's password (postgresql://u:PW@h/db)
- * is replaced by "***", so that an exception or a log never carries it. */
-static PyObject *shown_target(const char *path) {
-  const char *scheme = strstr(path, "://");
-  if (scheme != NULL) {
-    const char *user = scheme + 3;
-    const char *end = user + strcspn(user, "/?#");
-    const char *at = NULL;
-    for (const char *c = user; c < end; c++)
-      if (*c == '@')
-        at = c; /* the last '@' ends the user info */
-    const char *colon = at ? memchr(user, ':', (size_t)(at - user)) : NULL;
-    if (colon != NULL) {
-      PyObject *head = PyUnicode_DecodeFSDefaultAndSize(path, colon - path);
-      PyObject *r = head ? PyUnicode_FromFormat("%U:***%s", head, at) : NULL;
-      Py_XDECREF(head);
-      return r;
-    }
-  }
-  return PyUnicode_DecodeFSDefault(path);
+/* Text as it may be shown: every password masked by the library's one
+ * redaction (hl_redact), so that an exception, its pickle or a log never
+ * carries one. */
+static PyObject *redacted(const char *text) {
+  size_t n = strlen(text) * 2 + 4; /* "***" for each password of 1 byte or more */
+  char *buf = PyMem_Malloc(n);
+  if (buf == NULL)
+    return PyErr_NoMemory();
+  PyObject *r = PyUnicode_DecodeFSDefault(hl_redact(text, buf, n));
+  PyMem_Free(buf);
+  return r;
 }
+
+static PyObject *shown_target(const char *path) { return redacted(path); }
 
 /* The one place where a library result becomes a Python exception.  The
  * header's contract: a result is 0 or more, one of the HL_E* codes, or
@@ -108,7 +101,7 @@ static PyObject *raise_hl(int rc, const char *path, const char *detail) {
   }
   /* libpq's messages span lines ("...failed: Connection refused\n\tIs the
    * server running..."): one line each, for logs and terminals. */
-  char line[1024];
+  char line[8192]; /* kind.c's detail fits (HL__DETAIL_MAX) */
   size_t n = 0;
   for (const char *c = more ? more : ""; *c && n < sizeof(line) - 1; c++)
     if ((unsigned char)*c >= 0x20 && *c != 0x7f)
@@ -134,10 +127,10 @@ static PyObject *raise_hl(int rc, const char *path, const char *detail) {
     Py_DECREF(msgobj);
     return NULL;
   }
-  if (path != NULL && *more) { /* the detail may quote the URL, password and all */
-    PyObject *raw = PyUnicode_DecodeFSDefault(path);
-    PyObject *clean = raw ? PyUnicode_Replace(msgobj, raw, target, -1) : NULL;
-    Py_XDECREF(raw);
+  { /* the message may quote a URL (the detail, a bad variable's value) */
+    PyObject *bytes = PyUnicode_AsUTF8String(msgobj);
+    PyObject *clean = bytes ? redacted(PyBytes_AsString(bytes)) : NULL;
+    Py_XDECREF(bytes);
     Py_DECREF(msgobj);
     if ((msgobj = clean) == NULL) {
       Py_DECREF(target);
@@ -846,7 +839,7 @@ static PyObject *mod_proc_cmdline(PyObject *m, PyObject *arg) {
   char buf[HL_CMD_MAX];
   if (hl_proc_cmdline(pid, buf, sizeof(buf)) < 0)
     Py_RETURN_NONE;
-  return PyUnicode_DecodeFSDefault(buf);
+  return redacted(buf); /* for showing: passwords masked */
 }
 
 static PyObject *mod_mem_available(PyObject *m, PyObject *Py_UNUSED(ignored)) {
@@ -956,7 +949,31 @@ static PyObject *mod_mem_free(PyObject *m, PyObject *Py_UNUSED(ignored)) {
   return U64(b);
 }
 
+static PyObject *mod_redact(PyObject *m, PyObject *arg) {
+  (void)m;
+  PyObject *b = path_bytes(arg);
+  if (b == NULL)
+    return NULL;
+  PyObject *r = redacted(PyBytes_AsString(b));
+  Py_DECREF(b);
+  return r;
+}
+
+static PyObject *mod_target_kind(PyObject *m, PyObject *arg) {
+  (void)m;
+  PyObject *b = path_bytes(arg);
+  if (b == NULL)
+    return NULL;
+  int k = hl_target_kind(PyBytes_AsString(b));
+  Py_DECREF(b);
+  return PyUnicode_FromString(k == HL_TARGET_PG ? "pg" : k == HL_TARGET_FILE ? "file" : "unknown");
+}
+
 static PyMethodDef module_methods[] = {
+    {"redact", mod_redact, METH_O,
+     "redact(text) -> text with every password masked (URL user info, password=)."},
+    {"target_kind", mod_target_kind, METH_O,
+     "target_kind(target) -> 'file', 'pg', or 'unknown' (a URL of no known lock server)."},
     {"status", mod_status, METH_O, "status(path) -> dict: who holds the lock, who waits."},
     {"describe_holder", mod_describe_holder, METH_O,
      "describe_holder(path) -> 'held by pid 4242 (label) for 12 s'"},

@@ -80,10 +80,35 @@ OnWait = Callable[[Dict[str, Any], float], Optional[bool]]
 _URL = re.compile(r"^[A-Za-z0-9+.-]+://")
 
 
+def target_kind(target: str) -> str:
+    """What ``target`` names: ``"file"``, ``"pg"`` (a PostgreSQL URL), or
+    ``"unknown"`` (a URL of no known lock server).  The C core's one rule
+    (hl_target_kind); a pattern of the same rule only when the extension
+    cannot load (then no URL works anyway)."""
+    if _native is not None:
+        return _native.target_kind(target)
+    if not _URL.match(target) or len(target.split("://", 1)[0]) < 2:
+        return "file"
+    return "pg" if target.startswith(("postgresql://", "postgres://")) else "unknown"
+
+
+def check_target(target: str, source: str) -> str:
+    """``target_kind``, with a URL of an unknown scheme a ValueError naming
+    ``source``, the value and the supported schemes."""
+    kind = target_kind(target)
+    if kind == "unknown":
+        raise ValueError(f"{source}={_shown(target)!r} is a URL of no known lock server; "
+                         f"supported: {URL_SCHEMES}")
+    return kind
+
+
+#: The lock servers' URL schemes (heavylock.h: HL_TARGET_SCHEMES).
+URL_SCHEMES = "postgresql://, postgres://"
+
+
 def is_url(target: str) -> bool:
-    """Is ``target`` a lock server's URL (``postgresql://...``), not a path?
-    The same test as the C core's: a scheme, then ``://``."""
-    return _URL.match(target) is not None
+    """Is ``target`` a URL (``postgresql://...``), not a lock file path?"""
+    return target_kind(target) != "file"
 
 
 def _needs_native(what: str) -> ValueError:
@@ -101,7 +126,9 @@ class Timeout(TimeoutError):
 
     def __init__(self, path: str, holder: str, timeout: Optional[float]) -> None:
         waited = "one try" if not timeout else f"waiting {timeout:g} s"
-        self.message = f"could not take the lock {_shown(path)} after {waited}: {holder}"
+        # Kept masked: the exception travels (logs, xdist's pickles, reports).
+        path, holder = _shown(path), _shown(holder)
+        self.message = f"could not take the lock {path} after {waited}: {holder}"
         super().__init__(errno.ETIMEDOUT, self.message)
         self.path = path
         self.holder = holder
@@ -178,8 +205,15 @@ def _check_path(path: str) -> None:
 
 
 def _shown(target: str) -> str:
-    """A target for messages: a URL's password becomes ***."""
-    return re.sub(r"^([A-Za-z0-9+.-]+://[^/?#@:]*:)[^/?#]*@", r"\1***@", target)
+    """Text for messages with every password masked: the C core's one
+    redaction (hl_redact); a pattern for URL user info only when the
+    extension cannot load."""
+    if _native is not None:
+        return _native.redact(target)
+    return re.sub(r"([A-Za-z0-9+.-]+://[^/?#@:\s]*:)[^/?#\s]*@", r"\1***@", target)
+
+
+redact = _shown
 
 
 def _already_held(path: str) -> OSError:

@@ -59,7 +59,7 @@ def describe_status(st):
     more = f" and {len(holders) - 4} more" if len(holders) > 4 else ""
     free = st.get("free_bytes")
     tail = f"; {_fmt_bytes(free)} free" if free is not None else ""
-    return f"held by {'; '.join(parts)}{more}{tail}"
+    return backends.redact(f"held by {'; '.join(parts)}{more}{tail}")  # labels may hold URLs
 
 
 def ancestors(pid=None):
@@ -118,6 +118,11 @@ class LockClient:
     def path(self):
         return self.settings.path
 
+    @property
+    def shown(self):
+        """The lock's target for messages: passwords masked (hl_redact)."""
+        return self.settings.shown_path
+
     def handle(self):
         if self.lock is None:
             s = self.settings
@@ -147,7 +152,7 @@ class LockClient:
             lost = lost or " ".join(str(exc.strerror or exc).split())
         flags = native_attr(self.lock, "flags") or 0
         if not lost and flags & LOST_FLAG:
-            lost = (f"{self.path} was deleted or replaced while it was held: the lock did "
+            lost = (f"{self.shown} was deleted or replaced while it was held: the lock did "
                     "not exclude processes that opened the new file")
         return lost
 
@@ -169,7 +174,7 @@ class LockClient:
                     # one line: libpq's messages carry newlines and tabs
                     self.lost = " ".join(str(exc.strerror or exc).split()) or \
                         "the server ended the session"
-                    self.write_notice(f"LOST THE LOCK {self.path}: {self.lost}; the heavy "
+                    self.write_notice(f"LOST THE LOCK {self.shown}: {self.lost}; the heavy "
                                       "test running now is no longer protected and will "
                                       "fail")
                     return
@@ -239,12 +244,12 @@ class LockClient:
                "itself), or point one of them at another file (--heavylock-path / "
                "HEAVYLOCK_PATH).")
         if pid == os.getpid():
-            return (f"{self.path} is {self.describe_holder()}: that is this very process, "
+            return (f"{self.shown} is {self.describe_holder()}: that is this very process, "
                     "through another handle (an old conftest hook or fixture that takes "
                     "filelock/flock on the same file, e.g. in pytest_runtest_setup), so "
                     f"waiting for it would never end. {fix}")
         if native_said or pid in ancestors():
-            return (f"{self.path} is {self.describe_holder()}: that is a parent of this "
+            return (f"{self.shown} is {self.describe_holder()}: that is a parent of this "
                     f"process (pid {os.getpid()}), which waits for this run to end, so "
                     "waiting for it would never end. Run pytest outside the command that "
                     "holds the lock (e.g. not under `heavylock run` or `flock`), or point "
@@ -287,7 +292,7 @@ class LockClient:
 
     def _give_up(self, timeout, st=None):
         self.why_not = "timed out"
-        pytest.fail(f"heavylock: gave up after waiting {timeout:g} s for {self.path}, "
+        pytest.fail(f"heavylock: gave up after waiting {timeout:g} s for {self.shown}, "
                     f"{self.describe_holder(st)} (--heavylock-timeout)", pytrace=False)
 
     def _wait_native(self, lk):
@@ -297,7 +302,7 @@ class LockClient:
 
         def on_wait(st, waited):
             last["st"] = st
-            self.write_notice(f"waiting for {self.path}, {self.describe_holder(st)} "
+            self.write_notice(f"waiting for {self.shown}, {self.describe_holder(st)} "
                               f"(waited {waited:.0f} s)")
 
         timeout = self.settings.timeout
@@ -322,7 +327,7 @@ class LockClient:
                 pytest.fail(f"heavylock: {why}", pytrace=False)
             waited = time.monotonic() - start
             if waited >= next_notice:
-                self.write_notice(f"waiting for {self.path}, {self.describe_holder()} "
+                self.write_notice(f"waiting for {self.shown}, {self.describe_holder()} "
                                   f"(waited {waited:.0f} s)")
                 next_notice = waited + NOTICE_EVERY
             slice_ = next_notice - waited

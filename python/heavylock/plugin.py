@@ -249,7 +249,7 @@ def pytest_report_collectionfinish(config, start_path, items):
 def pytest_report_header(config):
     settings = _state(config).settings
     if settings.model_problem and settings.run_heavy:
-        return [f"heavylock: {settings.model_problem}; the lock is {settings.path}; tests "
+        return [f"heavylock: {settings.model_problem}; the lock is {settings.shown_path}; tests "
                 "that request local_model_path fail until the model is there"]
     return None
 

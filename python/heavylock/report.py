@@ -231,7 +231,7 @@ class Recorder:
         if s.report:
             try:
                 with open(s.report, "w", encoding="utf-8") as f:
-                    json.dump({"schema": SCHEMA, "lock": s.path, "source": s.path_source,
+                    json.dump({"schema": SCHEMA, "lock": s.shown_path, "source": s.path_source,
                                "backend": s.backend, "rules": list(s.rules),
                                "resident_warn": s.resident_warn, "events": events,
                                "memory": self.memory}, f, indent=1)

@@ -188,8 +188,8 @@ def parse_resident_warn(config):
 
 def is_url(value) -> bool:
     """A lock server's URL (the PostgreSQL kind): passed through untouched,
-    never made absolute, never a directory to create."""
-    return str(value).startswith(("postgresql://", "postgres://"))
+    never made absolute, never a directory to create.  The C core's rule."""
+    return backends.target_kind(str(value)) != "file"
 
 
 # The C grammar of hl_size_parse (src/admit.c), for when the extension is not
@@ -301,7 +301,11 @@ def resolve_lock_path(config):
     if opt is not None:
         if not opt:
             raise pytest.UsageError("--heavylock-path is empty; name a lock file")
-        if is_url(opt):
+        try:  # redis://h/x is a usage error, not a directory "redis:"
+            url = backends.check_target(opt, "--heavylock-path") != "file"
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if url:
             return opt, "--heavylock-path", None
         return os.path.abspath(opt), "--heavylock-path", None
     for env in ("HEAVYLOCK_URL", "HEAVYLOCK_PATH"):  # a server's URL: nothing to resolve
@@ -310,7 +314,12 @@ def resolve_lock_path(config):
     ini = config.getini("heavylock_path")
     env_set = any(v in os.environ for v in ("HEAVYLOCK_URL", "HEAVYLOCK_PATH", "LOCAL_MODEL_PATH"))
     if ini and not env_set:
-        return str(config.rootpath / ini), f"ini option heavylock_path in {config.inipath}", None
+        where = f"ini option heavylock_path in {config.inipath}"
+        try:
+            url = backends.check_target(ini, "heavylock_path") != "file"
+        except ValueError as exc:
+            raise pytest.UsageError(f"{where}: {exc}") from None
+        return (ini if url else str(config.rootpath / ini)), where, None
     try:
         path, source, _why = backends.resolve_path(str(config.rootpath))
     except ValueError as exc:
@@ -422,6 +431,7 @@ class Settings:
         self.slots, self.slots_source = parse_slots(config)
         self.budget, self.budget_source = parse_budget(config)
         self.remote = is_url(self.path)
+        self.shown_path = backends.redact(self.path)  # for every message and file we write
         if self.remote and self.slots == 0 and not self.budget:
             raise pytest.UsageError(
                 f"{self.slots_source}: slots auto on the lock server {self.path} (from "
@@ -440,7 +450,7 @@ class Settings:
             check_lock_target(self)
 
     def where(self):
-        shown = f"{self.path} (from {self.path_source}, backend {self.backend}"
+        shown = f"{self.shown_path} (from {self.path_source}, backend {self.backend}"
         if self.slots != 1:
             budget = size_format(self.budget) if self.budget else "live memory"
             slots = "auto" if self.slots == 0 else str(self.slots)

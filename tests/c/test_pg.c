@@ -10,9 +10,9 @@
 #define _GNU_SOURCE
 #include "heavylock.h"
 #include "kind.h"
+#include "pq.h" /* libpq, loaded at run time like the kind does */
 
 #include <errno.h>
-#include <libpq-fe.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -748,11 +748,46 @@ static void test_path_url(void) {
   unsetenv("HEAVYLOCK_PATH");
 }
 
+/* The one redaction (hl_redact), exactly: user info of any scheme, anywhere
+ * in the text; password= and sslpassword= in a query or a conninfo string,
+ * quoted or not; nothing else touched; a short buffer still terminated. */
+static void test_redact(void) {
+  static const char *const cases[][2] = {
+      {"postgresql://bob:s3cret@h:5432/db?name=x", "postgresql://bob:***@h:5432/db?name=x"},
+      {"run --lock postgres://u:p@ss@h/db -- true", "run --lock postgres://u:***@h/db -- true"},
+      {"postgresql://h/db?password=pw&name=x", "postgresql://h/db?password=***&name=x"},
+      {"postgresql://h/db?name=x&sslpassword=k", "postgresql://h/db?name=x&sslpassword=***"},
+      {"host=h password='a b\\'c' user=u", "host=h password='***' user=u"},
+      {"host=h PASSWORD=x", "host=h PASSWORD=***"},
+      {"postgresql://bob@h/db", "postgresql://bob@h/db"},
+      {"postgresql://h:5432/db", "postgresql://h:5432/db"},
+      {"mypassword=x ./redis:x a://b", "mypassword=x ./redis:x a://b"},
+      {"redis://:tok@h/0", "redis://:***@h/0"},
+  };
+  char out[256];
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    hl_redact(cases[i][0], out, sizeof(out));
+    if (strcmp(out, cases[i][1]) != 0)
+      fprintf(stderr, "redact(%s) = %s, not %s\n", cases[i][0], out, cases[i][1]);
+    ASSERT(strcmp(out, cases[i][1]) == 0);
+  }
+  ASSERT(strcmp(hl_redact("postgresql://u:pw@h/d", out, 8), "postgre") == 0);
+  ASSERT_EQ(hl_target_kind("postgresql://h/d"), HL_TARGET_PG);
+  ASSERT_EQ(hl_target_kind("postgres://h/d"), HL_TARGET_PG);
+  ASSERT_EQ(hl_target_kind("redis://h/x"), HL_TARGET_UNKNOWN);
+  ASSERT_EQ(hl_target_kind("./redis:x"), HL_TARGET_FILE);
+  ASSERT_EQ(hl_target_kind("C://x"), HL_TARGET_FILE);
+  ASSERT_EQ(hl_target_kind("a/b://c"), HL_TARGET_FILE);
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, "redis://h/x"), -EINVAL);
+  ASSERT(strstr(hl_error_detail(), "postgresql://") != NULL);
+}
+
 static const struct test_entry tests[] = {
 #define T(n) {#n, test_##n}
     T(basic), T(bad_targets), T(keys), T(exclusion), T(slots), T(killed_holder),
     T(terminated), T(restart), T(status), T(memory), T(doctor), T(public_api),
-    T(path_url), T(mixed),
+    T(path_url), T(mixed), T(redact),
 #undef T
 };
 
@@ -770,6 +805,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "no PostgreSQL server: HEAVYLOCK_TEST_PG_URL is not set "
                     "(tests/pg-cluster.sh start; eval \"$(tests/pg-cluster.sh env)\")\n");
     return ci && strcmp(ci, "true") == 0 ? 1 : 77; /* 77: skipped, never in CI */
+  }
+  const char *why;
+  if (hl__pq_load(&why) < 0) { /* the tests' own connections need it too */
+    fprintf(stderr, "%s\n", why);
+    return 1;
   }
   return test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]), name_lock, NULL);
 }

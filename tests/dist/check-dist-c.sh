@@ -27,6 +27,15 @@ soname=$(readelf -d "$libdir/libheavylock.so.0" | sed -n 's/.*Library soname: \[
 bad=$(nm -D --defined-only "$libdir/libheavylock.so.0" | awk '$3 !~ /^hl_[a-z]/ && $3 != "HEAVYLOCK_0" {print $3}')
 [ -z "$bad" ] || { echo "exports internals: $bad"; exit 1; }
 echo "== soname $soname, exports only hl_*"
+# libpq is loaded at run time (src/pq.c), never linked: not in DT_NEEDED, not
+# in the pkg-config file nor the CMake package (issue #16).
+if readelf -d "$libdir/libheavylock.so.0" "$root/bin/heavylock" | grep -i 'NEEDED.*libpq'; then
+  echo "libpq is linked; it must be loaded at run time only"; exit 1
+fi
+if grep -ilE 'libpq|-lpq|;pq' "$libdir/pkgconfig/heavylock.pc" "$libdir"/cmake/heavylock/*.cmake; then
+  echo "the pkg-config file or CMake package mentions libpq"; exit 1
+fi
+echo "== no libpq in DT_NEEDED, heavylock.pc or the CMake package"
 
 lock=$(mktemp -d)/consumer.lock
 echo "== CMake: find_package(heavylock) from the installed tree"
@@ -41,6 +50,15 @@ echo "== pkg-config: cc \$(pkg-config --cflags --libs heavylock)"
 pc() { PKG_CONFIG_SYSROOT_DIR="$PWD/$b/root" PKG_CONFIG_LIBDIR="$libdir/pkgconfig" pkg-config "$@"; }
 cc -o "$b/pc-consumer" tests/dist/consumer/main.c $(pc --cflags --libs heavylock)
 LD_LIBRARY_PATH=$libdir "$b/pc-consumer" "$lock"
+echo "== pkg-config --static: the static library with what --static lists"
+# As a static-linking user does it (-l:libheavylock.a picks the archive over
+# the .so): every symbol it needs comes from --static's list (issue #16:
+# it used to miss libpq's, "undefined reference to PQport").
+libs=$(pc --static --libs heavylock)
+cc -o "$b/pc-consumer-static" tests/dist/consumer/main.c $(pc --cflags heavylock) \
+  ${libs/-lheavylock/-l:libheavylock.a}
+ldd "$b/pc-consumer-static" | grep -q libheavylock && { echo "static consumer loads the .so"; exit 1; }
+"$b/pc-consumer-static" "$lock"
 [ "$(pc --modversion heavylock)" = "$("$root/bin/heavylock" --version | awk '{print $NF}')" ]
 
 echo "== man -l heavylock.1"
