@@ -153,6 +153,13 @@ typedef struct hl__kind_s {
    * held?  No waiting.  0, or HL_ELOST when the kind learned that it lost
    * it (a remote session ended).  For hl_lock_check. */
   int (*check)(void *state);
+
+  /* Optional (NULL: lock.c asks status(), which may read the kernel's whole
+   * lock table): does process `pid` hold the lock through a descriptor that
+   * is not this state's?  For the self-deadlock check, which runs on every
+   * contended acquisition.  1, 0, or -errno (-EACCES: that process cannot
+   * be looked at; lock.c then asks status()). */
+  int (*held_by)(void *state, long pid);
 } hl__kind_t;
 
 /* What the last failing call in this thread said beyond its code (the

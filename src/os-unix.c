@@ -200,6 +200,30 @@ int hl__os_fileid_path(const char *path, hl__fileid_t *id) {
   return 0;
 }
 
+int hl__os_fileid_dir(const char *path, hl__fileid_t *id) {
+  const char *slash = strrchr(path, '/');
+  char dir[HL_PATH_MAX];
+  if (slash == NULL)
+    snprintf(dir, sizeof(dir), ".");
+  else if (slash == path)
+    snprintf(dir, sizeof(dir), "/");
+  else
+    snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+  struct stat st;
+  if (stat(dir, &st) < 0)
+    return -errno;
+  id->dev = (uint64_t)st.st_dev;
+  id->ino = (uint64_t)st.st_ino;
+  return 0;
+}
+
+int hl__os_fd_written_last(intptr_t fd) {
+  struct stat st;
+  if (sys_fstat((int)fd, &st) < 0)
+    return 0;
+  return st.st_ctim.tv_sec == st.st_mtim.tv_sec && st.st_ctim.tv_nsec == st.st_mtim.tv_nsec;
+}
+
 /* flock(2) that retries EINTR when told to, and maps "would block". */
 static int do_flock(int fd, int op, int retry_eintr) {
   for (;;) {
