@@ -166,6 +166,10 @@ typedef struct hl__kind_s {
  * server's words), "" when nothing; for hl_error_detail (kind.c). */
 const char *hl__kind_detail(void);
 
+/* For tests: the wait loop's re-check period (lock.c; 0 restores 100 ms).
+ * A test that stretches it proves that a wake comes from an event. */
+void hl__lock_set_recheck_ms(int ms);
+
 /* The kinds.  kind.c lists them for the registry; the build defines
  * HL_HAVE_SLOTS (Linux: OFD locks, /proc) and HL_HAVE_PG (libpq found) for
  * the ones it compiles. */

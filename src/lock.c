@@ -42,6 +42,8 @@ typedef struct flock_state_s {
   hl__watch_t *watch;     /* for timed waits; kept until close (see os.h) */
   int watching;           /* the watch is armed for this wait            */
   int poll_ms;            /* backoff when there is no watch              */
+  int may_block;          /* the last try found it held, and it was ours to take */
+  hl__blocker_t *blocker; /* a thread in flock(2) on fd while we wait     */
   int flags;              /* HL_FLAG_* of the current or last hold       */
 #ifdef HL_HAVE_SLOTS
   hl__queue_t *queue;     /* our ticket while waiting (first come first) */
@@ -264,6 +266,9 @@ const char *hl_lock_kind(const hl_lock_t *lk) { return lk->kind->name; }
  * holder that unlocks without closing (flock -u) sends no event, and memory
  * admission depends on numbers that change without events. */
 #define RECHECK_MS 100
+static int recheck_ms = RECHECK_MS;
+
+void hl__lock_set_recheck_ms(int ms) { recheck_ms = ms > 0 ? ms : RECHECK_MS; }
 
 /*
  * Is `pid` one of our ancestors, with every process from our parent up to it
@@ -395,12 +400,12 @@ static int wait_loop(hl_lock_t *lk, double start, double deadline) {
     }
     if (t >= deadline)
       return HL_ETIMEDOUT;
-    double until = t + RECHECK_MS / 1000.0;
+    double until = t + recheck_ms / 1000.0;
     if (deadline < until)
       until = deadline;
     if (next_cb < until)
       until = next_cb;
-    int ms = (int)((until - t) * 1000.0 + 0.999); /* bounded by RECHECK_MS */
+    int ms = (int)((until - t) * 1000.0 + 0.999); /* bounded by recheck_ms */
     if (ms < 0)
       ms = 0;
     int rc = k->wait(lk->state, ms);
@@ -641,10 +646,24 @@ static int same_file(const hl__fileid_t *a, const hl__fileid_t *b) {
   return a->dev == b->dev && a->ino == b->ino;
 }
 
+/* The blocker first: it is in flock(2) on the descriptor. */
+static void flock_stop_blocker(flock_state_t *fs) {
+  hl__os_blocker_stop(fs->blocker);
+  fs->blocker = NULL;
+}
+
 static void flock_drop_fd(flock_state_t *fs) {
+  flock_stop_blocker(fs);
   if (fs->fd >= 0)
     hl__os_close(fs->fd);
   fs->fd = -1;
+}
+
+/* Let go of a lock we won but may not keep, and of its descriptor. */
+static void flock_let_go(flock_state_t *fs) {
+  flock_stop_blocker(fs);
+  hl__os_unlock(fs->fd);
+  flock_drop_fd(fs);
 }
 
 /* After winning the inode we opened: if the path no longer names it (a tool
@@ -654,8 +673,7 @@ static int flock_still_ours(flock_state_t *fs) {
   hl__fileid_t now;
   if (hl__os_fileid_path(fs->path, &now) == 0 && same_file(&now, &fs->id))
     return 1;
-  hl__os_unlock(fs->fd);
-  flock_drop_fd(fs);
+  flock_let_go(fs);
   return 0;
 }
 
@@ -667,8 +685,7 @@ static int flock_ghost(flock_state_t *fs) {
   long ghost = 0;
   if (hl__os_ghost_holder(fs->path, &fs->id, &ghost) <= 0)
     return 0;
-  hl__os_unlock(fs->fd);
-  flock_drop_fd(fs);
+  flock_let_go(fs);
   return 1;
 }
 
@@ -811,13 +828,23 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
       if (!fs->watching && fs->poll_ms == 0)
         fs->poll_ms = 1;
     }
+    fs->may_block = 0;
 #ifdef HL_HAVE_SLOTS
     /* Waiting: take a ticket after the first miss, then try only when no
      * earlier heavylock waiter is still waiting. */
-    if (fs->queue && !hl__queue_first(fs->queue))
+    if (fs->queue && !hl__queue_first(fs->queue)) {
+      if (fs->blocker) { /* no longer first (a ticket table rebuilt): what
+                          * the blocker may have won is not ours to keep */
+        flock_stop_blocker(fs);
+        hl__os_unlock(fs->fd);
+      }
       return HL_EBUSY;
+    }
 #endif
     rc = hl__os_trylock(fs->fd);
+    /* Held elsewhere, and ours to take next: the wait may block in the
+     * kernel (flock_wait), which wakes us however the holder lets go. */
+    fs->may_block = rc == HL_EBUSY && waiting;
 #ifdef HL_HAVE_SLOTS
     if (rc == HL_EBUSY && waiting && fs->queue == NULL && !fs->queue_failed &&
         !fs->readonly && hl__queue_join(fs->path, ask, &fs->queue) < 0)
@@ -832,8 +859,7 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
         hl__queue_others(fs->path)) {
       /* Close, not just unlock: the close is the event the first in line
        * may be waiting for (it may have tried while we held). */
-      hl__os_unlock(fs->fd);
-      flock_drop_fd(fs);
+      flock_let_go(fs);
       if (!waiting)
         return HL_EBUSY;
       if (hl__queue_join(fs->path, ask, &fs->queue) < 0)
@@ -862,8 +888,16 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
 
 static int flock_wait(void *state, int ms) {
   flock_state_t *fs = state;
-  if (fs->watching)
-    return hl__os_watch_wait(fs->watch, ms);
+  /* First in line: a thread blocks in flock(2) on our descriptor, so that
+   * an unlock without a close (flock -u, which sends no inotify event)
+   * wakes us at kernel speed; the watch still sees closes, deletes and
+   * renames.  The thread lives until the wait ends (flock_drop_fd, or the
+   * release after a win: its flock(2) then returns at once, the lock being
+   * our descriptor's). */
+  if (fs->may_block && fs->blocker == NULL && fs->fd >= 0)
+    fs->blocker = hl__os_blocker_start(fs->fd);
+  if (fs->blocker || fs->watching)
+    return hl__os_wait_events(fs->watching ? fs->watch : NULL, fs->blocker, ms);
   /* No watch here: poll with backoff from 1 ms up to POLL_MAX_MS. */
   if (ms > fs->poll_ms)
     ms = fs->poll_ms;
@@ -906,6 +940,7 @@ static void flock_cancel(void *state) {
 
 static int flock_release(void *state) {
   flock_state_t *fs = state;
+  flock_stop_blocker(fs); /* done or about to be: we hold the lock */
   /* Not renamed or linked while we held it (flock_vouched): asked first,
    * since check_lost's own look does not change the file. */
   int vouch = hl__os_fd_written_last(fs->fd);

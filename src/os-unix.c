@@ -332,6 +332,88 @@ void hl__os_watch_close(hl__watch_t *w) {
   }
 }
 
+/* ---- the blocker: a thread in flock(2) for a timed waiter ----
+ * Why a thread: flock(2) has no timeout, and the ways to bound it in the
+ * waiting thread (SIGALRM, a timer signal) need a signal handler, which a
+ * library must not install in its host.  The thread is cancelled
+ * asynchronously (glibc and musl deliver their internal cancel signal,
+ * which interrupts the blocked flock(2)); while async-cancellable it makes
+ * that one system call and nothing else.  A cancel that lands just after
+ * flock(2) succeeded leaves the lock held through the waiter's descriptor,
+ * which is where the waiter looks (its next try-lock succeeds on it, or it
+ * closes the descriptor when it gives up).  All signals are blocked in the
+ * thread so that the host's (Ctrl-C for Python) reach its own threads. */
+struct hl__blocker_s {
+  pthread_t thread;
+  long pid;    /* the process whose thread it is */
+  int fd;      /* the lock file */
+  int pipe[2]; /* [1] written once flock(2) returned */
+};
+
+static void *blocker_main(void *arg) {
+  hl__blocker_t *b = arg;
+  int old;
+  pthread_setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, &old);
+  (void)sys_flock(b->fd, LOCK_EX);
+  pthread_setcanceltype(PTHREAD_CANCEL_DEFERRED, &old);
+  ssize_t n = write(b->pipe[1], "x", 1);
+  (void)n;
+  return NULL;
+}
+
+hl__blocker_t *hl__os_blocker_start(intptr_t fd) {
+  hl__blocker_t *b = malloc(sizeof(*b));
+  if (b == NULL)
+    return NULL;
+  b->fd = (int)fd;
+  b->pid = (long)getpid();
+  if (pipe(b->pipe) < 0) {
+    free(b);
+    return NULL;
+  }
+  for (int i = 0; i < 2; i++) {
+    fcntl(b->pipe[i], F_SETFD, FD_CLOEXEC);
+    fcntl(b->pipe[i], F_SETFL, O_NONBLOCK);
+  }
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread starts with all blocked */
+  int rc = pthread_create(&b->thread, NULL, blocker_main, b);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) {
+    close(b->pipe[0]);
+    close(b->pipe[1]);
+    free(b);
+    return NULL;
+  }
+  return b;
+}
+
+void hl__os_blocker_stop(hl__blocker_t *b) {
+  if (b == NULL)
+    return;
+  if (b->pid == (long)getpid()) {
+    pthread_cancel(b->thread); /* a no-op when it has returned */
+    pthread_join(b->thread, NULL);
+  }
+  close(b->pipe[0]);
+  close(b->pipe[1]);
+  free(b);
+}
+
+int hl__os_wait_events(hl__watch_t *w, hl__blocker_t *b, int ms) {
+  struct pollfd p[2] = {{.fd = w ? w->fd : -1, .events = POLLIN},
+                        {.fd = b ? b->pipe[0] : -1, .events = POLLIN}};
+  int n = poll(p, 2, ms);
+  if (n < 0)
+    return -errno;
+  if (n == 0)
+    return 0;
+  if (w && p[0].revents)
+    watch_drain(w);
+  return 1;
+}
+
 int hl__os_write_all(intptr_t fd, const char *buf, size_t len) {
   if (sys_ftruncate((int)fd, 0) < 0)
     return -errno;

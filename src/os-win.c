@@ -231,6 +231,18 @@ int hl__os_watch_wait(hl__watch_t *w, int ms) {
 }
 void hl__os_watch_close(hl__watch_t *w) { (void)w; }
 
+/* No blocker thread here: timed waits poll (lock.c). */
+hl__blocker_t *hl__os_blocker_start(intptr_t fd) {
+  (void)fd;
+  return NULL;
+}
+void hl__os_blocker_stop(hl__blocker_t *b) { (void)b; }
+int hl__os_wait_events(hl__watch_t *w, hl__blocker_t *b, int ms) {
+  (void)w;
+  (void)b;
+  return hl__os_sleep_ms(ms) < 0 ? -EINTR : 0;
+}
+
 int hl__os_write_all(intptr_t fd, const char *buf, size_t len) {
   HANDLE h = (HANDLE)fd;
   LARGE_INTEGER zero;

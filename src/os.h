@@ -55,6 +55,20 @@ int hl__os_watch_wait(hl__watch_t *w, int ms);
  * milliseconds), so a handle keeps its watch until hl_lock_close. */
 void hl__os_watch_close(hl__watch_t *w);
 
+/* A thread blocked in flock(2) on a waiter's descriptor: the kernel wakes it
+ * when the holder lets go however it does (an unlock that keeps the file
+ * open sends no inotify event).  Its success is the descriptor's: the lock
+ * is then held through `fd`, and the waiter's next try-lock on `fd` says so.
+ * NULL when no thread can be had (the caller waits as before). */
+typedef struct hl__blocker_s hl__blocker_t;
+hl__blocker_t *hl__os_blocker_start(intptr_t fd);
+/* Stop it (cancel, join) and free it; only the process that started it
+ * touches the thread (a forked child just frees its copy).  NULL is fine. */
+void hl__os_blocker_stop(hl__blocker_t *b);
+/* Wait up to `ms` for an event on the watch or the blocker's return (either
+ * may be NULL).  1 event, 0 timeout, -EINTR, -errno. */
+int hl__os_wait_events(hl__watch_t *w, hl__blocker_t *b, int ms);
+
 /* Read at most `len` bytes from offset 0 of an open file; bytes or -errno. */
 long hl__os_read_fd(intptr_t fd, char *buf, size_t len);
 

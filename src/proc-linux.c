@@ -72,8 +72,13 @@ int hl_proc_cmdline(long pid, char *buf, size_t len) {
 
 static void add_waiter(hl_status_t *st, long pid, char how) {
   for (int i = 0; i < st->nwaiters; i++)
-    if (st->waiters[i].pid == pid)
+    if (st->waiters[i].pid == pid) {
+      /* A timed waiter first in line is also blocked in flock(2), on a
+       * thread of its own (lock.c): its watch says what it is. */
+      if (how == 'w')
+        st->waiters[i].how = 'w';
       return;
+    }
   if (st->nwaiters < HL_MAX_WAITERS) {
     st->waiters[st->nwaiters].pid = pid;
     st->waiters[st->nwaiters].how = how;
