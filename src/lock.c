@@ -44,6 +44,8 @@ typedef struct flock_state_s {
   int poll_ms;            /* backoff when there is no watch              */
   int may_block;          /* the last try found it held, and it was ours to take */
   hl__blocker_t *blocker; /* a thread in flock(2) on fd while we wait     */
+  int rearm;              /* the last wait timed out: point the watch anew */
+  int other;              /* the file won holds someone else's content    */
   int flags;              /* HL_FLAG_* of the current or last hold       */
 #ifdef HL_HAVE_SLOTS
   hl__queue_t *queue;     /* our ticket while waiting (first come first) */
@@ -730,12 +732,12 @@ static int flock_ghost(flock_state_t *fs) {
 static int flock_vouched(flock_state_t *fs) {
   char want[400], head[RECORD_MAGIC_LEN + sizeof(want)];
   int n = vouch_line(fs, want, sizeof(want));
-  if (n == 0)
-    return 0;
+  /* One read serves both questions: does it vouch, and is it ours at all. */
   long got = hl__os_read_fd(fs->fd, head, RECORD_MAGIC_LEN + (size_t)n);
-  return got == RECORD_MAGIC_LEN + n && memcmp(head, RECORD_MAGIC, RECORD_MAGIC_LEN) == 0 &&
-         memcmp(head + RECORD_MAGIC_LEN, want, (size_t)n) == 0 &&
-         hl__os_fd_written_last(fs->fd);
+  int magic = got >= RECORD_MAGIC_LEN && memcmp(head, RECORD_MAGIC, RECORD_MAGIC_LEN) == 0;
+  fs->other = got != 0 && !magic;
+  return n > 0 && magic && got == RECORD_MAGIC_LEN + n &&
+         memcmp(head + RECORD_MAGIC_LEN, want, (size_t)n) == 0 && hl__os_fd_written_last(fs->fd);
 }
 
 /* Won the inode that the path names: is an older holder in the way? */
@@ -745,15 +747,9 @@ static int flock_in_the_way(flock_state_t *fs) {
 
 /* A lock file that is neither empty nor a holder record belongs to someone
  * else: HEAVYLOCK_PATH=model.gguf is an easy slip, and flock(1) and filelock
- * leave such a file alone.  Lock it, but never truncate or write it.  Read
- * through the locked descriptor, so what is judged is what would be written. */
-static int other_content(flock_state_t *fs) {
-  char head[RECORD_MAGIC_LEN];
-  long n = hl__os_read_fd(fs->fd, head, sizeof(head));
-  if (n == 0)
-    return 0;
-  return n != RECORD_MAGIC_LEN || memcmp(head, RECORD_MAGIC, RECORD_MAGIC_LEN) != 0;
-}
+ * leave such a file alone.  Lock it, but never truncate or write it.  Judged
+ * by flock_vouched (fs->other) from a read through the locked descriptor,
+ * so what is judged is what would be written. */
 
 /* Does the path still name the file this handle holds?  If not, someone
  * deleted or replaced it while we held it, and newcomers may lock the new
@@ -769,7 +765,7 @@ static int check_lost(flock_state_t *fs) {
 /* Won: the record, unless the file is someone else's. */
 static void flock_won(flock_state_t *fs, const hl__ask_t *ask) {
   fs->held = 1;
-  fs->flags = (!fs->readonly && other_content(fs)) ? HL_FLAG_OTHER_CONTENT : 0;
+  fs->flags = (!fs->readonly && fs->other) ? HL_FLAG_OTHER_CONTENT : 0;
   write_record(fs, ask, 1);
 }
 
@@ -820,11 +816,17 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
     int rc = flock_ensure_open(fs);
     if (rc < 0)
       return rc;
-    if (waiting) {
-      /* Armed before the try: a release after it wakes us. */
+    /* Our blocker won it for us (flock_wait): the lock is ours already,
+     * the try-lock below only says so. */
+    int blocker_won = round == 0 && hl__os_blocker_won(fs->blocker);
+    if (waiting && !blocker_won && (!fs->watching || fs->rearm || round > 0)) {
+      /* Armed before the try: a release after it wakes us.  Once armed it
+       * stays, and events queue up; it is pointed anew (at what the path
+       * names now) when the file changed under us or a wait timed out. */
       if (fs->watch == NULL)
         fs->watch = hl__os_watch_open();
       fs->watching = fs->watch && hl__os_watch_arm(fs->watch, fs->path) == 0;
+      fs->rearm = 0;
       if (!fs->watching && fs->poll_ms == 0)
         fs->poll_ms = 1;
     }
@@ -832,7 +834,7 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
 #ifdef HL_HAVE_SLOTS
     /* Waiting: take a ticket after the first miss, then try only when no
      * earlier heavylock waiter is still waiting. */
-    if (fs->queue && !hl__queue_first(fs->queue)) {
+    if (!blocker_won && fs->queue && !hl__queue_first(fs->queue)) {
       if (fs->blocker) { /* no longer first (a ticket table rebuilt): what
                           * the blocker may have won is not ours to keep */
         flock_stop_blocker(fs);
@@ -875,9 +877,9 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
           fs->poll_ms = 1;
         return HL_EBUSY;
       }
-      if (fs->watching)
-        hl__os_watch_disarm(fs->watch);
-      fs->watching = 0;
+      /* The watch is disarmed at release (flock_cancel), not here: one
+       * system call less between the release and our return, and status
+       * does not count a holder among the waiters. */
       flock_unqueue(fs);
       flock_won(fs, ask);
       return 0;
@@ -896,8 +898,11 @@ static int flock_wait(void *state, int ms) {
    * our descriptor's). */
   if (fs->may_block && fs->blocker == NULL && fs->fd >= 0)
     fs->blocker = hl__os_blocker_start(fs->fd);
-  if (fs->blocker || fs->watching)
-    return hl__os_wait_events(fs->watching ? fs->watch : NULL, fs->blocker, ms);
+  if (fs->blocker || fs->watching) {
+    int rc = hl__os_wait_events(fs->watching ? fs->watch : NULL, fs->blocker, ms);
+    fs->rearm = rc == 0;
+    return rc;
+  }
   /* No watch here: poll with backoff from 1 ms up to POLL_MAX_MS. */
   if (ms > fs->poll_ms)
     ms = fs->poll_ms;

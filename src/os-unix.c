@@ -348,14 +348,16 @@ struct hl__blocker_s {
   long pid;    /* the process whose thread it is */
   int fd;      /* the lock file */
   int pipe[2]; /* [1] written once flock(2) returned */
+  int won;     /* flock(2) succeeded (atomic) */
 };
 
 static void *blocker_main(void *arg) {
   hl__blocker_t *b = arg;
   int old;
   pthread_setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, &old);
-  (void)sys_flock(b->fd, LOCK_EX);
+  int rc = sys_flock(b->fd, LOCK_EX);
   pthread_setcanceltype(PTHREAD_CANCEL_DEFERRED, &old);
+  __atomic_store_n(&b->won, rc == 0, __ATOMIC_RELEASE);
   ssize_t n = write(b->pipe[1], "x", 1);
   (void)n;
   return NULL;
@@ -367,6 +369,7 @@ hl__blocker_t *hl__os_blocker_start(intptr_t fd) {
     return NULL;
   b->fd = (int)fd;
   b->pid = (long)getpid();
+  b->won = 0;
   if (pipe(b->pipe) < 0) {
     free(b);
     return NULL;
@@ -387,6 +390,10 @@ hl__blocker_t *hl__os_blocker_start(intptr_t fd) {
     return NULL;
   }
   return b;
+}
+
+int hl__os_blocker_won(hl__blocker_t *b) {
+  return b && __atomic_load_n(&b->won, __ATOMIC_ACQUIRE);
 }
 
 void hl__os_blocker_stop(hl__blocker_t *b) {
@@ -415,8 +422,9 @@ int hl__os_wait_events(hl__watch_t *w, hl__blocker_t *b, int ms) {
 }
 
 int hl__os_write_all(intptr_t fd, const char *buf, size_t len) {
-  if (sys_ftruncate((int)fd, 0) < 0)
-    return -errno;
+  /* Written over the old contents, then cut at its end: on a tmpfs, cutting
+   * to 0 first frees the page that the write then allocates again, on
+   * every handoff. */
   size_t off = 0;
   while (off < len) {
     ssize_t n = sys_pwrite((int)fd, buf + off, len - off, (off_t)off);
@@ -428,6 +436,11 @@ int hl__os_write_all(intptr_t fd, const char *buf, size_t len) {
       return rc;
     }
     off += (size_t)n;
+  }
+  if (sys_ftruncate((int)fd, (off_t)len) < 0) {
+    int rc = -errno;
+    (void)sys_ftruncate((int)fd, 0);
+    return rc;
   }
   return 0;
 }

@@ -237,6 +237,10 @@ hl__blocker_t *hl__os_blocker_start(intptr_t fd) {
   return NULL;
 }
 void hl__os_blocker_stop(hl__blocker_t *b) { (void)b; }
+int hl__os_blocker_won(hl__blocker_t *b) {
+  (void)b;
+  return 0;
+}
 int hl__os_wait_events(hl__watch_t *w, hl__blocker_t *b, int ms) {
   (void)w;
   (void)b;

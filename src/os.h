@@ -62,6 +62,8 @@ void hl__os_watch_close(hl__watch_t *w);
  * NULL when no thread can be had (the caller waits as before). */
 typedef struct hl__blocker_s hl__blocker_t;
 hl__blocker_t *hl__os_blocker_start(intptr_t fd);
+/* 1 once its flock(2) succeeded: the lock is held through `fd`. */
+int hl__os_blocker_won(hl__blocker_t *b);
 /* Stop it (cancel, join) and free it; only the process that started it
  * touches the thread (a forked child just frees its copy).  NULL is fine. */
 void hl__os_blocker_stop(hl__blocker_t *b);
