@@ -459,19 +459,18 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
       rc = HL_ESELF;
     } else if (block) {
       /* Held by a parent that may be about to wait for us (it forked us a
-       * moment ago): look again for a little while before blocking in the
+       * moment ago): wait a little while as a timed wait does (woken by
+       * the release, the self-deadlock check repeated), then block in the
        * kernel, where no check can reach us. */
-      for (int i = 0; self == 2 && i < 8 && rc == HL_EBUSY; i++) {
-        if ((rc = hl__os_sleep_ms(25)) < 0)
-          break;
-        if ((rc = k->try_acquire(lk->state, &lk->ask, 0)) == HL_EBUSY)
+      if (self == 2) {
+        rc = wait_loop(lk, start, start + 0.2);
+        if (rc == HL_ETIMEDOUT) {
+          k->cancel(lk->state); /* out of line: the kernel's queue is next */
           self = held_by_self(lk);
+          rc = self < 0 ? self : self == 1 ? HL_ESELF : HL_EBUSY;
+        }
       }
-      if (self < 0)
-        rc = self;
-      else if (self == 1)
-        rc = HL_ESELF;
-      else if (rc == HL_EBUSY)
+      if (rc == HL_EBUSY)
         rc = k->acquire_blocking(lk->state, &lk->ask);
     } else {
       rc = wait_loop(lk, start, deadline);
