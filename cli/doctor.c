@@ -335,7 +335,14 @@ int cmd_doctor(int argc, char **argv) {
   } else {
     hl_record_t rec;
     int rc = hl_record_read(path, &rec);
-    if (rc == HL_EFORMAT && st.st_size > 0)
+    char head[19]; /* a free lock's record has our first line and no pid */
+    int hfd = rc == HL_EFORMAT && st.st_size > 0
+                  ? open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) : -1;
+    int ours = hfd >= 0 && read(hfd, head, sizeof(head)) == (ssize_t)sizeof(head) &&
+               memcmp(head, "heavylock-holder 1\n", sizeof(head)) == 0;
+    if (hfd >= 0)
+      close(hfd);
+    if (rc == HL_EFORMAT && st.st_size > 0 && !ours)
       problem("%s holds %lld bytes that are not a heavylock record: is the lock path naming "
               "a model or another file by mistake? (it is locked but never written)", path,
               (long long)st.st_size);

@@ -33,7 +33,10 @@
  *     timeout <  0   wait as long as it takes (blocks in the kernel)
  *     timeout >  0   wait up to that many seconds on a monotonic clock;
  *                    HL_ETIMEDOUT when it passes.  The waiter is woken by the
- *                    holder's close of the file (inotify), not by polling.
+ *                    holder's close of the file (inotify) and, first in line,
+ *                    by the kernel's release however the holder lets go (a
+ *                    thread of the handle blocks in flock(2) meanwhile), not
+ *                    by polling.
  *
  * Errors
  * ------

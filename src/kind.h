@@ -162,6 +162,13 @@ typedef struct hl__kind_s {
    * lock, into out[0..max); returns how many.  For hl_lock_fds: a child
    * that inherits them all holds the lock after its parent died. */
   int (*fds)(void *state, intptr_t *out, int max);
+
+  /* Optional (NULL: lock.c asks status(), which may read the kernel's whole
+   * lock table): does process `pid` hold the lock through a descriptor that
+   * is not this state's?  For the self-deadlock check, which runs on every
+   * contended acquisition.  1, 0, or -errno (-EACCES: that process cannot
+   * be looked at; lock.c then asks status()). */
+  int (*held_by)(void *state, long pid);
 } hl__kind_t;
 
 /* What the last failing call in this thread said beyond its code (the
@@ -175,6 +182,10 @@ void hl__detail_set(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)))
 #endif
     ;
+
+/* For tests: the wait loop's re-check period (lock.c; 0 restores 100 ms).
+ * A test that stretches it proves that a wake comes from an event. */
+void hl__lock_set_recheck_ms(int ms);
 
 /* The kinds.  kind.c lists them for the registry; the build defines
  * HL_HAVE_SLOTS (Linux: OFD locks, /proc) and HL_HAVE_PG (POSIX: libpq is

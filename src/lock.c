@@ -42,12 +42,18 @@ typedef struct flock_state_s {
   hl__watch_t *watch;     /* for timed waits; kept until close (see os.h) */
   int watching;           /* the watch is armed for this wait            */
   int poll_ms;            /* backoff when there is no watch              */
+  int may_block;          /* the last try found it held, and it was ours to take */
+  hl__blocker_t *blocker; /* a thread in flock(2) on fd while we wait     */
+  int rearm;              /* the last wait timed out: point the watch anew */
+  int other;              /* the file won holds someone else's content    */
   int flags;              /* HL_FLAG_* of the current or last hold       */
 #ifdef HL_HAVE_SLOTS
   hl__queue_t *queue;     /* our ticket while waiting (first come first) */
   int queue_failed;       /* no table here (read-only dir): wait unqueued */
 #endif
   hl_record_t self;       /* this process's identity, read once per pid   */
+  hl__fileid_t dir;       /* the directory that holds the path (vouching) */
+  int have_dir;
 } flock_state_t;
 
 /* Without a watch, poll with backoff from 1 ms up to this. */
@@ -263,6 +269,9 @@ const char *hl_lock_kind(const hl_lock_t *lk) { return lk->kind->name; }
  * holder that unlocks without closing (flock -u) sends no event, and memory
  * admission depends on numbers that change without events. */
 #define RECHECK_MS 100
+static int recheck_ms = RECHECK_MS;
+
+void hl__lock_set_recheck_ms(int ms) { recheck_ms = ms > 0 ? ms : RECHECK_MS; }
 
 /*
  * Is `pid` one of our ancestors, with every process from our parent up to it
@@ -278,7 +287,7 @@ static int ancestor_waits_for_us(long pid) {
   int waiting = 1;
   for (int depth = 0; p > 1 && depth < 64; depth++) {
     if (waiting) {
-      int w = hl__os_in_child_wait(p);
+      int w = hl__os_in_child_wait(p, 1);
       if (w < 0)
         return w;
       waiting = w;
@@ -291,12 +300,49 @@ static int ancestor_waits_for_us(long pid) {
 }
 
 /*
+ * The same question asked of each process's own descriptors (the kind's
+ * held_by), never of the kernel's whole lock table: that read costs
+ * milliseconds and this check runs on every contended acquisition.  Walk up
+ * from our parent while each process sits in wait() (one look, no sleep);
+ * only an ancestor that holds the lock gets the confirmed look.  -ENOSYS:
+ * a process on the way cannot be looked at (another user's): ask status().
+ */
+static int held_by_self_fast(hl_lock_t *lk) {
+  const hl__kind_t *k = lk->kind;
+  long me = hl__os_getpid();
+  int busy = registry_busy(lk);
+  int r = k->held_by(lk->state, me);
+  if (r < 0)
+    return -ENOSYS;
+  if (r == 1) /* see held_by_self for the registry asked twice */
+    return !busy && !registry_busy(lk);
+  long p = hl__os_parent_pid(me);
+  for (int depth = 0; p > 1 && depth < 64; depth++) {
+    r = k->held_by(lk->state, p);
+    if (r == 1)
+      return ancestor_waits_for_us(p);
+    int w = hl__os_in_child_wait(p, 0);
+    if (w <= 0)
+      return w; /* it does not wait for us: nobody above it can deadlock us */
+    if (r < 0)
+      return -ENOSYS;
+    p = hl__os_parent_pid(p);
+  }
+  return 0;
+}
+
+/*
  * A holder that is this process through a descriptor that is none of our
  * handles (a conftest's filelock on the same file), or an ancestor waiting
  * for us (see above): waiting would never end.  1 so, 2 the holder is an
  * ancestor that does not wait for us (yet), 0 no, -EINTR.
  */
 static int held_by_self(hl_lock_t *lk) {
+  if (lk->kind->held_by) {
+    int fast = held_by_self_fast(lk);
+    if (fast != -ENOSYS)
+      return fast;
+  }
   hl_status_t *st = malloc(sizeof(*st));
   if (st == NULL)
     return 0;
@@ -357,12 +403,12 @@ static int wait_loop(hl_lock_t *lk, double start, double deadline) {
     }
     if (t >= deadline)
       return HL_ETIMEDOUT;
-    double until = t + RECHECK_MS / 1000.0;
+    double until = t + recheck_ms / 1000.0;
     if (deadline < until)
       until = deadline;
     if (next_cb < until)
       until = next_cb;
-    int ms = (int)((until - t) * 1000.0 + 0.999); /* bounded by RECHECK_MS */
+    int ms = (int)((until - t) * 1000.0 + 0.999); /* bounded by recheck_ms */
     if (ms < 0)
       ms = 0;
     int rc = k->wait(lk->state, ms);
@@ -416,19 +462,18 @@ int hl_lock_acquire(hl_lock_t *lk, double timeout) {
       rc = HL_ESELF;
     } else if (block) {
       /* Held by a parent that may be about to wait for us (it forked us a
-       * moment ago): look again for a little while before blocking in the
+       * moment ago): wait a little while as a timed wait does (woken by
+       * the release, the self-deadlock check repeated), then block in the
        * kernel, where no check can reach us. */
-      for (int i = 0; self == 2 && i < 8 && rc == HL_EBUSY; i++) {
-        if ((rc = hl__os_sleep_ms(25)) < 0)
-          break;
-        if ((rc = k->try_acquire(lk->state, &lk->ask, 0)) == HL_EBUSY)
+      if (self == 2) {
+        rc = wait_loop(lk, start, start + 0.2);
+        if (rc == HL_ETIMEDOUT) {
+          k->cancel(lk->state); /* out of line: the kernel's queue is next */
           self = held_by_self(lk);
+          rc = self < 0 ? self : self == 1 ? HL_ESELF : HL_EBUSY;
+        }
       }
-      if (self < 0)
-        rc = self;
-      else if (self == 1)
-        rc = HL_ESELF;
-      else if (rc == HL_EBUSY)
+      if (rc == HL_EBUSY)
         rc = k->acquire_blocking(lk->state, &lk->ask);
     } else {
       rc = wait_loop(lk, start, deadline);
@@ -574,6 +619,7 @@ static int flock_open(const char *path, void **statep) {
   }
   hl__os_close(fs->fd);
   fs->fd = -1;
+  fs->have_dir = hl__os_fileid_dir(path, &fs->dir) == 0;
   *statep = fs;
   return 0;
 }
@@ -585,9 +631,39 @@ static void one_line(char *s) {
   hl__utf8_clean(s, ' ');
 }
 
-static void write_record(flock_state_t *lk, const hl__ask_t *ask) {
+/* The line by which a lock file vouches for itself (see flock_vouched):
+ * its own device and inode, and the directory and name it was locked at.
+ * Its length, or 0 when this handle cannot vouch (no directory identity). */
+static int vouch_line(const flock_state_t *fs, char *buf, size_t len) {
+  if (!fs->have_dir)
+    return 0;
+  const char *slash = strrchr(fs->path, HL__SEP);
+  char name[256];
+  snprintf(name, sizeof(name), "%s", slash ? slash + 1 : fs->path);
+  hl__utf8_clean(name, ' ');
+  int n = snprintf(buf, len, "file=%llu:%llu:%llu:%llu:%s\n", (unsigned long long)fs->id.dev,
+                   (unsigned long long)fs->id.ino, (unsigned long long)fs->dir.dev,
+                   (unsigned long long)fs->dir.ino, name);
+  return n > 0 && (size_t)n < len ? n : 0;
+}
+
+/* Write the holder record (`ask`), or with ask NULL the record of a free
+ * lock: only the vouching line, so that the next taker need not look for
+ * ghosts.  `vouch`: this hold has established that no holder of a deleted
+ * or replaced file with our path runs (see flock_vouched). */
+static void write_record(flock_state_t *lk, const hl__ask_t *ask, int vouch) {
   if (lk->readonly || (lk->flags & HL_FLAG_OTHER_CONTENT))
     return;
+  char vl[400];
+  int vn = vouch ? vouch_line(lk, vl, sizeof(vl)) : 0;
+  vl[vn] = '\0';
+  if (ask == NULL) {
+    char buf[RECORD_MAGIC_LEN + sizeof(vl)];
+    int n = snprintf(buf, sizeof(buf), "%s%s", vn ? RECORD_MAGIC : "", vl);
+    (void)hl__os_write_all(lk->fd, buf, (size_t)n);
+    (void)hl__os_fd_written_last(lk->fd); /* see flock_vouched: a later rename moves ctime */
+    return;
+  }
   /* Reading /proc for our identity is done once (per pid: a forked child
    * that acquires has its own), not on every handoff. */
   if (lk->self.pid != hl__os_getpid()) {
@@ -597,13 +673,13 @@ static void write_record(flock_state_t *lk, const hl__ask_t *ask) {
     one_line(lk->self.host);
   }
   hl_record_t rec = lk->self;
-  char buf[HL_LABEL_MAX + HL_CMD_MAX + HL_HOST_MAX + 256];
+  char buf[HL_LABEL_MAX + HL_CMD_MAX + HL_HOST_MAX + 256 + sizeof(vl)];
   snprintf(rec.label, sizeof(rec.label), "%s", ask->label);
   one_line(rec.label);
   int n = snprintf(buf, sizeof(buf),
-                   "heavylock-holder 1\npid=%ld\nstart=%llu\nacquired=%.6f\n"
+                   "heavylock-holder 1\n%spid=%ld\nstart=%llu\nacquired=%.6f\n"
                    "host=%s\nboot_id=%s\nlabel=%s\ncmd=%s\n",
-                   rec.pid, rec.start, hl__os_wallclock(), rec.host, rec.boot_id,
+                   vl, rec.pid, rec.start, hl__os_wallclock(), rec.host, rec.boot_id,
                    rec.label, rec.cmd);
   if (n < 0)
     return;
@@ -612,16 +688,31 @@ static void write_record(flock_state_t *lk, const hl__ask_t *ask) {
   /* A record is a courtesy for `status`; failing to write one (disk full)
    * must not cost the caller the lock it holds. */
   (void)hl__os_write_all(lk->fd, buf, (size_t)n);
+  (void)hl__os_fd_written_last(lk->fd); /* see flock_vouched: a later rename moves ctime */
 }
 
 static int same_file(const hl__fileid_t *a, const hl__fileid_t *b) {
   return a->dev == b->dev && a->ino == b->ino;
 }
 
+/* The blocker first: it is in flock(2) on the descriptor. */
+static void flock_stop_blocker(flock_state_t *fs) {
+  hl__os_blocker_stop(fs->blocker);
+  fs->blocker = NULL;
+}
+
 static void flock_drop_fd(flock_state_t *fs) {
+  flock_stop_blocker(fs);
   if (fs->fd >= 0)
     hl__os_close(fs->fd);
   fs->fd = -1;
+}
+
+/* Let go of a lock we won but may not keep, and of its descriptor. */
+static void flock_let_go(flock_state_t *fs) {
+  flock_stop_blocker(fs);
+  hl__os_unlock(fs->fd);
+  flock_drop_fd(fs);
 }
 
 /* After winning the inode we opened: if the path no longer names it (a tool
@@ -631,8 +722,7 @@ static int flock_still_ours(flock_state_t *fs) {
   hl__fileid_t now;
   if (hl__os_fileid_path(fs->path, &now) == 0 && same_file(&now, &fs->id))
     return 1;
-  hl__os_unlock(fs->fd);
-  flock_drop_fd(fs);
+  flock_let_go(fs);
   return 0;
 }
 
@@ -644,22 +734,69 @@ static int flock_ghost(flock_state_t *fs) {
   long ghost = 0;
   if (hl__os_ghost_holder(fs->path, &fs->id, &ghost) <= 0)
     return 0;
-  hl__os_unlock(fs->fd);
-  flock_drop_fd(fs);
+  flock_let_go(fs);
   return 1;
+}
+
+/*
+ * Does the lock file vouch that no such older holder can exist?  Asking the
+ * kernel (flock_ghost) reads /proc/locks, which costs milliseconds on some
+ * kernels; so it is asked only when something unusual happened to the file.
+ *
+ * The vouch: a record that starts with the file's own device, inode,
+ * directory and name (vouch_line), written by a holder of this very inode
+ * that had established that no older holder ran, and a file whose last
+ * change was a content write (ctime == mtime: a rename, link or unlink
+ * moves only the ctime; writers fstat after writing so that on kernels with
+ * multigrain timestamps a later rename gets a distinct ctime).
+ *
+ * Why that suffices.  A ghost is a process holding an inode X that no
+ * longer is at the path, while the path names another inode I.  It can
+ * only arise when the path is switched away from X while X is held (an
+ * unlink and re-create, or a rename over it); a heavylock taker that wins X
+ * after the switch sees the path name another inode and lets go at once
+ * (flock_still_ours).  Now suppose we hold I, the path names I, and I
+ * vouches.  The vouching write W was made by a holder of I that had
+ * verified, at its own acquisition, that the path named I and no ghost
+ * ran (by asking the kernel or, inductively, by an earlier vouch), and it
+ * wrote a vouch at release or relabel only if I had not been renamed or
+ * linked during its hold (ctime == mtime still: flock_release).  Since W,
+ * ctime == mtime says I was neither renamed nor linked nor unlinked, so
+ * the path named I without a break from W until now: no inode other than
+ * I was at the path in that time, so no ghost can have been made since;
+ * and none ran at W.  Every file that does not vouch -- created new after
+ * a delete (empty), renamed over the path (another inode, name or
+ * directory in its record, or a ctime past its mtime), someone else's
+ * content, a record from an older heavylock -- gets the full check.
+ *
+ * What no check at acquisition can see, before or now: a foreign tool
+ * (flock(1)) that opened X before the switch and locks it later; a switch
+ * made within one coarse clock tick of the last write on kernels without
+ * multigrain timestamps (the name and directory in the vouch still catch a
+ * rename of another lock file over ours); and a lock file renamed away
+ * (not deleted) while held, which the kernel's table cannot name either.
+ */
+static int flock_vouched(flock_state_t *fs) {
+  char want[400], head[RECORD_MAGIC_LEN + sizeof(want)];
+  int n = vouch_line(fs, want, sizeof(want));
+  /* One read serves both questions: does it vouch, and is it ours at all. */
+  long got = hl__os_read_fd(fs->fd, head, RECORD_MAGIC_LEN + (size_t)n);
+  int magic = got >= RECORD_MAGIC_LEN && memcmp(head, RECORD_MAGIC, RECORD_MAGIC_LEN) == 0;
+  fs->other = got != 0 && !magic;
+  return n > 0 && magic && got == RECORD_MAGIC_LEN + n &&
+         memcmp(head + RECORD_MAGIC_LEN, want, (size_t)n) == 0 && hl__os_fd_written_last(fs->fd);
+}
+
+/* Won the inode that the path names: is an older holder in the way? */
+static int flock_in_the_way(flock_state_t *fs) {
+  return !flock_vouched(fs) && flock_ghost(fs);
 }
 
 /* A lock file that is neither empty nor a holder record belongs to someone
  * else: HEAVYLOCK_PATH=model.gguf is an easy slip, and flock(1) and filelock
- * leave such a file alone.  Lock it, but never truncate or write it.  Read
- * through the locked descriptor, so what is judged is what would be written. */
-static int other_content(flock_state_t *fs) {
-  char head[RECORD_MAGIC_LEN];
-  long n = hl__os_read_fd(fs->fd, head, sizeof(head));
-  if (n == 0)
-    return 0;
-  return n != RECORD_MAGIC_LEN || memcmp(head, RECORD_MAGIC, RECORD_MAGIC_LEN) != 0;
-}
+ * leave such a file alone.  Lock it, but never truncate or write it.  Judged
+ * by flock_vouched (fs->other) from a read through the locked descriptor,
+ * so what is judged is what would be written. */
 
 /* Does the path still name the file this handle holds?  If not, someone
  * deleted or replaced it while we held it, and newcomers may lock the new
@@ -675,8 +812,8 @@ static int check_lost(flock_state_t *fs) {
 /* Won: the record, unless the file is someone else's. */
 static void flock_won(flock_state_t *fs, const hl__ask_t *ask) {
   fs->held = 1;
-  fs->flags = (!fs->readonly && other_content(fs)) ? HL_FLAG_OTHER_CONTENT : 0;
-  write_record(fs, ask);
+  fs->flags = (!fs->readonly && fs->other) ? HL_FLAG_OTHER_CONTENT : 0;
+  write_record(fs, ask, 1);
 }
 
 /* Wait, polling, until no holder of a deleted/replaced file with our path is
@@ -726,21 +863,37 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
     int rc = flock_ensure_open(fs);
     if (rc < 0)
       return rc;
-    if (waiting) {
-      /* Armed before the try: a release after it wakes us. */
+    /* Our blocker won it for us (flock_wait): the lock is ours already,
+     * the try-lock below only says so. */
+    int blocker_won = round == 0 && hl__os_blocker_won(fs->blocker);
+    if (waiting && !blocker_won && (!fs->watching || fs->rearm || round > 0)) {
+      /* Armed before the try: a release after it wakes us.  Once armed it
+       * stays, and events queue up; it is pointed anew (at what the path
+       * names now) when the file changed under us or a wait timed out. */
       if (fs->watch == NULL)
         fs->watch = hl__os_watch_open();
       fs->watching = fs->watch && hl__os_watch_arm(fs->watch, fs->path) == 0;
+      fs->rearm = 0;
       if (!fs->watching && fs->poll_ms == 0)
         fs->poll_ms = 1;
     }
+    fs->may_block = 0;
 #ifdef HL_HAVE_SLOTS
     /* Waiting: take a ticket after the first miss, then try only when no
      * earlier heavylock waiter is still waiting. */
-    if (fs->queue && !hl__queue_first(fs->queue))
+    if (!blocker_won && fs->queue && !hl__queue_first(fs->queue)) {
+      if (fs->blocker) { /* no longer first (a ticket table rebuilt): what
+                          * the blocker may have won is not ours to keep */
+        flock_stop_blocker(fs);
+        hl__os_unlock(fs->fd);
+      }
       return HL_EBUSY;
+    }
 #endif
     rc = hl__os_trylock(fs->fd);
+    /* Held elsewhere, and ours to take next: the wait may block in the
+     * kernel (flock_wait), which wakes us however the holder lets go. */
+    fs->may_block = rc == HL_EBUSY && waiting;
 #ifdef HL_HAVE_SLOTS
     if (rc == HL_EBUSY && waiting && fs->queue == NULL && !fs->queue_failed &&
         !fs->readonly && hl__queue_join(fs->path, ask, &fs->queue) < 0)
@@ -755,8 +908,7 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
         hl__queue_others(fs->path)) {
       /* Close, not just unlock: the close is the event the first in line
        * may be waiting for (it may have tried while we held). */
-      hl__os_unlock(fs->fd);
-      flock_drop_fd(fs);
+      flock_let_go(fs);
       if (!waiting)
         return HL_EBUSY;
       if (hl__queue_join(fs->path, ask, &fs->queue) < 0)
@@ -765,16 +917,16 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
     }
 #endif
     if (flock_still_ours(fs)) {
-      if (flock_ghost(fs)) {
+      if (flock_in_the_way(fs)) {
         /* The ghost's release sends no event on our file: poll for it. */
         fs->watching = 0;
         if (fs->poll_ms == 0)
           fs->poll_ms = 1;
         return HL_EBUSY;
       }
-      if (fs->watching)
-        hl__os_watch_disarm(fs->watch);
-      fs->watching = 0;
+      /* The watch is disarmed at release (flock_cancel), not here: one
+       * system call less between the release and our return, and status
+       * does not count a holder among the waiters. */
       flock_unqueue(fs);
       flock_won(fs, ask);
       return 0;
@@ -785,8 +937,19 @@ static int flock_try(void *state, const hl__ask_t *ask, int waiting) {
 
 static int flock_wait(void *state, int ms) {
   flock_state_t *fs = state;
-  if (fs->watching)
-    return hl__os_watch_wait(fs->watch, ms);
+  /* First in line: a thread blocks in flock(2) on our descriptor, so that
+   * an unlock without a close (flock -u, which sends no inotify event)
+   * wakes us at kernel speed; the watch still sees closes, deletes and
+   * renames.  The thread lives until the wait ends (flock_drop_fd, or the
+   * release after a win: its flock(2) then returns at once, the lock being
+   * our descriptor's). */
+  if (fs->may_block && fs->blocker == NULL && fs->fd >= 0)
+    fs->blocker = hl__os_blocker_start(fs->fd);
+  if (fs->blocker || fs->watching) {
+    int rc = hl__os_wait_events(fs->watching ? fs->watch : NULL, fs->blocker, ms);
+    fs->rearm = rc == 0;
+    return rc;
+  }
   /* No watch here: poll with backoff from 1 ms up to POLL_MAX_MS. */
   if (ms > fs->poll_ms)
     ms = fs->poll_ms;
@@ -805,7 +968,7 @@ static int flock_blocking(void *state, const hl__ask_t *ask) {
     if ((rc = hl__os_lock_wait(fs->fd)) < 0)
       return rc;
     if (flock_still_ours(fs)) {
-      if (flock_ghost(fs)) {
+      if (flock_in_the_way(fs)) {
         if ((rc = wait_ghost(fs)) < 0)
           return rc;
         continue;
@@ -829,9 +992,13 @@ static void flock_cancel(void *state) {
 
 static int flock_release(void *state) {
   flock_state_t *fs = state;
+  flock_stop_blocker(fs); /* done or about to be: we hold the lock */
+  /* Not renamed or linked while we held it (flock_vouched): asked first,
+   * since check_lost's own look does not change the file. */
+  int vouch = hl__os_fd_written_last(fs->fd);
   (void)check_lost(fs); /* the caller reads HL_FLAG_LOST and warns */
-  if (!fs->readonly && !(fs->flags & (HL_FLAG_OTHER_CONTENT | HL_FLAG_LOST)))
-    (void)hl__os_write_all(fs->fd, "", 0); /* clear our record while we hold it */
+  if (!(fs->flags & HL_FLAG_LOST))
+    write_record(fs, NULL, vouch); /* clear our record while we hold it */
   int rc = hl__os_unlock(fs->fd);
   /* The close is what wakes waiters that use inotify. */
   flock_drop_fd(fs);
@@ -841,10 +1008,17 @@ static int flock_release(void *state) {
 }
 
 static int flock_relabel(void *state, const hl__ask_t *ask) {
-  if (check_lost(state) < 0)
+  flock_state_t *fs = state;
+  int vouch = hl__os_fd_written_last(fs->fd); /* as in flock_release */
+  if (check_lost(fs) < 0)
     return HL_ELOST;
-  write_record(state, ask);
+  write_record(fs, ask, vouch);
   return 0;
+}
+
+static int flock_held_by(void *state, long pid) {
+  flock_state_t *fs = state;
+  return hl__os_pid_holds(pid, &fs->id, pid == hl__os_getpid() ? fs->fd : -1);
 }
 
 static int flock_flags(void *state) { return ((flock_state_t *)state)->flags; }
@@ -899,6 +1073,7 @@ const hl__kind_t hl__kind_flock = {
     .status = flock_status,
     .close = flock_close,
     .flags = flock_flags,
+    .held_by = flock_held_by,
 };
 
 /* ---- records ---- */
@@ -1005,8 +1180,10 @@ int hl__flock_status(const char *path, hl_status_t *st, int flags) {
   hl_record_t rec;
   rc = hl_record_read(path, &rec);
   if (rc == HL_EFORMAT) {
-    char head[1];
-    st->other_content = hl__os_read_head(path, head, 1) > 0;
+    /* A free lock's record (only the vouching line) is ours, not "other". */
+    char head[RECORD_MAGIC_LEN];
+    long n = hl__os_read_head(path, head, sizeof(head));
+    st->other_content = n > 0 && (n != RECORD_MAGIC_LEN || memcmp(head, RECORD_MAGIC, (size_t)n) != 0);
   }
   if (rc != 0)
     return 0;

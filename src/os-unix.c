@@ -200,6 +200,30 @@ int hl__os_fileid_path(const char *path, hl__fileid_t *id) {
   return 0;
 }
 
+int hl__os_fileid_dir(const char *path, hl__fileid_t *id) {
+  const char *slash = strrchr(path, '/');
+  char dir[HL_PATH_MAX];
+  if (slash == NULL)
+    snprintf(dir, sizeof(dir), ".");
+  else if (slash == path)
+    snprintf(dir, sizeof(dir), "/");
+  else
+    snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+  struct stat st;
+  if (stat(dir, &st) < 0)
+    return -errno;
+  id->dev = (uint64_t)st.st_dev;
+  id->ino = (uint64_t)st.st_ino;
+  return 0;
+}
+
+int hl__os_fd_written_last(intptr_t fd) {
+  struct stat st;
+  if (sys_fstat((int)fd, &st) < 0)
+    return 0;
+  return st.st_ctim.tv_sec == st.st_mtim.tv_sec && st.st_ctim.tv_nsec == st.st_mtim.tv_nsec;
+}
+
 /* flock(2) that retries EINTR when told to, and maps "would block". */
 static int do_flock(int fd, int op, int retry_eintr) {
   for (;;) {
@@ -308,9 +332,99 @@ void hl__os_watch_close(hl__watch_t *w) {
   }
 }
 
-int hl__os_write_all(intptr_t fd, const char *buf, size_t len) {
-  if (sys_ftruncate((int)fd, 0) < 0)
+/* ---- the blocker: a thread in flock(2) for a timed waiter ----
+ * Why a thread: flock(2) has no timeout, and the ways to bound it in the
+ * waiting thread (SIGALRM, a timer signal) need a signal handler, which a
+ * library must not install in its host.  The thread is cancelled
+ * asynchronously (glibc and musl deliver their internal cancel signal,
+ * which interrupts the blocked flock(2)); while async-cancellable it makes
+ * that one system call and nothing else.  A cancel that lands just after
+ * flock(2) succeeded leaves the lock held through the waiter's descriptor,
+ * which is where the waiter looks (its next try-lock succeeds on it, or it
+ * closes the descriptor when it gives up).  All signals are blocked in the
+ * thread so that the host's (Ctrl-C for Python) reach its own threads. */
+struct hl__blocker_s {
+  pthread_t thread;
+  long pid;    /* the process whose thread it is */
+  int fd;      /* the lock file */
+  int pipe[2]; /* [1] written once flock(2) returned */
+  int won;     /* flock(2) succeeded (atomic) */
+};
+
+static void *blocker_main(void *arg) {
+  hl__blocker_t *b = arg;
+  int old;
+  pthread_setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, &old);
+  int rc = sys_flock(b->fd, LOCK_EX);
+  pthread_setcanceltype(PTHREAD_CANCEL_DEFERRED, &old);
+  __atomic_store_n(&b->won, rc == 0, __ATOMIC_RELEASE);
+  ssize_t n = write(b->pipe[1], "x", 1);
+  (void)n;
+  return NULL;
+}
+
+hl__blocker_t *hl__os_blocker_start(intptr_t fd) {
+  hl__blocker_t *b = malloc(sizeof(*b));
+  if (b == NULL)
+    return NULL;
+  b->fd = (int)fd;
+  b->pid = (long)getpid();
+  b->won = 0;
+  if (pipe(b->pipe) < 0) {
+    free(b);
+    return NULL;
+  }
+  for (int i = 0; i < 2; i++) {
+    fcntl(b->pipe[i], F_SETFD, FD_CLOEXEC);
+    fcntl(b->pipe[i], F_SETFL, O_NONBLOCK);
+  }
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread starts with all blocked */
+  int rc = pthread_create(&b->thread, NULL, blocker_main, b);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) {
+    close(b->pipe[0]);
+    close(b->pipe[1]);
+    free(b);
+    return NULL;
+  }
+  return b;
+}
+
+int hl__os_blocker_won(hl__blocker_t *b) {
+  return b && __atomic_load_n(&b->won, __ATOMIC_ACQUIRE);
+}
+
+void hl__os_blocker_stop(hl__blocker_t *b) {
+  if (b == NULL)
+    return;
+  if (b->pid == (long)getpid()) {
+    pthread_cancel(b->thread); /* a no-op when it has returned */
+    pthread_join(b->thread, NULL);
+  }
+  close(b->pipe[0]);
+  close(b->pipe[1]);
+  free(b);
+}
+
+int hl__os_wait_events(hl__watch_t *w, hl__blocker_t *b, int ms) {
+  struct pollfd p[2] = {{.fd = w ? w->fd : -1, .events = POLLIN},
+                        {.fd = b ? b->pipe[0] : -1, .events = POLLIN}};
+  int n = poll(p, 2, ms);
+  if (n < 0)
     return -errno;
+  if (n == 0)
+    return 0;
+  if (w && p[0].revents)
+    watch_drain(w);
+  return 1;
+}
+
+int hl__os_write_all(intptr_t fd, const char *buf, size_t len) {
+  /* Written over the old contents, then cut at its end: on a tmpfs, cutting
+   * to 0 first frees the page that the write then allocates again, on
+   * every handoff. */
   size_t off = 0;
   while (off < len) {
     ssize_t n = sys_pwrite((int)fd, buf + off, len - off, (off_t)off);
@@ -322,6 +436,11 @@ int hl__os_write_all(intptr_t fd, const char *buf, size_t len) {
       return rc;
     }
     off += (size_t)n;
+  }
+  if (sys_ftruncate((int)fd, (off_t)len) < 0) {
+    int rc = -errno;
+    (void)sys_ftruncate((int)fd, 0);
+    return rc;
   }
   return 0;
 }

@@ -173,6 +173,18 @@ int hl__os_fileid_path(const char *path, hl__fileid_t *id) {
   return rc;
 }
 
+/* No vouching lock files here: there is no lock table to check either. */
+int hl__os_fileid_dir(const char *path, hl__fileid_t *id) {
+  (void)path;
+  (void)id;
+  return -ENOSYS;
+}
+
+int hl__os_fd_written_last(intptr_t fd) {
+  (void)fd;
+  return 0;
+}
+
 static int lock_byte0(HANDLE h, DWORD flags) {
   OVERLAPPED ov;
   memset(&ov, 0, sizeof(ov));
@@ -218,6 +230,22 @@ int hl__os_watch_wait(hl__watch_t *w, int ms) {
   return 0;
 }
 void hl__os_watch_close(hl__watch_t *w) { (void)w; }
+
+/* No blocker thread here: timed waits poll (lock.c). */
+hl__blocker_t *hl__os_blocker_start(intptr_t fd) {
+  (void)fd;
+  return NULL;
+}
+void hl__os_blocker_stop(hl__blocker_t *b) { (void)b; }
+int hl__os_blocker_won(hl__blocker_t *b) {
+  (void)b;
+  return 0;
+}
+int hl__os_wait_events(hl__watch_t *w, hl__blocker_t *b, int ms) {
+  (void)w;
+  (void)b;
+  return hl__os_sleep_ms(ms) < 0 ? -EINTR : 0;
+}
 
 int hl__os_write_all(intptr_t fd, const char *buf, size_t len) {
   HANDLE h = (HANDLE)fd;

@@ -27,6 +27,12 @@ void hl__os_close(intptr_t fd);
 int hl__os_fileid_fd(intptr_t fd, hl__fileid_t *id);
 /* Identity of what `path` names now, without following a symlink. */
 int hl__os_fileid_path(const char *path, hl__fileid_t *id);
+/* Identity of the directory that holds `path`'s last component. */
+int hl__os_fileid_dir(const char *path, hl__fileid_t *id);
+/* 1 when the file's last change was a write of its contents (its change
+ * time equals its modification time: a rename, link, unlink or chmod moves
+ * only the change time), 0 when not or unknown. */
+int hl__os_fd_written_last(intptr_t fd);
 
 /* 0 got it, HL_EBUSY held elsewhere, -errno. */
 int hl__os_trylock(intptr_t fd);
@@ -48,6 +54,22 @@ int hl__os_watch_wait(hl__watch_t *w, int ms);
 /* Slow on Linux (closing an inotify instance waits for an RCU grace period,
  * milliseconds), so a handle keeps its watch until hl_lock_close. */
 void hl__os_watch_close(hl__watch_t *w);
+
+/* A thread blocked in flock(2) on a waiter's descriptor: the kernel wakes it
+ * when the holder lets go however it does (an unlock that keeps the file
+ * open sends no inotify event).  Its success is the descriptor's: the lock
+ * is then held through `fd`, and the waiter's next try-lock on `fd` says so.
+ * NULL when no thread can be had (the caller waits as before). */
+typedef struct hl__blocker_s hl__blocker_t;
+hl__blocker_t *hl__os_blocker_start(intptr_t fd);
+/* 1 once its flock(2) succeeded: the lock is held through `fd`. */
+int hl__os_blocker_won(hl__blocker_t *b);
+/* Stop it (cancel, join) and free it; only the process that started it
+ * touches the thread (a forked child just frees its copy).  NULL is fine. */
+void hl__os_blocker_stop(hl__blocker_t *b);
+/* Wait up to `ms` for an event on the watch or the blocker's return (either
+ * may be NULL).  1 event, 0 timeout, -EINTR, -errno. */
+int hl__os_wait_events(hl__watch_t *w, hl__blocker_t *b, int ms);
 
 /* Read at most `len` bytes from offset 0 of an open file; bytes or -errno. */
 long hl__os_read_fd(intptr_t fd, char *buf, size_t len);
@@ -78,8 +100,16 @@ int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick);
 /* Parent of `pid`, 0 when unknown. */
 long hl__os_parent_pid(long pid);
 /* 1 when `pid` is blocked waiting for a child to exit (Linux: wchan
- * do_wait), 0 when not or unknown, -EINTR when a signal cut the look short. */
-int hl__os_in_child_wait(long pid);
+ * do_wait), 0 when not or unknown, -EINTR when a signal cut the look short.
+ * With `confirm`, it must be seen there three times 2 ms apart (a parent
+ * polling waitpid(WNOHANG) passes through do_wait too); without, one look
+ * (no sleep) that may say 1 for such a poller. */
+int hl__os_in_child_wait(long pid, int confirm);
+/* Does process `pid` hold a flock on the file `id` through one of its
+ * descriptors other than `skip_fd` (-1: none skipped)?  Reads only that
+ * process's descriptor table (/proc/PID/fd, fdinfo), never /proc/locks.
+ * 1, 0, -EACCES (another user's process), -ENOSYS (cannot be known). */
+int hl__os_pid_holds(long pid, const hl__fileid_t *id, intptr_t skip_fd);
 /* Lock file deleted or replaced under its holder.  A holder keeps its flock
  * on the old inode, which no path names any more, so a newcomer that opens
  * the path gets a fresh inode and "wins": two holders.  The kernel still
@@ -87,8 +117,10 @@ int hl__os_in_child_wait(long pid);
  * "PATH (deleted)" (/proc/PID/fd).  Returns 1 and the holder's pid when a
  * live flock is held on a deleted file that had `path` (other than `cur`,
  * which may be NULL), 0 when none is, or where this cannot be known.  It
- * runs on every acquisition, so it looks only at the descriptors of the
- * process that took each lock (tens of microseconds). */
+ * looks only at the descriptors of the
+ * process that took each lock; but reading /proc/locks costs milliseconds
+ * on some kernels, so lock.c asks only when the lock file does not vouch
+ * for itself (see flock_vouched in lock.c). */
 int hl__os_ghost_holder(const char *path, const hl__fileid_t *cur, long *pid);
 
 /* Linux: who holds a byte-range lock (POSIX or OFD) covering byte `off` of

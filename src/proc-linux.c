@@ -72,8 +72,13 @@ int hl_proc_cmdline(long pid, char *buf, size_t len) {
 
 static void add_waiter(hl_status_t *st, long pid, char how) {
   for (int i = 0; i < st->nwaiters; i++)
-    if (st->waiters[i].pid == pid)
+    if (st->waiters[i].pid == pid) {
+      /* A timed waiter first in line is also blocked in flock(2), on a
+       * thread of its own (lock.c): its watch says what it is. */
+      if (how == 'w')
+        st->waiters[i].how = 'w';
       return;
+    }
   if (st->nwaiters < HL_MAX_WAITERS) {
     st->waiters[st->nwaiters].pid = pid;
     st->waiters[st->nwaiters].how = how;
@@ -137,11 +142,13 @@ static void scan_inotify_waiters(const hl__fileid_t *id, hl_status_t *st) {
 
 /* Blocked in wait4/waitid: the kernel function it sleeps in is do_wait.  A
  * process that polls with waitpid(WNOHANG) passes through do_wait too, so
- * one look is not enough: it must be there on three looks 2 ms apart. */
-int hl__os_in_child_wait(long pid) {
+ * one look is not enough to be sure: with `confirm` it must be there on
+ * three looks 2 ms apart (lock.c asks so only of an ancestor that holds the
+ * lock, which is rare). */
+int hl__os_in_child_wait(long pid, int confirm) {
   char path[64], buf[64];
   snprintf(path, sizeof(path), "/proc/%ld/wchan", pid);
-  for (int look = 0; look < 3; look++) {
+  for (int look = 0; look < (confirm ? 3 : 1); look++) {
     if (look && hl__os_sleep_ms(2) < 0)
       return -EINTR; /* the caller's signal handler must get to run */
     if (read_small(path, buf, sizeof(buf)) <= 0 || strcmp(buf, "do_wait") != 0)
@@ -333,6 +340,37 @@ long hl__os_range_locker(const hl__fileid_t *id, unsigned long long off) {
   }
   closedir(proc);
   return found > 0 ? found : 0;
+}
+
+/* A process's own descriptor table, not the kernel's lock table: reading
+ * /proc/locks takes a lock that every flock(2) on the system also takes and
+ * costs milliseconds on some kernels; this costs a stat per descriptor, and
+ * an fdinfo read only for a descriptor on the lock file. */
+int hl__os_pid_holds(long pid, const hl__fileid_t *id, intptr_t skip_fd) {
+  char dpath[64];
+  int self = pid == (long)getpid();
+  snprintf(dpath, sizeof(dpath), self ? "/proc/self/fd" : "/proc/%ld/fd", pid);
+  DIR *fds = opendir(dpath);
+  if (fds == NULL)
+    return errno == EACCES || errno == EPERM ? -EACCES : errno == ENOENT ? 0 : -ENOSYS;
+  lock_line_t want = {0, pid, major((dev_t)id->dev), minor((dev_t)id->dev), id->ino};
+  int dfd = dirfd(fds), found = 0;
+  struct dirent *fe;
+  while (!found && (fe = readdir(fds)) != NULL) {
+    if (fe->d_name[0] == '.')
+      continue;
+    long fd = strtol(fe->d_name, NULL, 10);
+    if ((self && fd == dfd) || fd == (long)skip_fd)
+      continue;
+    struct stat st;
+    if (self ? fstat((int)fd, &st) < 0 : fstatat(dfd, fe->d_name, &st, 0) < 0)
+      continue;
+    if ((uint64_t)st.st_dev != id->dev || (uint64_t)st.st_ino != id->ino)
+      continue;
+    found = fd_holds(pid, fe->d_name, &want, NULL);
+  }
+  closedir(fds);
+  return found;
 }
 
 int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick) {

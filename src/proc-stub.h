@@ -26,9 +26,17 @@ int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick) {
   return -ENOSYS;
 }
 
-int hl__os_in_child_wait(long pid) {
+int hl__os_in_child_wait(long pid, int confirm) {
   (void)pid;
+  (void)confirm;
   return 0;
+}
+
+int hl__os_pid_holds(long pid, const hl__fileid_t *id, intptr_t skip_fd) {
+  (void)pid;
+  (void)id;
+  (void)skip_fd;
+  return -ENOSYS;
 }
 
 long hl__os_parent_pid(long pid) {

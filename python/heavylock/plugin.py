@@ -68,6 +68,8 @@ class _State:
         """After the test's teardown and its report: release the lock.  (A
         plain hook, not a teardown wrapper: it runs even when a fixture's
         finalizer raised, and costs less per test.)"""
+        if self.running is None and self.current is None:
+            return  # a light test without a report: nothing was recorded
         event, self.running = self.running, None
         now = time.time()  # taken before the release, so that no next holder precedes it
         if self.current is not None:
@@ -270,6 +272,8 @@ def pytest_runtest_setup(item):
     set up: take the lock here so model loads in fixtures are covered."""
     state = _state(item.config)
     heavy, rule = state.selector.verdict(item)
+    if not heavy and not state.reporting:
+        return  # a light test costs its verdict only: no event, no clock, no /proc
     event = state.running = state.recorder.new_event(item.nodeid, heavy, rule)
     if not heavy:
         return

@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 
 import pytest
 
@@ -429,8 +428,9 @@ class Lane:
         self.verdicts = Verdicts()
         self.sched = None
         self.heavy = {}         # nodeid -> rule (this process's collection, or the controller's)
-        self.reports = {}       # nodeid -> {"worker": id, "call": s, "total": s}
-        self.started = {}       # nodeid -> wall time its run began (controller)
+        self.reports = {}       # heavy nodeid -> {"worker": id, "call": s, "total": s}
+        self.light_workers = set()  # workers that ran light tests (controller)
+        self._heavy_ids = None  # nodeids known heavy while the run goes on (controller)
         self._past = None
 
     # -- worker (and a run without xdist): the verdicts
@@ -446,6 +446,8 @@ class Lane:
         if hasattr(self.config, "workerinput"):
             Verdicts.write(self.config, self.heavy, len(session.items),
                            {k: v for k, v in self.weights.items() if k in self.heavy})
+        elif self.config.pluginmanager.getplugin("dsession") is None:
+            self._heavy_ids = set(self.heavy)  # a run without xdist: this is the collection
 
     # -- controller
 
@@ -468,12 +470,25 @@ class Lane:
                           if isinstance(v, (int, float))} if isinstance(data, dict) else {}
         return self._past
 
-    def pytest_runtest_logstart(self, nodeid, location):
-        if not hasattr(self.config, "workerinput"):
-            self.started[nodeid] = time.time()
+    def _heavy_now(self):
+        """The heavy nodeids, when known before the session ends (this
+        process's collection, or the lane scheduler's); None when not."""
+        if self._heavy_ids is None:
+            sched = self.sched
+            if sched is not None and sched.collection:
+                self._heavy_ids = {sched.collection[i] for i in sched.heavy}
+        return self._heavy_ids
 
     def pytest_runtest_logreport(self, report):
         if hasattr(self.config, "workerinput"):
+            return
+        heavy = self._heavy_now()
+        if heavy is not None and report.nodeid not in heavy:
+            # A light test: only which worker ran it is kept (the notes name
+            # them), not a record per test (the controller's memory).
+            node = getattr(report, "node", None)
+            if node is not None:
+                self.light_workers.add(_wid(node))
             return
         r = self.reports.setdefault(report.nodeid, {"worker": None, "call": None, "total": 0.0})
         node = getattr(report, "node", None)
@@ -542,7 +557,7 @@ class Lane:
         lane_ids = sched.lane_ids
         heavy_time = sum(r["total"] for r in ran_heavy)
         light_workers = sorted({r["worker"] for nid, r in self.reports.items()
-                                if nid not in self.heavy and r["worker"]},
+                                if nid not in self.heavy and r["worker"]} | self.light_workers,
                                key=lambda w: (len(w), w))
         lines = []
         n_all = len(sched.collection)

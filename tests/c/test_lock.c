@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "heavylock.h"
 #include "os.h"
+#include "kind.h"
 #include "test.h"
 
 #include <errno.h>
@@ -86,10 +87,24 @@ static void test_basic(void) {
   ASSERT_EQ(hl_lock_release(lk), 0);
   ASSERT_EQ(hl_lock_acquire(lk, -1), 0);
   hl_lock_close(lk); /* releases */
-  /* The file stays (never unlinked) and is empty after release. */
+  /* The file stays (never unlinked) and names no holder after release: only
+   * the line by which it vouches for itself (lock.c, flock_vouched). */
   struct stat st;
   ASSERT_EQ(stat(lockpath, &st), 0);
-  ASSERT_EQ(st.st_size, 0);
+  hl_record_t rec;
+  ASSERT_EQ(hl_record_read(lockpath, &rec), HL_EFORMAT);
+  char head[64] = "";
+  int fd = open(lockpath, O_RDONLY);
+  ASSERT(fd >= 0);
+  ASSERT(read(fd, head, sizeof(head) - 1) > 0);
+  close(fd);
+  ASSERT(strncmp(head, "heavylock-holder 1\nfile=", 24) == 0);
+  ASSERT(strstr(head, "pid=") == NULL);
+  hl_status_t hs;
+  ASSERT_EQ(hl_status(lockpath, &hs), 0);
+  ASSERT_EQ(hs.held, 0);
+  ASSERT_EQ(hs.other_content, 0);
+  ASSERT_EQ(hs.stale_record, 0);
   ASSERT_EQ(hl_lock_open(&lk, ""), -EINVAL);
   ASSERT(lk == NULL);
 }
@@ -871,12 +886,66 @@ static void deleted_or_replaced(int replace) {
   munmap(iv, 2 * sizeof(*iv));
 }
 
+/* The lock file at the path vouches for itself (lock.c, flock_vouched) so
+ * that ordinary takers need not read /proc/locks.  An old lock file renamed
+ * back over the path carries a record that names its own inode, name and
+ * directory, yet a holder of the file it replaced still runs: the vouch must
+ * not be trusted.  `while_held`: the old file was held while it was moved
+ * away and back, and its holder releases after (its release must not write
+ * a vouch: flock_release); else it was free (a taker must see that it was
+ * renamed since its last write: flock_vouched). */
+static void old_lock_file_renamed_back(int while_held) {
+  char old[400];
+  snprintf(old, sizeof(old), "%s.old", lockpath);
+  hl_lock_t *lk;
+  ASSERT_EQ(hl_lock_open(&lk, lockpath), 0);
+  int go[2];
+  ASSERT(pipe(go) == 0);
+  pid_t first = 0;
+  if (while_held) {
+    int ready;
+    first = test_fork_ready(&ready);
+    if (first == 0) {
+      hl_lock_t *f;
+      char c;
+      close(go[1]);
+      if (hl_lock_open(&f, lockpath) < 0 || hl_lock_acquire(f, -1) < 0)
+        _exit(11);
+      test_say_ready(ready);
+      if (read(go[0], &c, 1) != 1)
+        _exit(12);
+      _exit(hl_lock_release(f) == 0 ? 0 : 13);
+    }
+  } else {
+    ASSERT_EQ(hl_lock_acquire(lk, 0), 0); /* a free lock file that vouches */
+    ASSERT_EQ(hl_lock_release(lk), 0);
+  }
+  close(go[0]);
+  ASSERT_EQ(rename(lockpath, old), 0);
+  pid_t ghost = spawn_holder(lockpath, "new file", 60); /* takes a new file */
+  ASSERT_EQ(rename(old, lockpath), 0); /* the new file is gone: its holder is a ghost */
+  if (while_held) {
+    ASSERT_EQ(write(go[1], "x", 1), 1);
+    reap_ok(first);
+  }
+  close(go[1]);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  kill(ghost, SIGKILL);
+  reap(ghost);
+  ASSERT_EQ(hl_lock_acquire(lk, 0), 0); /* and it is free once the ghost is gone */
+  hl_lock_close(lk);
+}
+
+static void test_old_lock_file_renamed_back(void) { old_lock_file_renamed_back(0); }
+static void test_held_lock_file_renamed_back(void) { old_lock_file_renamed_back(1); }
+
 static void test_deleted_while_held(void) { deleted_or_replaced(0); }
 static void test_replaced_while_held(void) { deleted_or_replaced(1); }
 
-/* A holder that unlocks without closing (flock -u) sends no close event:
- * only the bounded re-check wakes a timed waiter.  Fails if the re-check is
- * gone or slow (RECHECK_MS 100000). */
+/* A holder that unlocks without closing (flock -u) sends no close event;
+ * the timed waiter is woken by its blocker thread in flock(2) (lock.c,
+ * flock_wait), not by the wait loop's re-check, which is stretched to a
+ * minute here.  Fails if the blocker is gone (a wake after 60 s). */
 static void test_unlock_without_close(void) {
   double *t = shared(2 * sizeof(double));
   int go[2], ready[2];
@@ -902,20 +971,21 @@ static void test_unlock_without_close(void) {
   pid_t waiter = fork();
   if (waiter == 0) {
     hl_lock_t *lk;
-    if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, 60) < 0)
+    hl__lock_set_recheck_ms(60000);
+    if (hl_lock_open(&lk, lockpath) < 0 || hl_lock_acquire(lk, 90) < 0)
       _exit(1);
     t[1] = now();
     hl_lock_close(lk);
     _exit(0);
   }
   wait_waiters(lockpath, 1); /* it watches the file */
-  usleep(150000);            /* and has passed its first re-check */
+  usleep(150000);            /* and is in its wait (either way it must wake) */
   ASSERT_EQ(write(go[1], "x", 1), 1);
   ASSERT_EQ(reap(waiter), 0);
   close(go[1]);
   reap(holder);
   ASSERT(t[1] >= t[0]);
-  ASSERT(t[1] - t[0] < 5.0); /* generous: the re-check is 100 ms */
+  ASSERT(t[1] - t[0] < 5.0); /* generous: the blocker wakes within microseconds */
   munmap(t, 2 * sizeof(double));
 }
 
@@ -1163,7 +1233,8 @@ static const struct test_entry tests[] = {
     T(creates_parent_dirs), T(readonly_fallback), T(flock_failure_injected),
     T(write_failure_injected), T(replaced_file), T(status), T(record_garbage), T(path_policy),
     T(gguf), T(gguf_key_lengths), T(memory), T(eintr), T(other_content), T(deleted_while_held),
-    T(replaced_while_held), T(unlock_without_close), T(huge_timeouts), T(hostile_records),
+    T(replaced_while_held), T(old_lock_file_renamed_back), T(held_lock_file_renamed_back),
+    T(unlock_without_close), T(huge_timeouts), T(hostile_records),
     T(path_kinds), T(inherited_holder),
 #undef T
 };
