@@ -90,7 +90,9 @@ def test_third_waits_and_is_listed(cli, lockfile, tmp_path):
     c = subprocess.Popen([cli, "run", "-q", "--slots", "2", "--mem", "3G", "-l", "c",
                           "--lock", str(lockfile), "--", *record_cmd(log, 0.01)])
     try:
-        d = wait_for(lambda: (lambda s: s if any(w["pid"] == c.pid for w in s["waiters"])
+        # listed by the kernel (blocked) a moment before its ticket is in the table
+        d = wait_for(lambda: (lambda s: s if any(w["pid"] == c.pid and "ticket" in w
+                                                 for w in s["waiters"])
                               else None)(status(cli, lockfile)), what="third queued")
         assert d["kind"] == "slots" and d["shared"] and d["held"]
         by_pid = {h["pid"]: h for h in d["holders"]}
