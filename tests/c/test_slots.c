@@ -261,6 +261,21 @@ static void test_budget_two(void) {
   ASSERT_EQ(most, 2);
 }
 
+static void test_exact_fit(void) {
+  /* The boundary of the rule: a weight equal to what is left is admitted,
+   * one byte more is not (admit.c's `weight <= free`). */
+  int r;
+  pid_t h = spawn_slot_holder(0, 1 * GiB, 2 * GiB, "first", &r);
+  hl_lock_t *over = open_slots(0, 1 * GiB + 1, 2 * GiB, "one byte over");
+  ASSERT_EQ(hl_lock_acquire(over, 0), HL_EBUSY);
+  hl_lock_close(over);
+  hl_lock_t *exact = open_slots(0, 1 * GiB, 2 * GiB, "exact");
+  ASSERT_EQ(hl_lock_acquire(exact, 0), 0);
+  hl_lock_close(exact);
+  let_go(r);
+  reap_ok(h);
+}
+
 static void test_too_big_runs_alone(void) {
   /* Weight above the whole budget: admitted when nobody holds... */
   int rbig;
@@ -1099,7 +1114,7 @@ static void test_gguf_estimate(void) {
 
 static const struct test_entry tests[] = {
 #define T(n) {#n, test_##n}
-    T(slots_two),        T(racing_admissions), T(third_waits),       T(killed_slot_holder), T(budget_two),
+    T(slots_two),        T(racing_admissions), T(third_waits),       T(killed_slot_holder), T(budget_two), T(exact_fit),
     T(too_big_runs_alone), T(growth_accounting), T(dies_mid_load),     T(interop_exclusive),
     T(exclusive_not_starved), T(fifo),          T(fifo_exclusive),
     T(heavylock_exclusive_not_starved), T(self_deadlock),      T(wait_callback),
