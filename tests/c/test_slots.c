@@ -952,7 +952,7 @@ static void test_stuck_admission(void) {
   ASSERT(strstr(hl_error_detail(), "locked by") != NULL);
   ASSERT_EQ(hl_lock_acquire(lk, 1.0), HL_ETIMEDOUT);
   double t2 = now();
-  ASSERT(t2 - t1 >= 1.0 && t2 - t1 < 4.0);
+  ASSERT(t2 - t1 >= 1.0 && t2 - t1 < 1.0 + test_slack(0.8)); /* not a second late */
   /* Let go: the next try gets in and the detail is gone. */
   fl.l_type = F_UNLCK;
   ASSERT_EQ(fcntl(rfd, F_OFD_SETLK, &fl), 0);
