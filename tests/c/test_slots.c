@@ -395,6 +395,8 @@ static pid_t spawn_flock_writer(double hold, double *got, double *left) {
   pid_t pid = fork();
   ASSERT(pid >= 0);
   if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed test leaves no waiter keeping
+                                          a holder's release pipe open */
     int fd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     if (fd < 0 || flock(fd, LOCK_EX) < 0)
       _exit(7);
@@ -472,6 +474,39 @@ static void test_exclusive_not_starved(void) {
   *stop = 1;
   for (int k = 0; k < 4; k++)
     reap_ok(kids[k]);
+}
+
+static int pid_waits(const hl_status_t *st, long pid) {
+  for (int i = 0; i < st->nwaiters; i++)
+    if (st->waiters[i].pid == pid)
+      return 1;
+  return 0;
+}
+
+static void test_exclusive_waiter_holds_off(void) {
+  /* exclusive_not_starved in one deterministic step: a slot holder, an
+   * outside exclusive waiter blocked in flock(2) behind it (seen in
+   * status), and a newcomer with a slot free by count.  The newcomer must
+   * not be admitted past the waiter (Linux would grant its shared flock). */
+  int r;
+  pid_t h = spawn_slot_holder(3, 0, 0, "holder", &r);
+  double *t = shared(2 * sizeof(double));
+  pid_t w = spawn_flock_writer(0.05, &t[0], &t[1]);
+  wait_status(pid_waits, w, "the outside exclusive waiter blocked");
+  hl_lock_t *lk = open_slots(3, 0, 0, "newcomer");
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  ASSERT_EQ(t[0], 0); /* still waiting */
+  let_go(r);
+  reap_ok(h);
+  /* Woken by the release, the waiter leaves /proc/locks' blocked list until
+   * it runs and retries: a newcomer in that window is not held off (the
+   * kernel shows nobody to defer to), so this waits for it to get in. */
+  for (double end = now() + 20; t[0] == 0; usleep(1000))
+    ASSERT(now() < end);
+  ASSERT_EQ(hl_lock_acquire(lk, 30), 0);
+  ASSERT(t[1] > 0 && now() >= t[1]); /* only after the exclusive one left */
+  reap_ok(w);
+  hl_lock_close(lk);
 }
 
 static void test_fifo(void) {
@@ -1116,7 +1151,7 @@ static const struct test_entry tests[] = {
 #define T(n) {#n, test_##n}
     T(slots_two),        T(racing_admissions), T(third_waits),       T(killed_slot_holder), T(budget_two), T(exact_fit),
     T(too_big_runs_alone), T(growth_accounting), T(dies_mid_load),     T(interop_exclusive),
-    T(exclusive_not_starved), T(fifo),          T(fifo_exclusive),
+    T(exclusive_not_starved), T(exclusive_waiter_holds_off), T(fifo),          T(fifo_exclusive),
     T(heavylock_exclusive_not_starved), T(self_deadlock),      T(wait_callback),
     T(status_lists),     T(hostile_table),     T(forged_entry),      T(forged_weights), T(stuck_admission), T(table_full),   T(size_parse),         T(gguf_estimate),
 #undef T
