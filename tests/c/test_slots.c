@@ -544,6 +544,41 @@ static void test_fifo(void) {
   reap_ok(keep);
 }
 
+static void test_no_barging(void) {
+  /* The exclusive lock's first come first served at its weakest point: the
+   * holder has let go and the first in line has not retried yet.  A loaded
+   * machine opens that window by chance; SIGSTOP holds it open.  A newcomer
+   * that comes by then must not take the lock past the queued waiter. */
+  int r;
+  pid_t h = spawn_slot_holder(1, 0, 0, "holder", &r);
+  double *got = shared(sizeof(double));
+  pid_t w = fork();
+  ASSERT(w >= 0);
+  if (w == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed test leaves it not stopped forever */
+    hl_lock_t *lk = open_slots(1, 0, 0, "first in line");
+    if (hl_lock_acquire(lk, 30) < 0)
+      _exit(2);
+    *got = now();
+    hl_lock_close(lk);
+    _exit(0);
+  }
+  wait_status(pid_queued, w, "the waiter queued");
+  ASSERT_EQ(kill(w, SIGSTOP), 0);
+  int st;
+  ASSERT_EQ(waitpid(w, &st, WUNTRACED), w);
+  ASSERT(WIFSTOPPED(st));
+  let_go(r);
+  reap_ok(h); /* the lock is free now, and the first in line cannot run */
+  hl_lock_t *lk = open_slots(1, 0, 0, "newcomer");
+  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  ASSERT_EQ(kill(w, SIGCONT), 0);
+  ASSERT_EQ(hl_lock_acquire(lk, 30), 0);
+  ASSERT(*got > 0); /* the first in line went first */
+  reap_ok(w);
+  hl_lock_close(lk);
+}
+
 static void test_fifo_exclusive(void) {
   /* The exclusive lock (slots = 1): Linux wakes every flock waiter at a
    * release and lets them race; heavylock's waiters (timed, or with
@@ -1151,7 +1186,7 @@ static const struct test_entry tests[] = {
 #define T(n) {#n, test_##n}
     T(slots_two),        T(racing_admissions), T(third_waits),       T(killed_slot_holder), T(budget_two), T(exact_fit),
     T(too_big_runs_alone), T(growth_accounting), T(dies_mid_load),     T(interop_exclusive),
-    T(exclusive_not_starved), T(exclusive_waiter_holds_off), T(fifo),          T(fifo_exclusive),
+    T(exclusive_not_starved), T(exclusive_waiter_holds_off), T(fifo),          T(fifo_exclusive), T(no_barging),
     T(heavylock_exclusive_not_starved), T(self_deadlock),      T(wait_callback),
     T(status_lists),     T(hostile_table),     T(forged_entry),      T(forged_weights), T(stuck_admission), T(table_full),   T(size_parse),         T(gguf_estimate),
 #undef T
