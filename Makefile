@@ -101,15 +101,17 @@ test-asan: $(VENV)/.deps
 	  PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C build/asan --print-errorlogs
 
 # The C tests under valgrind memcheck (leaks and invalid accesses fail them).
+# HEAVYLOCK_TEST_TIME_FACTOR widens the tests' time bounds for valgrind's
+# slowness only (tests/c/test.h test_slack).
 test-valgrind: build
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --print-errorlogs \
+	HEAVYLOCK_TEST_TIME_FACTOR=10 PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --print-errorlogs \
 	  --wrap='valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet' \
 	  --timeout-multiplier=4
 
 # The GGUF reader's C tests under valgrind memcheck: uninitialised reads that
 # neither ASan nor the fuzzers see (hostile key lengths).  CI runs this too.
 test-gguf-valgrind: build
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --suite gguf --print-errorlogs \
+	HEAVYLOCK_TEST_TIME_FACTOR=10 PATH=$(CURDIR)/$(VENV)/bin:$$PATH meson test -C $(BUILD) --suite gguf --print-errorlogs \
 	  --wrap='valgrind --error-exitcode=1 --track-origins=yes --quiet'
 
 # libFuzzer harnesses (fuzz/): GGUF reader, record parser, path policy, each

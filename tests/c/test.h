@@ -64,6 +64,29 @@ static inline double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* How much slower this run may be than a plain one: HEAVYLOCK_TEST_TIME_FACTOR
+ * (make test-valgrind sets it), 1 by default.  A bound on how long something
+ * may take is written for a plain run with its slack scaled by this, so that
+ * valgrind's slowness widens it there and nowhere else. */
+static inline double test_time_factor(void) {
+  const char *s = getenv("HEAVYLOCK_TEST_TIME_FACTOR");
+  if (s == NULL || *s == '\0')
+    return 1.0;
+  char *end;
+  double f = strtod(s, &end);
+  if (*end != '\0' || !(f >= 1.0 && f <= 1000.0)) {
+    fprintf(stderr, "HEAVYLOCK_TEST_TIME_FACTOR='%s' (from the environment): not a number "
+            "from 1 to 1000\n", s);
+    abort();
+  }
+  return f;
+}
+
+/* `s` seconds of slack for a time bound, scaled by test_time_factor(). */
+static inline double test_slack(double s) {
+  return s * test_time_factor();
+}
+
 /* Zeroed memory that forked children write and the parent reads (recorded
  * intervals, timestamps, results): the only channel tests judge from. */
 static inline void *shared(size_t n) {

@@ -428,3 +428,44 @@ def test_scheduler_longest_first_unknown_first():
     done = []
     drive(sched, nodes, heavy, done)
     assert [i for i in done if i in heavy] == [1, 7, 5, 3]
+
+
+def test_scheduler_a_lane_takes_light_work_once_no_heavy_test_is_queued():
+    """The README's promise: a lane runs light tests when its heavy queue is
+    empty.  The exact dispatch after each step, as xdist's scheduler tests
+    check it: a lane that never took light work, or that a light share
+    counts out, sends other chunks."""
+    heavy = {0, 1}
+    sched, (gw0, gw1), coll = make_scheduler(2, heavy, 18)
+    assert sched.lanes == [gw0]
+    assert gw0.sent == [0, 1]  # both heavy tests: the heavy queue is empty now
+    assert gw1.sent == [2, 3, 4, 5]
+    sched.mark_test_complete(gw0, 0, 0.01)
+    # a light chunk sized for two takers: up to 12 queued // 2 // 2 = 3 pending
+    assert gw0.sent == [0, 1, 6, 7]
+    assert gw1.sent == [2, 3, 4, 5]
+    sched.mark_test_complete(gw0, 1, 0.01)
+    assert gw0.sent == [0, 1, 6, 7]  # 2 pending: enough
+    sched.mark_test_complete(gw0, 6, 0.01)
+    assert gw0.sent == [0, 1, 6, 7, 8]
+    sched.mark_test_complete(gw1, 2, 0.01)
+    assert gw1.sent == [2, 3, 4, 5]
+    done = []
+    drive(sched, [gw0, gw1], heavy, done)
+    assert sorted(done + [0, 1, 6, 2]) == list(range(18))
+    assert len([i for i in gw0.sent if i not in heavy]) >= 3
+
+
+@pytest.mark.parametrize("weights, budget, workers, lanes", [
+    ([2**30] * 6, 10 * 2**30, 4, 3),   # six fit, four workers: one keeps the light tests
+    ([2**30] * 6, 10 * 2**30, 2, 1),
+    ([2**30] * 6, 10 * 2**30, 1, 1),   # one worker is its own lane
+    ([2**30] * 2, 10 * 2**30, 4, 2),   # the weights, not the cap, decide
+    ([3 * 2**30, 2**30, 2**30], 4 * 2**30, 8, 2),  # heaviest first: 3 G + 1 G
+    ([0, 0], 10 * 2**30, 4, 1),        # unknown weights run alone
+])
+def test_auto_lanes_at_most_workers_minus_one(weights, budget, workers, lanes):
+    """--heavylock-slots auto: as many lanes as the heaviest weights fit, but
+    never every worker (the first two rows reach the cap)."""
+    from heavylock.scheduler import auto_lanes
+    assert auto_lanes(weights, budget, workers) == lanes

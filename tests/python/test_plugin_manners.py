@@ -110,6 +110,26 @@ def test_pytest_timeout_does_not_count_the_lock_wait(pytester, env, held_for, me
     r.stdout.fnmatch_lines(["*heavylock: waiting for*", "*Timeout*"])
 
 
+def test_pytest_timeout_resumes_with_what_was_left(pytester, env, held_for):
+    """A lock taken late in a test: after the wait the timer runs on with
+    what was left of it (1.5 of 4 s here), not with the whole timeout again
+    (which would let this test's 2.5 + 3 s pass under a 4 s timeout)."""
+    pytest.importorskip("pytest_timeout")
+    pytester.makepyfile(test_t="""
+        import time
+
+        def test_takes_the_lock_late(llm_lock):
+            time.sleep(2.5)      # most of the budget, before the lock
+            with llm_lock:       # waits for the holder: not counted
+                time.sleep(3)    # 1.5 s were left: the timer fires in here
+    """)
+    held_for(1.0)
+    r = pytester.runpytest_subprocess("--timeout=4", "--timeout-method=signal")
+    assert r.ret != 0
+    r.stdout.fnmatch_lines(["*heavylock: waiting for*", ">*time.sleep(3)*",
+                            "*Timeout (>1.[0-5]*s) from pytest-timeout*"])
+
+
 def test_report_into_a_missing_folder_with_outcomes(pytester, env):
     pytester.makepyfile(test_o="""
         import pytest
