@@ -95,12 +95,16 @@ int hl_path_resolve(const char *root, hl_path_t *out) {
     if (v[0] == '\0')
       return fail(out, "LOCAL_MODEL_PATH",
                   "%s is set but empty%s; unset it or point it at the model file%s", "", NULL);
+    /* A model not downloaded yet is no error here: the seed puts the lock in
+     * the model's directory, which is made like the default models/, so
+     * fast runs and `heavylock run` work before the download.  What needs
+     * the model says it is missing (the plugin's local_model_path). */
     int kind = hl__os_path_kind(v);
-    if (kind == 0 || kind < 0)
-      return fail(out, "LOCAL_MODEL_PATH",
-                  "%s='%s' does not exist%s (a relative path is resolved against the current "
-                  "directory)",
-                  v, "");
+    if (kind < 0) {
+      char why[128];
+      snprintf(why, sizeof(why), " (%s)", strerror(-kind));
+      return fail(out, "LOCAL_MODEL_PATH", "%s='%s' cannot be looked at%s", v, why);
+    }
     if (kind == 2)
       return fail(out, "LOCAL_MODEL_PATH",
                   "%s='%s' is a directory; it must name the model file (e.g. a .gguf)%s", v, "");
@@ -122,7 +126,8 @@ int hl_path_resolve(const char *root, hl_path_t *out) {
       return rc;
     out->source = "LOCAL_MODEL_PATH";
     snprintf(out->why, sizeof(out->why),
-             "LOCAL_MODEL_PATH is set to '%s': the lock lives next to the model", v);
+             "LOCAL_MODEL_PATH is set to '%s': the lock lives next to the model%s", v,
+             kind == 1 ? "" : " (the model is not there yet)");
     return 0;
   }
 

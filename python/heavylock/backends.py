@@ -710,14 +710,12 @@ def resolve_path(root: Optional[PathArg] = None) -> Tuple[str, str, str]:
         if not v:
             raise ValueError("LOCAL_MODEL_PATH is set but empty; unset it or point it at "
                              "the model file")
-        if not os.path.exists(v):
-            raise ValueError(f"LOCAL_MODEL_PATH='{v}' does not exist (a relative path is "
-                             "resolved against the current directory)")
         if os.path.isdir(v):
             raise ValueError(f"LOCAL_MODEL_PATH='{v}' is a directory; it must name the "
                              "model file (e.g. a .gguf)")
+        later = "" if os.path.exists(v) else " (the model is not there yet)"
         return (os.path.join(os.path.dirname(os.path.abspath(v)), LOCK_NAME), "LOCAL_MODEL_PATH",
-                f"LOCAL_MODEL_PATH is set to '{v}': the lock lives next to the model")
+                f"LOCAL_MODEL_PATH is set to '{v}': the lock lives next to the model{later}")
     base = os.fspath(root) if root else "."
     return (os.path.join(os.path.abspath(os.path.join(base, "models")), LOCK_NAME), "default",
             f"neither HEAVYLOCK_PATH nor LOCAL_MODEL_PATH is set: models/{LOCK_NAME} "

@@ -271,11 +271,18 @@ class Recorder:
                      or (e.get("rss_growth") or 0) >= IMPORT_WARN_BYTES)]
 
     def left_resident(self):
+        """Heavy tests that left memory resident, when that costs a copy: only
+        if heavy tests ran in more than one process.  A session model kept by
+        the one process that runs every heavy test (a heavy lane, no xdist)
+        is loaded once, which is the point."""
         limit = self.settings.resident_warn
         if not limit:
             return []
-        return [e for e in self.events + self.remote_events
-                if e.get("kind", "test") == "test" and (e.get("resident") or 0) > limit]
+        heavy = [e for e in self.events + self.remote_events
+                 if e.get("kind", "test") == "test" and e.get("acquired")]
+        if len({e.get("worker") for e in heavy}) < 2:
+            return []
+        return [e for e in heavy if (e.get("resident") or 0) > limit]
 
     def summary(self, tr, config):
         everything = self.events + self.remote_events

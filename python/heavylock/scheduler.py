@@ -490,13 +490,16 @@ class Lane:
             if node is not None:
                 self.light_workers.add(_wid(node))
             return
-        r = self.reports.setdefault(report.nodeid, {"worker": None, "call": None, "total": 0.0})
+        r = self.reports.setdefault(report.nodeid, {"worker": None, "call": None, "total": 0.0,
+                                                    "skipped": False})
         node = getattr(report, "node", None)
         if node is not None:
             r["worker"] = _wid(node)
         r["total"] += report.duration or 0.0
         if report.when == "call":
             r["call"] = report.duration
+        # skipped by its own verdict, not a test without a call phase (a crash)
+        r["skipped"] = r["skipped"] or bool(report.skipped)
 
     @pytest.hookimpl(tryfirst=True)  # before the plugin writes the report and timeline
     def pytest_sessionfinish(self, session):
@@ -561,7 +564,7 @@ class Lane:
                                key=lambda w: (len(w), w))
         lines = []
         n_all = len(sched.collection)
-        skipped = sum(1 for r in ran_heavy if r["call"] is None)
+        skipped = sum(1 for r in ran_heavy if r["skipped"])
         skipped = f", {skipped} of them skipped" if skipped else ""
         order = ("longest first" if self.past_durations()
                  else "in collection order (no durations cached yet)")

@@ -277,21 +277,16 @@ def parse_budget(config):
     return n, where
 
 
-def missing_model_lock(config):
-    """When LOCAL_MODEL_PATH names a file that does not exist (yet): the lock
-    path next to it and the problem, for the tests that need the model.  A
-    fast run must not stop for a model that is still to be downloaded; the
-    seed puts the lock in the model's directory, which is created like the
-    default models/.  Returns (path, problem) or None."""
-    if "HEAVYLOCK_PATH" in os.environ or os.environ.get("HEAVYLOCK_URL"):
-        return None
+def missing_model(source):
+    """When the lock's place came from a LOCAL_MODEL_PATH that names no file
+    (yet): the problem, for the tests that need the model.  A fast run does
+    not stop for a model still to be downloaded: the C policy puts the lock
+    in the model's directory, created like the default models/."""
     v = os.environ.get("LOCAL_MODEL_PATH")
-    if not v or os.path.lexists(v):
+    if source != "LOCAL_MODEL_PATH" or not v or os.path.lexists(v):
         return None
-    model = os.path.abspath(v)
-    problem = (f"LOCAL_MODEL_PATH={v!r} does not exist (resolved against {os.getcwd()}); "
-               "download the model there or point LOCAL_MODEL_PATH at it")
-    return os.path.join(os.path.dirname(model), backends.LOCK_NAME), problem
+    return (f"LOCAL_MODEL_PATH={v!r} does not exist (resolved against {os.getcwd()}); "
+            "download the model there or point LOCAL_MODEL_PATH at it")
 
 
 def resolve_lock_path(config):
@@ -323,11 +318,9 @@ def resolve_lock_path(config):
     try:
         path, source, _why = backends.resolve_path(str(config.rootpath))
     except ValueError as exc:
-        missing = missing_model_lock(config)
-        if missing is None:
-            raise pytest.UsageError(str(exc)) from None
-        return missing[0], "LOCAL_MODEL_PATH (model not there yet)", missing[1]
-    return path, source, None
+        raise pytest.UsageError(str(exc)) from None
+    problem = missing_model(source)
+    return path, f"{source} (model not there yet)" if problem else source, problem
 
 
 def output_path(config, option, suffixes=None):

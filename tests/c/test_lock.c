@@ -594,9 +594,11 @@ static void test_path_policy(void) {
   setenv("LOCAL_MODEL_PATH", "", 1);
   ASSERT_EQ(hl_path_resolve(dir, &p), HL_EENV);
   ASSERT(strstr(p.why, "LOCAL_MODEL_PATH is set but empty") != NULL);
+  /* a model not downloaded yet: the lock goes where it will be (the seed) */
   setenv("LOCAL_MODEL_PATH", "/no/such/model.gguf", 1);
-  ASSERT_EQ(hl_path_resolve(dir, &p), HL_EENV);
-  ASSERT(strstr(p.why, "LOCAL_MODEL_PATH='/no/such/model.gguf' does not exist") != NULL);
+  ASSERT_EQ(hl_path_resolve(dir, &p), 0);
+  ASSERT_STR(p.path, "/no/such/.llm_load.lock");
+  ASSERT(strstr(p.why, "not there yet") != NULL);
   setenv("LOCAL_MODEL_PATH", dir, 1);
   ASSERT_EQ(hl_path_resolve(dir, &p), HL_EENV);
   ASSERT(strstr(p.why, "is a directory") != NULL);

@@ -282,9 +282,14 @@ def test_path_policy(cli, tmp_path):
     r = run(cli, "path", cwd=tmp_path, env={**env, "LOCAL_MODEL_PATH": "store/phi.gguf"})
     assert r.stdout.strip() == str(tmp_path / "store" / ".llm_load.lock")
     assert "decided by LOCAL_MODEL_PATH" in r.stderr
-    r = run(cli, "path", cwd=tmp_path, env={**env, "LOCAL_MODEL_PATH": "nope.gguf"})
-    assert r.returncode == 64
-    assert "LOCAL_MODEL_PATH='nope.gguf' does not exist" in r.stderr
+    # a model not downloaded yet: the lock goes where it will be, as the plugin
+    # and the seed say (status, run and doctor work before the download)
+    r = run(cli, "path", cwd=tmp_path, env={**env, "LOCAL_MODEL_PATH": "later/nope.gguf"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "later" / ".llm_load.lock")
+    assert "not there yet" in r.stderr
+    r = run(cli, "status", cwd=tmp_path, env={**env, "LOCAL_MODEL_PATH": "later/nope.gguf"})
+    assert r.returncode == 0, r.stderr
     r = run(cli, "path", cwd=tmp_path, env={**env, "HEAVYLOCK_PATH": ""})
     assert r.returncode == 64 and "HEAVYLOCK_PATH is set but empty" in r.stderr
     # run uses the same policy: the lock lands next to the model

@@ -243,6 +243,9 @@ def test_lane_worker_killed_mid_test_nothing_lost_nothing_twice(pytester, env):
     events = json.loads(report.read_text())["events"]
     crashed = [e for e in events if e.get("outcome") == "crashed"]
     assert [e["nodeid"] for e in crashed] == ["test_crash.py::test_heavy[1]"]
+    # the crashed test is no skipped one (it has no call phase, and was counted so)
+    r.stdout.fnmatch_lines(["heavy lane: * ran 6 heavy tests (*s), *"])
+    r.stdout.no_fnmatch_line("*heavy lane:*skipped*")
 
 
 SPREAD = module("""

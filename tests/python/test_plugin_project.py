@@ -132,17 +132,34 @@ def test_resident_memory_after_release_is_named(pytester, env):
             m = load()
             del m
     """)
+    pytester.makepyfile(test_s="""
+        import pytest
+
+        @pytest.mark.llm
+        def test_elsewhere():
+            pass
+    """)
     report = pytester.path / "report.json"
-    r = pytester.runpytest_subprocess(f"--heavylock-report={report}")
-    r.assert_outcomes(passed=2)
-    r.stdout.fnmatch_lines(["test_r.py::test_keeps_model left 1?? MiB resident after release: "
-                            "the next heavy test on another worker adds a copy*"])
-    assert "test_frees_model left" not in r.stdout.str()
+    # heavy tests in two processes (a file per worker): the kept copy costs one more
+    spread = ("-p", "xdist", "-n", "2", "--dist", "loadfile", "--heavylock-lane=off")
+    r = pytester.runpytest_subprocess(*spread, f"--heavylock-report={report}")
+    r.assert_outcomes(passed=3)
     events = {e["nodeid"]: e for e in json.loads(report.read_text())["events"]}
+    assert len({e["worker"] for e in events.values()}) == 2, events
+    r.stdout.fnmatch_lines(["test_r.py::test_keeps_model [[]gw?[]] left 1?? MiB resident after "
+                            "release: the next heavy test on another worker adds a copy*"])
+    assert "test_frees_model [gw" not in r.stdout.str().split("resident after")[-1]
+    assert "test_frees_model" not in "".join(
+        ln for ln in r.stdout.lines if "resident after release" in ln)
     assert events["test_r.py::test_keeps_model"]["resident"] >= 90 * 2**20
     assert events["test_r.py::test_frees_model"]["resident"] < 64 * 2**20
+    # one process runs every heavy test (no xdist, or a heavy lane): the model
+    # it keeps is loaded once, which is no copy to warn about
+    r = pytester.runpytest_subprocess()
+    r.assert_outcomes(passed=3)
+    assert "resident after release" not in r.stdout.str()
     # the threshold is a setting; 0 turns the warning off; a bad value names its source
-    r = pytester.runpytest_subprocess("--heavylock-resident-warn=0")
+    r = pytester.runpytest_subprocess(*spread, "--heavylock-resident-warn=0")
     assert "left 1" not in r.stdout.str()
     pytester.makeini("[pytest]\nheavylock_resident_warn = lots\n")
     r = pytester.runpytest_subprocess()
