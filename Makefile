@@ -206,8 +206,13 @@ bench: build $(VENV)/.pkg
 
 # Its short form for CI (under two minutes): fails when a ratio is past twice
 # its target, e.g. a /proc read per acquisition coming back.
+# A second run only when the first failed: a real regression (a /proc read
+# per acquisition is 100x and more) fails both; a shared machine's noise
+# rarely hits the same row twice.
 bench-guard: build $(VENV)/.pkg
-	$(PY) bench/kernel.py --build $(BUILD) --guard
+	$(PY) bench/kernel.py --build $(BUILD) --guard || \
+	  { echo "bench-guard: once more, to tell a regression from noise"; \
+	    $(PY) bench/kernel.py --build $(BUILD) --guard; }
 
 # The heavy lane vs the lock alone, no plugin and xdist's loadgroup (a few
 # minutes); the quick form takes under a minute.
