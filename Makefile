@@ -196,7 +196,8 @@ stress-short: build $(VENV)/.pkg
 
 demo: example-setup
 	bash examples/cli-demo.sh $(CURDIR)/$(HEAVYLOCK)
-	$(PY) $(APP)/run_demo.py $(MODEL) --workers 4 --timeline $(CURDIR)/docs/timeline.svg
+	$(PY) $(APP)/run_demo.py $(MODEL) --workers 4 --timeline $(CURDIR)/build/demo/timeline.svg
+	@echo "== the heavy lane's timeline: build/demo/timeline.svg (docs/timeline.svg is a committed copy)"
 
 # bench/kernel.py: issue #18's targets (handoff and uncontended cost against
 # raw flock(2) and flock(1), the plugin's overhead), measured vs target.
