@@ -434,7 +434,7 @@ class Settings:
         self.shown_path = backends.redact(self.path)  # for every message and file we write
         if self.remote and self.slots == 0 and not self.budget:
             raise pytest.UsageError(
-                f"{self.slots_source}: slots auto on the lock server {self.path} (from "
+                f"{self.slots_source}: slots auto on the lock server {self.shown_path} (from "
                 f"{self.path_source}) need --heavylock-budget SIZE (or HEAVYLOCK_BUDGET): "
                 "there is no live memory to read across machines")
         self.resident_warn = parse_resident_warn(config)

@@ -85,6 +85,16 @@ def test_an_unreachable_lock_server(pytester, env, monkeypatch):
     assert "s3cret" not in err
 
 
+def test_slots_auto_on_a_server_without_budget_hides_the_password(pytester, env, monkeypatch):
+    """The usage error for slots auto without a budget on a server named the
+    URL unmasked (its password on the terminal)."""
+    monkeypatch.setenv("HEAVYLOCK_URL", "postgresql://u:s3cret@127.0.0.1:1/db?name=x")
+    err = refused(pytester, env, "--heavylock-slots=auto")
+    assert ("slots auto on the lock server postgresql://u:***@127.0.0.1:1/db?name=x (from "
+            "HEAVYLOCK_URL) need --heavylock-budget") in err
+    assert "s3cret" not in err
+
+
 def test_a_fast_run_with_a_good_target_creates_nothing(pytester, env, tmp_path):
     """The start-up check opens nothing: the lock's folder appears only when
     a heavy test takes the lock."""
