@@ -91,6 +91,38 @@ def test_hostile_path_and_waiter_command(cli, tmp_path):
         p.wait()
 
 
+def test_hostile_path_in_every_cli_message(cli, tmp_path):
+    """The lock path (from the environment or a project's settings: any
+    bytes) reached the terminal raw in the waiting notice, the timeout, the
+    busy line, doctor, and the errors of run, gguf and usage: ESC, BEL, a
+    newline, a byte that is not UTF-8.  Each is shown as \\xHH instead."""
+    lock = os.path.join(os.fsencode(tmp_path), b"a\x1b]0;pwn\x07\nb\xff\xc2\x9b.lock")
+    open(lock, "wb").close()
+    shown = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"")) + \
+        "a\\x1b]0;pwn\\x07\\x0ab\\xff\\xc2\\x9b.lock"
+    p = subprocess.Popen([b"flock", lock, b"sleep", b"60"], start_new_session=True)
+    try:
+        wait_for(lambda: json.loads(run(cli, "status", "--lock", os.fsdecode(lock),
+                                        "--json").stdout)["held"], what="flock(1) to hold")
+        path = os.fsdecode(lock)
+        outs = [run(cli, "run", "-v", "-w", "0.3", "--lock", path, "--", "true").stderr,
+                run(cli, "run", "-v", "-n", "--lock", path, "--", "true").stderr,
+                run(cli, "run", "-w", "0.3", "--slots", "2", "--lock", path, "--", "true").stderr,
+                run(cli, "doctor", path).stdout,
+                run(cli, "gguf", path).stderr,
+                run(cli, "run", "--lock", os.fsdecode(lock + b"/x"), "--", "true").stderr,
+                run(cli, "run", "-w", path, "--", "true").stderr]
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    for out in outs:
+        assert not CONTROL.search(out.replace(b"\n", b"")), out
+        text = out.decode("utf-8")  # strict: valid UTF-8
+        assert shown in text, text
+    assert "waiting for " + shown in outs[0].decode() and "timeout while" in outs[0].decode()
+    assert outs[1].decode().endswith(shown + " is busy\n"), outs[1]
+
+
 def test_python_status_never_raises_on_hostile_records(tmp_path, held_by_flock):
     heavylock = pytest.importorskip("heavylock")
     native = pytest.importorskip("heavylock._native")
@@ -161,6 +193,24 @@ def test_bad_environment_values(cli, tmp_path):
 def test_bad_option_values(cli, tmp_path, args, says):
     r = run(cli, "run", *args, "--lock", tmp_path / "x.lock", "--", "true")
     assert r.returncode == 64 and says in r.stderr and b"Try 'heavylock --help'" in r.stderr
+
+
+def test_unknown_scheme_and_empty_lock_are_usage_errors_everywhere(cli, tmp_path):
+    """doctor diagnosed redis://... as "bad PostgreSQL URL ... missing '='"
+    (run and status say: no known lock server); an empty --lock was
+    "cannot open lock file : Invalid argument" (66) for run and "free" for
+    status, while HEAVYLOCK_PATH="" is a usage error."""
+    doc = run(cli, "doctor", "redis://u:pw@h/x", cwd=tmp_path)
+    assert doc.returncode == 64, doc
+    assert (b"redis://u:***@h/x is a URL of no known lock server; supported: postgresql://"
+            in doc.stdout), doc.stdout
+    assert b"PostgreSQL" not in doc.stdout and b"pw" not in doc.stdout
+    for args in (["run", "--lock", "", "--", "true"], ["status", "--lock", ""]):
+        r = run(cli, *args, cwd=tmp_path)
+        assert r.returncode == 64 and b"--lock is empty" in r.stderr, (args, r)
+    doc = run(cli, "doctor", "", cwd=tmp_path)
+    assert doc.returncode == 64 and b"the lock path is empty" in doc.stdout, doc
+    assert os.listdir(tmp_path) == []
 
 
 def test_corrupt_gguf(cli, tmp_path):
