@@ -425,3 +425,35 @@ def test_full_slot_table_says_so(cli, tmp_path):
     finally:
         os.close(fd)
     assert run(cli, "run", "--lock", lock, "--slots", "2", "-n", "--", "true").returncode == 0
+
+
+def test_hostile_lock_path_never_reaches_the_plugins_output(pytester, monkeypatch, tmp_path):
+    """The plugin's "lock:" summary line, its waiting notice and its
+    start-up errors showed the lock path raw (ESC, BEL, a newline, a byte
+    that is not UTF-8 from HEAVYLOCK_PATH); now as \\xHH, as the CLI does."""
+    pytest.importorskip("heavylock")
+    for k in ("RUN_HEAVY_INTEGRATION", "LOCAL_MODEL_PATH", "HEAVYLOCK_PATH", "HEAVYLOCK_URL",
+              "HEAVYLOCK_BACKEND", "HEAVYLOCK_TIMEOUT", "HEAVYLOCK_SLOTS", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(k, raising=False)
+    raw = os.path.join(os.fsencode(tmp_path), b"a\x1b]0;pwn\x07\nb\xff.lock")
+    shown = os.fsdecode(tmp_path) + "/a\\x1b]0;pwn\\x07\\x0ab\\xff.lock"
+    pytester.makepyfile(test_w="""
+        import pytest
+        @pytest.mark.llm
+        def test_heavy(): pass
+    """)
+    monkeypatch.setenv("HEAVYLOCK_PATH", os.fsdecode(raw))
+    report = tmp_path / "r.json"
+    r = pytester.runpytest_subprocess("--heavylock-run-heavy", "-rA", f"--heavylock-report={report}")
+    r.assert_outcomes(passed=1)
+    out = "\n".join(r.outlines + r.errlines)
+    assert f"lock: {shown} (from HEAVYLOCK_PATH" in out, out
+    assert not CONTROL.search(out.replace("\n", "").encode("utf-8", "surrogateescape")), repr(out)
+    assert json.loads(report.read_text())["lock"] == shown
+    # a start-up error about that path: its folder cannot be made
+    monkeypatch.setenv("HEAVYLOCK_PATH", os.fsdecode(os.path.join(raw, b"x.lock")))
+    r = pytester.runpytest_subprocess("--heavylock-run-heavy")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    err = "\n".join(r.errlines)
+    assert f"the lock {shown}/x.lock (from HEAVYLOCK_PATH) cannot be used" in err, err
+    assert not CONTROL.search(err.replace("\n", "").encode("utf-8", "surrogateescape")), err

@@ -95,6 +95,50 @@ def test_slots_auto_on_a_server_without_budget_hides_the_password(pytester, env,
     assert "s3cret" not in err
 
 
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A read-only tmpfs (root only: mount(2)): even root cannot write there."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.mark.parametrize("option,name", [("report", "r.json"), ("timeline", "t.svg")])
+def test_an_output_in_a_read_only_folder(pytester, env, tmp_path, readonly_dir, option, name):
+    """Every test ran (hours of model loads) and only then the run failed
+    with "could not write the report ...: Read-only file system"."""
+    err = refused(pytester, env, f"--heavylock-path={tmp_path}/x.lock",
+                  f"--heavylock-{option}={readonly_dir}/{name}")
+    assert (f"--heavylock-{option}='{readonly_dir}/{name}': its folder {readonly_dir} is "
+            "read-only for this user") in err
+
+
+def test_outputs_replace_a_planted_symlink_never_follow_it(pytester, env, tmp_path):
+    """The report and timeline were opened with open(path, "w"): a symbolic
+    link planted at the path (a shared folder) made the run truncate and
+    overwrite the file it points to."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = pytester.path / "out"
+    out.mkdir()
+    for name in ("r.json", "t.svg"):
+        (out / name).symlink_to(victim)
+    pytester.makepyfile(test_h=textwrap.dedent(RAN))
+    r = pytester.runpytest_subprocess(f"--heavylock-path={tmp_path}/x.lock",
+                                      f"--heavylock-report={out}/r.json",
+                                      f"--heavylock-timeline={out}/t.svg")
+    assert r.ret == pytest.ExitCode.OK, r.stdout.str() + r.stderr.str()
+    assert victim.read_text() == "precious\n"
+    for name in ("r.json", "t.svg"):
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
+    assert sorted(os.listdir(out)) == ["r.json", "t.svg"]  # no temporary file left
+
+
 def test_a_fast_run_with_a_good_target_creates_nothing(pytester, env, tmp_path):
     """The start-up check opens nothing: the lock's folder appears only when
     a heavy test takes the lock."""
