@@ -193,16 +193,17 @@ static int acquire_noisy(hl_lock_t *lk, double timeout, int verbose, int quiet) 
   if (!quiet)
     hl_lock_set_wait_callback(lk, on_wait, (void *)hl_lock_path(lk), verbose ? 0 : 1.0, 10.0);
   int rc;
+  double left = timeout; /* the whole of it for the first try: -w 1e-9 on a
+                            free lock timed out before it tried */
   for (;;) {
-    double left = timeout;
+    rc = hl_lock_acquire(lk, left);
+    if (rc != -EINTR)
+      break; /* a signal we do not handle: wait on */
     if (timeout > 0) {
       left = timeout - (now_mono() - start);
       if (left <= 0)
         return HL_ETIMEDOUT;
     }
-    rc = hl_lock_acquire(lk, left);
-    if (rc != -EINTR)
-      break; /* a signal we do not handle: wait on */
   }
   if (rc == 0 && verbose)
     warnx("getting lock took %.6f seconds", now_mono() - start);
