@@ -128,7 +128,9 @@ class Timeout(TimeoutError):
         waited = "one try" if not timeout else f"waiting {timeout:g} s"
         # Kept masked: the exception travels (logs, xdist's pickles, reports).
         path, holder = _shown(path), _shown(holder)
-        self.message = f"could not take the lock {path} after {waited}: {holder}"
+        # and printable: a path may hold ESC or a newline (the message is
+        # printed to terminals); .path stays the path
+        self.message = f"could not take the lock {printable(path)} after {waited}: {holder}"
         super().__init__(errno.ETIMEDOUT, self.message)
         self.path = path
         self.holder = holder

@@ -386,7 +386,7 @@ def _umask():
     return mask
 
 
-def _target_problem(path):
+def _target_problem(path, backend):
     """Why the lock file at `path` could not be opened for locking (what the
     first heavy test would meet), or None.  Creates nothing: a run with no
     heavy test leaves no trace."""
@@ -411,7 +411,11 @@ def _target_problem(path):
         return "it is a symbolic link (refused: a lock is never taken through one)"
     if not stat.S_ISREG(st.st_mode):
         return "it is not a regular file"
-    if not os.access(path, os.W_OK):
+    # The native backend locks an existing file through a read-only
+    # descriptor (flock needs no write access; only the holder record is
+    # lost), as the CLI does: another user's 0644 lock file is shared, not
+    # refused.  The other backends open it for writing.
+    if backend != "native" and not os.access(path, os.W_OK):
         return f"it cannot be opened for writing by this user (uid {os.getuid()})"
     return None
 
@@ -428,7 +432,7 @@ def check_lock_target(settings):
                 f"{settings.backend_source}={settings.backend_value!r}: the filelock package is "
                 "not installed (pip install filelock), or choose another backend") from None
     problem = (_server_problem(settings.path) if settings.remote
-               else _target_problem(settings.path))
+               else _target_problem(settings.path, settings.backend))
     if problem:
         raise pytest.UsageError(f"the lock {settings.shown_path} (from "
                                 f"{settings.path_source}) cannot be used: "

@@ -123,6 +123,26 @@ def test_hostile_path_in_every_cli_message(cli, tmp_path):
     assert outs[1].decode().endswith(shown + " is busy\n"), outs[1]
 
 
+def test_timeout_message_shows_a_hostile_path_escaped(tmp_path):
+    """heavylock.Timeout's message carried the lock path raw (ESC, BEL, a
+    newline) to whatever printed the exception."""
+    heavylock = pytest.importorskip("heavylock")
+    lock = os.path.join(os.fsencode(tmp_path), b"a\x1b[31m\x07\nb.lock")
+    open(lock, "wb").close()
+    p = subprocess.Popen([b"flock", lock, b"sleep", b"60"], start_new_session=True)
+    try:
+        wait_for(lambda: heavylock.status(os.fsdecode(lock))["held"], what="flock(1) to hold")
+        with pytest.raises(heavylock.Timeout) as info:
+            with heavylock.open_lock(os.fsdecode(lock), timeout=0.1):
+                pass
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert "a\\x1b[31m\\x07\\x0ab.lock" in str(info.value), str(info.value)
+    assert not CONTROL.search(str(info.value).encode()), str(info.value)
+    assert info.value.path == os.fsdecode(lock)
+
+
 def test_python_status_never_raises_on_hostile_records(tmp_path, held_by_flock):
     heavylock = pytest.importorskip("heavylock")
     native = pytest.importorskip("heavylock._native")

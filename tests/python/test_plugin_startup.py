@@ -58,7 +58,9 @@ def test_a_read_only_folder_or_file(pytester, env, monkeypatch, tmp_path, what):
     if subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode:
         pytest.skip("chattr +i is not permitted here")
     try:
-        err = refused(pytester, env, f"--heavylock-path={lock}")
+        # the fcntl backend opens the file for writing; the native one locks
+        # it read-only (test_a_lock_file_only_readable_is_used_by_the_native_backend)
+        err = refused(pytester, env, f"--heavylock-path={lock}", "--heavylock-backend=fcntl")
     finally:
         subprocess.run(["chattr", "-i", str(target)], check=True)
     said = ("it cannot be opened for writing" if what == "file"
@@ -116,6 +118,25 @@ def test_an_output_in_a_read_only_folder(pytester, env, tmp_path, readonly_dir, 
                   f"--heavylock-{option}={readonly_dir}/{name}")
     assert (f"--heavylock-{option}='{readonly_dir}/{name}': its folder {readonly_dir} is "
             "read-only for this user") in err
+
+
+def test_a_lock_file_only_readable_is_used_by_the_native_backend(pytester, env, readonly_dir):
+    """The start-up check refused an existing lock file this user cannot
+    write ("cannot be opened for writing": another user's 0644 file, a
+    read-only file system), which the native backend locks through a
+    read-only descriptor as the CLI does: a shared lock stopped every run."""
+    lock = readonly_dir / "x.lock"
+    subprocess.run(["mount", "-o", "remount,rw", str(readonly_dir)], check=True)
+    lock.write_bytes(b"")
+    subprocess.run(["mount", "-o", "remount,ro", str(readonly_dir)], check=True)
+    pytester.makepyfile(test_h=textwrap.dedent(RAN))
+    r = pytester.runpytest_subprocess(f"--heavylock-path={lock}", "--heavylock-backend=native",
+                                      "--heavylock-run-heavy")
+    assert r.ret == pytest.ExitCode.OK, r.stdout.str() + r.stderr.str()
+    assert env.read_text() == "ran\n"
+    env.unlink()
+    err = refused(pytester, env, f"--heavylock-path={lock}", "--heavylock-backend=fcntl")
+    assert "cannot be opened for writing by this user" in err
 
 
 def test_outputs_replace_a_planted_symlink_never_follow_it(pytester, env, tmp_path):
