@@ -47,6 +47,13 @@ int cmd_doctor(int argc, char **argv);
  * ("postgresql://ci:***@db/x"); a path unchanged.  Returns buf. */
 const char *cli_show_target(const char *target, char *buf, size_t len);
 
+/* Text for a terminal, from text that may hold anything from outside (a
+ * lock path from the environment, an option's value, a command's name):
+ * passwords masked (hl_redact), then control characters (C0, DEL, C1) and
+ * bytes that are not UTF-8 shown as \xHH, never passed through; cut at a
+ * whole character or escape when buf is full.  Returns buf. */
+const char *cli_term_text(const char *text, char *buf, size_t len);
+
 /* 1 when `target` names a lock server ("scheme://..."), not a file. */
 int cli_is_url(const char *target);
 

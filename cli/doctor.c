@@ -34,12 +34,13 @@
 
 static int problems;
 
-/* Every line goes through hl_redact: it may quote a URL (the target, a
- * server's message, a holder's or waiter's command line). */
+/* Every line goes through cli_term_text: it may quote a URL (the target, a
+ * server's message, a holder's or waiter's command line) or a path with
+ * control characters. */
 static void line_out(const char *head, const char *fmt, va_list ap) {
   char raw[16384], safe[sizeof(raw) * 2 + 4];
   vsnprintf(raw, sizeof(raw), fmt, ap);
-  printf("%-12s %s\n", head, hl_redact(raw, safe, sizeof(safe)));
+  printf("%-12s %s\n", head, cli_term_text(raw, safe, sizeof(safe)));
 }
 
 static void say(const char *what, const char *fmt, ...) {
@@ -302,6 +303,16 @@ int cmd_doctor(int argc, char **argv) {
     snprintf(path, sizeof(path), "%s", given);
     char shown[HL_PATH_MAX + 8];
     say("lock path", "%s (given on the command line)", cli_show_target(path, shown, sizeof(shown)));
+    /* run's rule (lock_path): an unknown scheme is no path and no server
+     * (it was diagnosed as a bad PostgreSQL URL), an empty path no file */
+    if (hl_target_kind(path) == HL_TARGET_UNKNOWN) {
+      problem("%s is a URL of no known lock server; supported: " HL_TARGET_SCHEMES, shown);
+      return 64;
+    }
+    if (path[0] == '\0') {
+      problem("the lock path is empty; name a lock file or a lock server's URL");
+      return 64;
+    }
   } else {
     hl_path_t p;
     int rc = hl_path_resolve(root, &p);

@@ -49,7 +49,7 @@ static void warnx(const char *fmt, ...) {
   int m = vsnprintf(raw + n, sizeof(raw) - (size_t)n - 1, fmt, ap);
   va_end(ap);
   (void)m;
-  hl_redact(raw, line, sizeof(line) - 1);
+  cli_term_text(raw, line, sizeof(line) - 1);
   n = (int)strlen(line);
   line[n++] = '\n';
   if (write(STDERR_FILENO, line, (size_t)n) < 0) {
@@ -58,12 +58,13 @@ static void warnx(const char *fmt, ...) {
 }
 
 static int usage_error(const char *fmt, ...) {
+  char raw[HL_PATH_MAX + 1024], line[sizeof(raw) + 64];
   va_list ap;
   va_start(ap, fmt);
-  fprintf(stderr, "%s: ", prog);
-  vfprintf(stderr, fmt, ap);
-  fprintf(stderr, "\nTry '%s --help' for more information.\n", prog);
+  vsnprintf(raw, sizeof(raw), fmt, ap); /* it quotes the bad value as given */
   va_end(ap);
+  fprintf(stderr, "%s: %s\nTry '%s --help' for more information.\n", prog,
+          cli_term_text(raw, line, sizeof(line)), prog);
   return EX_USAGE;
 }
 
@@ -114,6 +115,8 @@ static int lock_path(const char *opt, const char *root, char *out, size_t len, i
     if (n >= len || n >= HL_PATH_MAX)
       return usage_error("lock path is %zu bytes long; the limit is %d", n, HL_PATH_MAX - 1);
     memcpy(out, opt, n + 1);
+    if (n == 0) /* as HEAVYLOCK_PATH="" is (hl_path_resolve) */
+      return usage_error("--lock is empty; name a lock file or a lock server's URL");
     if (hl_target_kind(opt) == HL_TARGET_UNKNOWN) {
       char shown[HL_PATH_MAX + 64];
       return usage_error("--lock '%s' is a URL of no known lock server; supported: "
@@ -173,15 +176,12 @@ static int on_wait(void *arg, const hl_status_t *st, double waited) {
   /* A stuck admission table is in the way too (the library's detail); no
    * password, ever (the target, a holder's label). */
   char raw[sizeof(line)];
-  snprintf(raw, sizeof(raw), "%s: waiting for %s, %s%s (waited %.0f s)\n", prog, path, who,
+  snprintf(raw, sizeof(raw), "%s: waiting for %s, %s%s (waited %.0f s)", prog, path, who,
            error_detail(why, sizeof(why)), waited);
-  int n = (int)strlen(hl_redact(raw, line, sizeof(line)));
-  if (n > 0) {
-    if ((size_t)n >= sizeof(line))
-      n = (int)sizeof(line) - 1;
-    if (write(STDERR_FILENO, line, (size_t)n) < 0) {
-      /* nowhere to say it: keep waiting */
-    }
+  size_t n = strlen(cli_term_text(raw, line, sizeof(line) - 1));
+  line[n++] = '\n';
+  if (write(STDERR_FILENO, line, n) < 0) {
+    /* nowhere to say it: keep waiting */
   }
   return 0;
 }
@@ -193,16 +193,17 @@ static int acquire_noisy(hl_lock_t *lk, double timeout, int verbose, int quiet) 
   if (!quiet)
     hl_lock_set_wait_callback(lk, on_wait, (void *)hl_lock_path(lk), verbose ? 0 : 1.0, 10.0);
   int rc;
+  double left = timeout; /* the whole of it for the first try: -w 1e-9 on a
+                            free lock timed out before it tried */
   for (;;) {
-    double left = timeout;
+    rc = hl_lock_acquire(lk, left);
+    if (rc != -EINTR)
+      break; /* a signal we do not handle: wait on */
     if (timeout > 0) {
       left = timeout - (now_mono() - start);
       if (left <= 0)
         return HL_ETIMEDOUT;
     }
-    rc = hl_lock_acquire(lk, left);
-    if (rc != -EINTR)
-      break; /* a signal we do not handle: wait on */
   }
   if (rc == 0 && verbose)
     warnx("getting lock took %.6f seconds", now_mono() - start);
@@ -463,6 +464,34 @@ static void term_str(const char *str) {
   char *safe = malloc(n);
   term_str_raw(safe ? hl_redact(str, safe, n) : "?");
   free(safe);
+}
+
+const char *cli_term_text(const char *text, char *buf, size_t len) {
+  if (len == 0)
+    return buf;
+  size_t rlen = strlen(text) * 2 + 4; /* "***" for each password of 1 byte or more */
+  char *red = malloc(rlen);
+  const unsigned char *s = (const unsigned char *)(red ? hl_redact(text, red, rlen) : "?");
+  size_t o = 0;
+  while (*s) {
+    int n = utf8_len(s);
+    if (n == 0 || *s < 0x20 || *s == 0x7f || (n == 2 && s[0] == 0xc2 && s[1] < 0xa0)) {
+      int k = n ? n : 1;
+      if (o + 4 * (size_t)k >= len)
+        break;
+      for (int i = 0; i < k; i++, o += 4)
+        snprintf(buf + o, 5, "\\x%02x", *s++);
+    } else {
+      if (o + (size_t)n >= len)
+        break;
+      memcpy(buf + o, s, (size_t)n);
+      o += (size_t)n;
+      s += n;
+    }
+  }
+  buf[o] = '\0';
+  free(red);
+  return buf;
 }
 
 static void term_str_raw(const char *str) {

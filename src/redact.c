@@ -51,11 +51,14 @@ const char *hl_redact(const char *text, char *out, size_t len) {
     text = "";
   for (const char *p = text; *p;) {
     if (strncmp(p, "://", 3) == 0) {
-      /* scheme://user:PASSWORD@host: the authority ends at '/', '?', '#' or
-       * a blank; its last '@' ends the user info (a password may hold '@'
-       * unescaped); the first ':' before it starts the password. */
+      /* scheme://user:PASSWORD@host: the user info ends at an '@' before
+       * the first '/' (a quote or a blank ends the URL in free text).  '?'
+       * and '#' do not end it: libpq takes "u:pa?ss#w@h/d" as user u,
+       * password "pa?ss#w" (generated passwords hold them).  The last '@'
+       * ends it (a password may hold '@' unescaped); the first ':' before
+       * it starts the password. */
       const char *a = p + 3, *end = a, *at = NULL;
-      while (*end && !strchr("/?#\"'", *end) && !isspace((unsigned char)*end)) {
+      while (*end && !strchr("/\"'", *end) && !isspace((unsigned char)*end)) {
         if (*end == '@')
           at = end;
         end++;

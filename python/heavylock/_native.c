@@ -368,9 +368,11 @@ static int do_acquire(LockObject *self, double timeout, PyObject *on_wait, doubl
   }
   double deadline = w.start + (timeout > 0 ? timeout : 0);
   int rc;
-  for (;;) {
+  for (int tried = 0;; tried = 1) {
     double left = timeout;
-    if (timeout > 0 && (left = deadline - monotonic()) <= 0) {
+    /* the first try gets the whole timeout: acquire(1e-9) on a free lock
+     * timed out before it had tried */
+    if (tried && timeout > 0 && (left = deadline - monotonic()) <= 0) {
       rc = HL_ETIMEDOUT;
       break;
     }

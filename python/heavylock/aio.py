@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, Dict, Optional, Type
 
 from heavylock.backends import (_DEFAULT, BaseLock, NativeLock, PathArg, Timeout,
-                                describe_holder, open_lock as _open_lock)
+                                describe_holder, open_lock as _open_lock, redact)
 
 __all__ = ["AsyncLock", "open_lock", "SLICE"]
 
@@ -147,7 +147,8 @@ class AsyncLock:
             else:
                 loop.call_soon_threadsafe(settle, r, None)
 
-        threading.Thread(target=run, name=f"heavylock-aio-wait {self.path}",
+        # the name shows in thread dumps and "Exception in thread" lines
+        threading.Thread(target=run, name=f"heavylock-aio-wait {redact(self.path)}",
                          daemon=True).start()
         try:
             return await asyncio.shield(done)

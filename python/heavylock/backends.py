@@ -128,7 +128,9 @@ class Timeout(TimeoutError):
         waited = "one try" if not timeout else f"waiting {timeout:g} s"
         # Kept masked: the exception travels (logs, xdist's pickles, reports).
         path, holder = _shown(path), _shown(holder)
-        self.message = f"could not take the lock {path} after {waited}: {holder}"
+        # and printable: a path may hold ESC or a newline (the message is
+        # printed to terminals); .path stays the path
+        self.message = f"could not take the lock {printable(path)} after {waited}: {holder}"
         super().__init__(errno.ETIMEDOUT, self.message)
         self.path = path
         self.holder = holder
@@ -210,10 +212,26 @@ def _shown(target: str) -> str:
     extension cannot load."""
     if _native is not None:
         return _native.redact(target)
-    return re.sub(r"([A-Za-z0-9+.-]+://[^/?#@:\s]*:)[^/?#\s]*@", r"\1***@", target)
+    return re.sub(r"([A-Za-z0-9+.-]+://[^/@:\s\"']*:)[^/\s\"']*@", r"\1***@", target)
 
 
 redact = _shown
+
+
+def printable(text: str) -> str:
+    """Text for a terminal, as the CLI shows it: control characters (C0,
+    DEL, C1) and bytes that were not UTF-8 (os.fsdecode's surrogate escapes)
+    as \\xHH, never passed through."""
+    out = []
+    for c in text:
+        o = ord(c)
+        if 0xDC80 <= o <= 0xDCFF:  # a byte that was not UTF-8
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0:
+            out.append("".join(f"\\x{b:02x}" for b in c.encode()))
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 def _already_held(path: str) -> OSError:

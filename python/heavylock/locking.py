@@ -285,7 +285,7 @@ class LockClient:
             # checked at start-up, so this broke during the run (the folder
             # removed, the server gone): one line, not a traceback
             what = " ".join(str(exc.strerror or exc).split())
-            pytest.fail(f"heavylock: cannot take the lock {backends._shown(self.path)} (from "
+            pytest.fail(f"heavylock: cannot take the lock {self.shown} (from "
                         f"{self.settings.path_source}): {what}", pytrace=False)
         self._start_watch()
         return wait_start, time.time()

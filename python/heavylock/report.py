@@ -21,6 +21,7 @@ import time
 from heavylock import backends
 from heavylock.imports import light_import
 from heavylock.deaths import UNKNOWN
+from heavylock.settings import write_output
 
 SCHEMA = 1
 IMPORT_WARN_SECONDS = 1.0      # an import this slow is named after collection
@@ -230,11 +231,11 @@ class Recorder:
         s = self.settings
         if s.report:
             try:
-                with open(s.report, "w", encoding="utf-8") as f:
-                    json.dump({"schema": SCHEMA, "lock": s.shown_path, "source": s.path_source,
-                               "backend": s.backend, "rules": list(s.rules),
-                               "resident_warn": s.resident_warn, "events": events,
-                               "memory": self.memory}, f, indent=1)
+                write_output(s.report, json.dumps(
+                    {"schema": SCHEMA, "lock": s.shown_path, "source": s.path_source,
+                     "backend": s.backend, "rules": list(s.rules),
+                     "resident_warn": s.resident_warn, "events": events,
+                     "memory": self.memory}, indent=1))
             except OSError as exc:
                 self.errors.append(f"could not write the report {s.report}: {exc.strerror} "
                                    "(the run fails)")

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import stat
+import tempfile
 
 import pytest
 
@@ -339,15 +340,46 @@ def output_path(config, option, suffixes=None):
     if os.path.isdir(path):
         raise pytest.UsageError(f"{flag}={v!r} is a directory; name the file to write")
     if not hasattr(config, "workerinput"):  # only the process that writes it
+        folder = os.path.dirname(path)
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
         except OSError as exc:
             raise pytest.UsageError(f"{flag}={v!r}: cannot create its folder "
-                                    f"{os.path.dirname(path)}: {exc.strerror}") from None
+                                    f"{folder}: {exc.strerror}") from None
+        # written as a new file renamed into place (write_output): the folder
+        # must take one, or every test would run before the write fails
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise pytest.UsageError(f"{flag}={v!r}: its folder {folder} is read-only for this "
+                                    f"user (uid {os.getuid()})")
     return path
 
 
-def _target_problem(path):
+def write_output(path, text):
+    """Write a report or timeline: a new file in the same folder renamed over
+    `path`, so that a symbolic link (or another user's file) planted at `path`
+    is replaced, never followed or truncated, and a reader never sees half."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".heavylock-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _target_problem(path, backend):
     """Why the lock file at `path` could not be opened for locking (what the
     first heavy test would meet), or None.  Creates nothing: a run with no
     heavy test leaves no trace."""
@@ -372,7 +404,11 @@ def _target_problem(path):
         return "it is a symbolic link (refused: a lock is never taken through one)"
     if not stat.S_ISREG(st.st_mode):
         return "it is not a regular file"
-    if not os.access(path, os.W_OK):
+    # The native backend locks an existing file through a read-only
+    # descriptor (flock needs no write access; only the holder record is
+    # lost), as the CLI does: another user's 0644 lock file is shared, not
+    # refused.  The other backends open it for writing.
+    if backend != "native" and not os.access(path, os.W_OK):
         return f"it cannot be opened for writing by this user (uid {os.getuid()})"
     return None
 
@@ -389,10 +425,11 @@ def check_lock_target(settings):
                 f"{settings.backend_source}={settings.backend_value!r}: the filelock package is "
                 "not installed (pip install filelock), or choose another backend") from None
     problem = (_server_problem(settings.path) if settings.remote
-               else _target_problem(settings.path))
+               else _target_problem(settings.path, settings.backend))
     if problem:
-        raise pytest.UsageError(f"the lock {backends._shown(settings.path)} (from "
-                                f"{settings.path_source}) cannot be used: {problem}")
+        raise pytest.UsageError(f"the lock {settings.shown_path} (from "
+                                f"{settings.path_source}) cannot be used: "
+                                f"{backends.printable(problem)}")
 
 
 def _server_problem(url):
@@ -424,10 +461,11 @@ class Settings:
         self.slots, self.slots_source = parse_slots(config)
         self.budget, self.budget_source = parse_budget(config)
         self.remote = is_url(self.path)
-        self.shown_path = backends.redact(self.path)  # for every message and file we write
+        # for every message and file we write: no password, no control byte
+        self.shown_path = backends.printable(backends.redact(self.path))
         if self.remote and self.slots == 0 and not self.budget:
             raise pytest.UsageError(
-                f"{self.slots_source}: slots auto on the lock server {self.path} (from "
+                f"{self.slots_source}: slots auto on the lock server {self.shown_path} (from "
                 f"{self.path_source}) need --heavylock-budget SIZE (or HEAVYLOCK_BUDGET): "
                 "there is no live memory to read across machines")
         self.resident_warn = parse_resident_warn(config)

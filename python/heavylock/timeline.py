@@ -131,6 +131,7 @@ def write(path, events, memory=(), title="heavylock timeline"):
                f"</title></head><body>{svg}</body></html>")
     import os
 
+    from heavylock.settings import write_output
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(svg)
+    write_output(path, svg)

@@ -764,6 +764,11 @@ static void test_redact(void) {
       {"postgresql://h:5432/db", "postgresql://h:5432/db"},
       {"mypassword=x ./redis:x a://b", "mypassword=x ./redis:x a://b"},
       {"redis://:tok@h/0", "redis://:***@h/0"},
+      /* '?' and '#' in a password: libpq's user info runs to the '@' */
+      {"postgresql://bob:s?cr#t@h/db", "postgresql://bob:***@h/db"},
+      {"x postgresql://bob:pw?@h y", "x postgresql://bob:***@h y"},
+      {"postgresql://h:5432?name=x", "postgresql://h:5432?name=x"},
+      {"postgresql://h:5432/db?name=a@b", "postgresql://h:5432/db?name=a@b"},
   };
   char out[256];
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

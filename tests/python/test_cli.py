@@ -328,6 +328,11 @@ def test_timeout_values(cli, lockfile):
     assert r.returncode == 64 and "'-1'" in r.stderr
     assert run(cli, "run", "-w", "inf", "--lock", lockfile, "--", "true").returncode == 0
     assert run(cli, "run", "-w", "1e300", "--lock", lockfile, "--", "true").returncode == 0
+    # a tiny timeout still tries once: a free lock is taken (it said "timeout
+    # while waiting ..., free now" before it had tried)
+    for tiny in ("1e-9", "1e-300"):
+        r = run(cli, "run", "-w", tiny, "--lock", lockfile, "--", "true")
+        assert r.returncode == 0, (tiny, r.stderr)
     # a 30-day timeout still waits, and wakes when the holder goes
     holder = hold(cli, lockfile)
     w = subprocess.Popen([cli, "run", "-q", "-w", str(30 * 86400), "--lock", str(lockfile), "--",

@@ -91,6 +91,58 @@ def test_hostile_path_and_waiter_command(cli, tmp_path):
         p.wait()
 
 
+def test_hostile_path_in_every_cli_message(cli, tmp_path):
+    """The lock path (from the environment or a project's settings: any
+    bytes) reached the terminal raw in the waiting notice, the timeout, the
+    busy line, doctor, and the errors of run, gguf and usage: ESC, BEL, a
+    newline, a byte that is not UTF-8.  Each is shown as \\xHH instead."""
+    lock = os.path.join(os.fsencode(tmp_path), b"a\x1b]0;pwn\x07\nb\xff\xc2\x9b.lock")
+    open(lock, "wb").close()
+    shown = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"")) + \
+        "a\\x1b]0;pwn\\x07\\x0ab\\xff\\xc2\\x9b.lock"
+    p = subprocess.Popen([b"flock", lock, b"sleep", b"60"], start_new_session=True)
+    try:
+        wait_for(lambda: json.loads(run(cli, "status", "--lock", os.fsdecode(lock),
+                                        "--json").stdout)["held"], what="flock(1) to hold")
+        path = os.fsdecode(lock)
+        outs = [run(cli, "run", "-v", "-w", "0.3", "--lock", path, "--", "true").stderr,
+                run(cli, "run", "-v", "-n", "--lock", path, "--", "true").stderr,
+                run(cli, "run", "-w", "0.3", "--slots", "2", "--lock", path, "--", "true").stderr,
+                run(cli, "doctor", path).stdout,
+                run(cli, "gguf", path).stderr,
+                run(cli, "run", "--lock", os.fsdecode(lock + b"/x"), "--", "true").stderr,
+                run(cli, "run", "-w", path, "--", "true").stderr]
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    for out in outs:
+        assert not CONTROL.search(out.replace(b"\n", b"")), out
+        text = out.decode("utf-8")  # strict: valid UTF-8
+        assert shown in text, text
+    assert "waiting for " + shown in outs[0].decode() and "timeout while" in outs[0].decode()
+    assert outs[1].decode().endswith(shown + " is busy\n"), outs[1]
+
+
+def test_timeout_message_shows_a_hostile_path_escaped(tmp_path):
+    """heavylock.Timeout's message carried the lock path raw (ESC, BEL, a
+    newline) to whatever printed the exception."""
+    heavylock = pytest.importorskip("heavylock")
+    lock = os.path.join(os.fsencode(tmp_path), b"a\x1b[31m\x07\nb.lock")
+    open(lock, "wb").close()
+    p = subprocess.Popen([b"flock", lock, b"sleep", b"60"], start_new_session=True)
+    try:
+        wait_for(lambda: heavylock.status(os.fsdecode(lock))["held"], what="flock(1) to hold")
+        with pytest.raises(heavylock.Timeout) as info:
+            with heavylock.open_lock(os.fsdecode(lock), timeout=0.1):
+                pass
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert "a\\x1b[31m\\x07\\x0ab.lock" in str(info.value), str(info.value)
+    assert not CONTROL.search(str(info.value).encode()), str(info.value)
+    assert info.value.path == os.fsdecode(lock)
+
+
 def test_python_status_never_raises_on_hostile_records(tmp_path, held_by_flock):
     heavylock = pytest.importorskip("heavylock")
     native = pytest.importorskip("heavylock._native")
@@ -160,6 +212,24 @@ def test_bad_environment_values(cli, tmp_path):
 def test_bad_option_values(cli, tmp_path, args, says):
     r = run(cli, "run", *args, "--lock", tmp_path / "x.lock", "--", "true")
     assert r.returncode == 64 and says in r.stderr and b"Try 'heavylock --help'" in r.stderr
+
+
+def test_unknown_scheme_and_empty_lock_are_usage_errors_everywhere(cli, tmp_path):
+    """doctor diagnosed redis://... as "bad PostgreSQL URL ... missing '='"
+    (run and status say: no known lock server); an empty --lock was
+    "cannot open lock file : Invalid argument" (66) for run and "free" for
+    status, while HEAVYLOCK_PATH="" is a usage error."""
+    doc = run(cli, "doctor", "redis://u:pw@h/x", cwd=tmp_path)
+    assert doc.returncode == 64, doc
+    assert (b"redis://u:***@h/x is a URL of no known lock server; supported: postgresql://"
+            in doc.stdout), doc.stdout
+    assert b"PostgreSQL" not in doc.stdout and b"pw" not in doc.stdout
+    for args in (["run", "--lock", "", "--", "true"], ["status", "--lock", ""]):
+        r = run(cli, *args, cwd=tmp_path)
+        assert r.returncode == 64 and b"--lock is empty" in r.stderr, (args, r)
+    doc = run(cli, "doctor", "", cwd=tmp_path)
+    assert doc.returncode == 64 and b"the lock path is empty" in doc.stdout, doc
+    assert os.listdir(tmp_path) == []
 
 
 def test_corrupt_gguf(cli, tmp_path):
@@ -374,3 +444,35 @@ def test_full_slot_table_says_so(cli, tmp_path):
     finally:
         os.close(fd)
     assert run(cli, "run", "--lock", lock, "--slots", "2", "-n", "--", "true").returncode == 0
+
+
+def test_hostile_lock_path_never_reaches_the_plugins_output(pytester, monkeypatch, tmp_path):
+    """The plugin's "lock:" summary line, its waiting notice and its
+    start-up errors showed the lock path raw (ESC, BEL, a newline, a byte
+    that is not UTF-8 from HEAVYLOCK_PATH); now as \\xHH, as the CLI does."""
+    pytest.importorskip("heavylock")
+    for k in ("RUN_HEAVY_INTEGRATION", "LOCAL_MODEL_PATH", "HEAVYLOCK_PATH", "HEAVYLOCK_URL",
+              "HEAVYLOCK_BACKEND", "HEAVYLOCK_TIMEOUT", "HEAVYLOCK_SLOTS", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(k, raising=False)
+    raw = os.path.join(os.fsencode(tmp_path), b"a\x1b]0;pwn\x07\nb\xff.lock")
+    shown = os.fsdecode(tmp_path) + "/a\\x1b]0;pwn\\x07\\x0ab\\xff.lock"
+    pytester.makepyfile(test_w="""
+        import pytest
+        @pytest.mark.llm
+        def test_heavy(): pass
+    """)
+    monkeypatch.setenv("HEAVYLOCK_PATH", os.fsdecode(raw))
+    report = tmp_path / "r.json"
+    r = pytester.runpytest_subprocess("--heavylock-run-heavy", "-rA", f"--heavylock-report={report}")
+    r.assert_outcomes(passed=1)
+    out = "\n".join(r.outlines + r.errlines)
+    assert f"lock: {shown} (from HEAVYLOCK_PATH" in out, out
+    assert not CONTROL.search(out.replace("\n", "").encode("utf-8", "surrogateescape")), repr(out)
+    assert json.loads(report.read_text())["lock"] == shown
+    # a start-up error about that path: its folder cannot be made
+    monkeypatch.setenv("HEAVYLOCK_PATH", os.fsdecode(os.path.join(raw, b"x.lock")))
+    r = pytester.runpytest_subprocess("--heavylock-run-heavy")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    err = "\n".join(r.errlines)
+    assert f"the lock {shown}/x.lock (from HEAVYLOCK_PATH) cannot be used" in err, err
+    assert not CONTROL.search(err.replace("\n", "").encode("utf-8", "surrogateescape")), err

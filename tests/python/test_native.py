@@ -256,3 +256,13 @@ def test_library_errors_become_the_right_python_exceptions(tmp_path):
     lk.close()  # closing twice is fine
     with pytest.raises(ValueError, match="closed"):
         lk.path
+
+
+def test_a_tiny_timeout_still_tries_once(lockfile):
+    """acquire(1e-9) on a free lock returned False: the time left was
+    computed, and found spent, before the first try."""
+    for tiny in (1e-9, 1e-300):
+        lk = heavylock.open_lock(str(lockfile))
+        assert lk.acquire(tiny) is True, tiny
+        lk.release()
+        lk.close()

@@ -726,3 +726,35 @@ def test_server_ends_a_stopped_clients_blocked_statement(own_db):
         if locker:
             locker.kill()
             locker.wait()
+
+
+def test_the_async_wait_thread_is_named_without_the_password():
+    """aio's waiting thread was named after the raw URL: its password showed
+    in thread dumps (py-spy, threading.enumerate) and in an "Exception in
+    thread" line."""
+    import asyncio
+    import heavylock
+    from heavylock import aio
+    host = BASE.split("://", 1)[1].split("@", 1)[1]
+    target = f"postgresql://postgres:{SECRET}@{host}"
+    target += f"{'&' if '?' in target else '?'}name=aio_{os.getpid()}_{time.time_ns()}"
+    holder = heavylock.open_lock(target)
+    assert holder.acquire(5)
+    try:
+        async def wait():
+            task = asyncio.create_task(aio.open_lock(target).acquire())
+            names = []
+            end = time.monotonic() + 30
+            while not any(n.startswith("heavylock-aio-wait") for n in names):
+                assert time.monotonic() < end, names
+                await asyncio.sleep(0.02)
+                names = [t.name for t in threading.enumerate()]
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return names
+        names = asyncio.run(wait())
+    finally:
+        holder.release()
+    shown = [n for n in names if n.startswith("heavylock-aio-wait")]
+    assert shown == [f"heavylock-aio-wait {target.replace(SECRET, '***')}"], shown

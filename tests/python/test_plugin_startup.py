@@ -58,7 +58,9 @@ def test_a_read_only_folder_or_file(pytester, env, monkeypatch, tmp_path, what):
     if subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode:
         pytest.skip("chattr +i is not permitted here")
     try:
-        err = refused(pytester, env, f"--heavylock-path={lock}")
+        # the fcntl backend opens the file for writing; the native one locks
+        # it read-only (test_a_lock_file_only_readable_is_used_by_the_native_backend)
+        err = refused(pytester, env, f"--heavylock-path={lock}", "--heavylock-backend=fcntl")
     finally:
         subprocess.run(["chattr", "-i", str(target)], check=True)
     said = ("it cannot be opened for writing" if what == "file"
@@ -83,6 +85,79 @@ def test_an_unreachable_lock_server(pytester, env, monkeypatch):
     assert ("the lock postgresql://u:***@127.0.0.1:1/db?name=x (from HEAVYLOCK_URL) cannot be "
             "used: ") in err and "Connection refused" in err
     assert "s3cret" not in err
+
+
+def test_slots_auto_on_a_server_without_budget_hides_the_password(pytester, env, monkeypatch):
+    """The usage error for slots auto without a budget on a server named the
+    URL unmasked (its password on the terminal)."""
+    monkeypatch.setenv("HEAVYLOCK_URL", "postgresql://u:s3cret@127.0.0.1:1/db?name=x")
+    err = refused(pytester, env, "--heavylock-slots=auto")
+    assert ("slots auto on the lock server postgresql://u:***@127.0.0.1:1/db?name=x (from "
+            "HEAVYLOCK_URL) need --heavylock-budget") in err
+    assert "s3cret" not in err
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A read-only tmpfs (root only: mount(2)): even root cannot write there."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.mark.parametrize("option,name", [("report", "r.json"), ("timeline", "t.svg")])
+def test_an_output_in_a_read_only_folder(pytester, env, tmp_path, readonly_dir, option, name):
+    """Every test ran (hours of model loads) and only then the run failed
+    with "could not write the report ...: Read-only file system"."""
+    err = refused(pytester, env, f"--heavylock-path={tmp_path}/x.lock",
+                  f"--heavylock-{option}={readonly_dir}/{name}")
+    assert (f"--heavylock-{option}='{readonly_dir}/{name}': its folder {readonly_dir} is "
+            "read-only for this user") in err
+
+
+def test_a_lock_file_only_readable_is_used_by_the_native_backend(pytester, env, readonly_dir):
+    """The start-up check refused an existing lock file this user cannot
+    write ("cannot be opened for writing": another user's 0644 file, a
+    read-only file system), which the native backend locks through a
+    read-only descriptor as the CLI does: a shared lock stopped every run."""
+    lock = readonly_dir / "x.lock"
+    subprocess.run(["mount", "-o", "remount,rw", str(readonly_dir)], check=True)
+    lock.write_bytes(b"")
+    subprocess.run(["mount", "-o", "remount,ro", str(readonly_dir)], check=True)
+    pytester.makepyfile(test_h=textwrap.dedent(RAN))
+    r = pytester.runpytest_subprocess(f"--heavylock-path={lock}", "--heavylock-backend=native",
+                                      "--heavylock-run-heavy")
+    assert r.ret == pytest.ExitCode.OK, r.stdout.str() + r.stderr.str()
+    assert env.read_text() == "ran\n"
+    env.unlink()
+    err = refused(pytester, env, f"--heavylock-path={lock}", "--heavylock-backend=fcntl")
+    assert "cannot be opened for writing by this user" in err
+
+
+def test_outputs_replace_a_planted_symlink_never_follow_it(pytester, env, tmp_path):
+    """The report and timeline were opened with open(path, "w"): a symbolic
+    link planted at the path (a shared folder) made the run truncate and
+    overwrite the file it points to."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = pytester.path / "out"
+    out.mkdir()
+    for name in ("r.json", "t.svg"):
+        (out / name).symlink_to(victim)
+    pytester.makepyfile(test_h=textwrap.dedent(RAN))
+    r = pytester.runpytest_subprocess(f"--heavylock-path={tmp_path}/x.lock",
+                                      f"--heavylock-report={out}/r.json",
+                                      f"--heavylock-timeline={out}/t.svg")
+    assert r.ret == pytest.ExitCode.OK, r.stdout.str() + r.stderr.str()
+    assert victim.read_text() == "precious\n"
+    for name in ("r.json", "t.svg"):
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0
+    assert sorted(os.listdir(out)) == ["r.json", "t.svg"]  # no temporary file left
 
 
 def test_a_fast_run_with_a_good_target_creates_nothing(pytester, env, tmp_path):
