@@ -49,5 +49,9 @@ int hl__queue_others(const char *lockpath);
 
 /* Tests: sleep this long between deciding and registering (kind-slots.c). */
 void hl__slots_set_admit_delay(unsigned us);
+/* For tests: whether a stopped earlier waiter is passed over (default 1).
+ * The no-barging test stops the first in line to hold the window between a
+ * release and its retry open, and must have it counted. */
+void hl__slots_set_pass_stopped(int on);
 
 #endif

@@ -600,6 +600,8 @@ static int count_ahead(slots_state_t *ss);
  * two newcomers would both take the last slot without the admission lock. */
 static unsigned admit_delay_us;
 void hl__slots_set_admit_delay(unsigned us) { admit_delay_us = us; }
+static int pass_stopped = 1;
+void hl__slots_set_pass_stopped(int on) { pass_stopped = on; }
 
 static int slots_try(void *state, const hl__ask_t *ask, int waiting) {
   slots_state_t *ss = state;
@@ -946,13 +948,18 @@ int hl__queue_join(const char *lockpath, const hl__ask_t *ask, hl__queue_t **qp)
  * that leaves just as we read costs at most one more wake-up.  This keeps a
  * crowd of waiters, all woken by one release, from queueing up on the
  * admission lock only to learn they are not first. */
+/* Earlier waiters still in line.  A stopped one (Ctrl-Z, SIGSTOP, a
+ * debugger) is passed over while it stays stopped: alive, its entry stays
+ * live, and counting it would hold every later waiter while the lock is
+ * free.  It keeps its ticket and is first again once it continues. */
 static int count_ahead(slots_state_t *ss) {
   snapshot_t s;
   memset(&s, 0, sizeof(s));
   int ahead = 0;
   if (snapshot(ss->tfd, ss->idx, 0, &s) == 0)
     for (int i = 0; i < s.n; i++)
-      if (i != ss->idx && s.e[i].state == E_WAITING && s.e[i].ticket < ss->ticket)
+      if (i != ss->idx && s.e[i].state == E_WAITING && s.e[i].ticket < ss->ticket &&
+          !(pass_stopped && hl__os_pid_stopped((long)s.e[i].pid, s.e[i].start)))
         ahead++;
   free(s.e);
   return ahead;

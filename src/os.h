@@ -99,6 +99,11 @@ int hl__os_lock_table(const hl__fileid_t *id, hl_status_t *st, int quick);
 /* quick: holders only, skip the slow scan of /proc for inotify waiters. */
 /* Parent of `pid`, 0 when unknown. */
 long hl__os_parent_pid(long pid);
+/* 1 when process `pid`, started at `start` (hl__os_proc_start's clock
+ * ticks), is stopped (SIGSTOP, Ctrl-Z, a tracer); 0 otherwise or when that
+ * pid is another process now.  For the FIFO queue: a stopped waiter is
+ * passed over while it stays stopped. */
+int hl__os_pid_stopped(long pid, unsigned long long start);
 /* 1 when `pid` is blocked waiting for a child to exit (Linux: wchan
  * do_wait), 0 when not or unknown, -EINTR when a signal cut the look short.
  * With `confirm`, it must be seen there three times 2 ms apart (a parent

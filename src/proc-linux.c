@@ -32,8 +32,11 @@ static long read_small(const char *path, char *buf, size_t len) {
   return n;
 }
 
-unsigned long long hl__os_proc_start(long pid) {
+/* A process's state letter and start time (clock ticks) from
+ * /proc/PID/stat; 0 when it cannot be read. */
+static unsigned long long stat_state_start(long pid, char *state) {
   char path[64], buf[1024];
+  *state = '\0';
   snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
   if (read_small(path, buf, sizeof(buf)) <= 0)
     return 0;
@@ -42,10 +45,16 @@ unsigned long long hl__os_proc_start(long pid) {
   if (p == NULL)
     return 0;
   p++;
+  *state = p[0] == ' ' ? p[1] : '\0';
   /* field 3 (state) is the first after ')'; starttime is field 22. */
   for (int field = 3; field < 22 && p; field++)
     p = strchr(p + 1, ' ');
   return p ? strtoull(p + 1, NULL, 10) : 0;
+}
+
+unsigned long long hl__os_proc_start(long pid) {
+  char state;
+  return stat_state_start(pid, &state);
 }
 
 int hl_proc_cmdline(long pid, char *buf, size_t len) {
@@ -155,6 +164,13 @@ int hl__os_in_child_wait(long pid, int confirm) {
       return 0;
   }
   return 1;
+}
+
+int hl__os_pid_stopped(long pid, unsigned long long start) {
+  char state;
+  if (stat_state_start(pid, &state) != start)
+    return 0; /* that pid is another process now */
+  return state == 'T' || state == 't';
 }
 
 long hl__os_parent_pid(long pid) {

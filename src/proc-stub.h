@@ -39,6 +39,12 @@ int hl__os_pid_holds(long pid, const hl__fileid_t *id, intptr_t skip_fd) {
   return -ENOSYS;
 }
 
+int hl__os_pid_stopped(long pid, unsigned long long start) {
+  (void)pid;
+  (void)start;
+  return 0;
+}
+
 long hl__os_parent_pid(long pid) {
   (void)pid;
   return 0;

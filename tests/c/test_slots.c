@@ -571,12 +571,52 @@ static void test_no_barging(void) {
   let_go(r);
   reap_ok(h); /* the lock is free now, and the first in line cannot run */
   hl_lock_t *lk = open_slots(1, 0, 0, "newcomer");
-  ASSERT_EQ(hl_lock_acquire(lk, 0), HL_EBUSY);
+  hl__slots_set_pass_stopped(0); /* here the stop stands for a slow retry */
+  int busy = hl_lock_acquire(lk, 0);
+  hl__slots_set_pass_stopped(1);
+  ASSERT_EQ(busy, HL_EBUSY);
   ASSERT_EQ(kill(w, SIGCONT), 0);
   ASSERT_EQ(hl_lock_acquire(lk, 30), 0);
   ASSERT(*got > 0); /* the first in line went first */
   reap_ok(w);
   hl_lock_close(lk);
+}
+
+static void test_stopped_waiter_is_passed_over(void) {
+  /* A waiter stopped while first in line (Ctrl-Z, a debugger) must not hold
+   * every later waiter while the lock is free: it is passed over while it
+   * stays stopped, and gets the lock once it continues. */
+  int r;
+  pid_t h = spawn_slot_holder(1, 0, 0, "holder", &r);
+  double *got = shared(sizeof(double));
+  pid_t w = fork();
+  ASSERT(w >= 0);
+  if (w == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    hl_lock_t *lk = open_slots(1, 0, 0, "stopped in line");
+    if (hl_lock_acquire(lk, 30) < 0)
+      _exit(2);
+    *got = now();
+    hl_lock_close(lk);
+    _exit(0);
+  }
+  wait_status(pid_queued, w, "the waiter queued");
+  ASSERT_EQ(kill(w, SIGSTOP), 0);
+  int st;
+  ASSERT_EQ(waitpid(w, &st, WUNTRACED), w);
+  ASSERT(WIFSTOPPED(st));
+  let_go(r);
+  reap_ok(h);
+  hl_lock_t *lk = open_slots(1, 0, 0, "later");
+  /* a later waiter: in within the wait loop's re-check, not after 5 s */
+  double t0 = now();
+  ASSERT_EQ(hl_lock_acquire(lk, 5), 0);
+  ASSERT(now() - t0 < 1.0 + test_slack(1.0));
+  ASSERT_EQ(kill(w, SIGCONT), 0);
+  ASSERT(*got == 0); /* the stopped one waits for us */
+  hl_lock_close(lk);
+  reap_ok(w);
+  ASSERT(*got > 0);
 }
 
 static void test_fifo_exclusive(void) {
@@ -1186,7 +1226,8 @@ static const struct test_entry tests[] = {
 #define T(n) {#n, test_##n}
     T(slots_two),        T(racing_admissions), T(third_waits),       T(killed_slot_holder), T(budget_two), T(exact_fit),
     T(too_big_runs_alone), T(growth_accounting), T(dies_mid_load),     T(interop_exclusive),
-    T(exclusive_not_starved), T(exclusive_waiter_holds_off), T(fifo),          T(fifo_exclusive), T(no_barging),
+    T(exclusive_not_starved), T(exclusive_waiter_holds_off), T(fifo), T(fifo_exclusive),
+    T(no_barging), T(stopped_waiter_is_passed_over),
     T(heavylock_exclusive_not_starved), T(self_deadlock),      T(wait_callback),
     T(status_lists),     T(hostile_table),     T(forged_entry),      T(forged_weights), T(stuck_admission), T(table_full),   T(size_parse),         T(gguf_estimate),
 #undef T
