@@ -89,8 +89,14 @@ from heavylock import _native
 path = sys.argv[1]
 def fds_on(path):
     real = os.path.realpath(path)
-    return [fd for fd in os.listdir("/proc/self/fd")
-            if os.path.realpath(f"/proc/self/fd/{fd}") == real]
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:  # a descriptor may close between the listing and the look
+            if os.readlink(f"/proc/self/fd/{fd}") == real:
+                out.append(fd)
+        except OSError:
+            pass
+    return out
 holder = _native.Lock(path)
 assert holder.acquire(0)
 shared = _native.Lock(path)
