@@ -115,6 +115,7 @@ class Watch:
                 SelfDeadlock.__init__(self, errno.EDEADLK, f"heavylock: {msg}")
 
         _SelfDeadlock.__name__ = _SelfDeadlock.__qualname__ = "SelfDeadlock"
+        _SelfDeadlock.__module__ = "heavylock"  # what the user catches: heavylock.SelfDeadlock
         return _SelfDeadlock
 
     def _on_signal(self, signum, frame):
