@@ -109,8 +109,15 @@ static int open_target_error_code(const char *target, int rc) {
  * `create`: the caller will create the lock file; an explicit --lock into a
  * directory that does not exist is more likely a typo than a wish, so it
  * fails like flock(1) (66); the policy's own directories are created. */
-static int lock_path(const char *opt, const char *root, char *out, size_t len, int create) {
+/* The lock's target from --lock, else the path policy; `how` (may be NULL)
+ * gets where it came from: its source and why, as `heavylock path` says. */
+static int lock_path(const char *opt, const char *root, char *out, size_t len, int create,
+                     hl_path_t *how) {
   if (opt) {
+    if (how) {
+      how->source = "--lock";
+      snprintf(how->why, sizeof(how->why), "given with --lock");
+    }
     size_t n = strlen(opt);
     if (n >= len || n >= HL_PATH_MAX)
       return usage_error("lock path is %zu bytes long; the limit is %d", n, HL_PATH_MAX - 1);
@@ -148,6 +155,8 @@ static int lock_path(const char *opt, const char *root, char *out, size_t len, i
     return EX_NOINPUT;
   }
   snprintf(out, len, "%s", p.path);
+  if (how)
+    *how = p;
   return 0;
 }
 
@@ -288,7 +297,7 @@ static int cmd_run(int argc, char **argv) {
   char **cmd = argv + optind;
 
   char path[HL_PATH_MAX];
-  int rc = lock_path(lockopt, root, path, sizeof(path), 1);
+  int rc = lock_path(lockopt, root, path, sizeof(path), 1, NULL);
   if (rc)
     return rc;
   char shown[HL_PATH_MAX + 8], detail[8300];
@@ -526,9 +535,14 @@ static int cmd_status(int argc, char **argv) {
   if (optind < argc)
     return usage_error("status: unexpected argument '%s'", argv[optind]);
   char path[HL_PATH_MAX];
-  int rc = lock_path(lockopt, root, path, sizeof(path), 0);
+  hl_path_t how;
+  int rc = lock_path(lockopt, root, path, sizeof(path), 0, &how);
   if (rc)
     return rc;
+  /* "free" for a file that is not there is true but says little: a
+   * lock taken from another directory is likely another file */
+  struct stat sb;
+  int exists = cli_is_url(path) || lstat(path, &sb) == 0;
   hl_status_t st;
   if ((rc = hl_status(path, &st)) < 0) {
     char detail[8300];
@@ -544,6 +558,10 @@ static int cmd_status(int argc, char **argv) {
   if (json) {
     printf("{\"path\": ");
     json_str(path);
+    printf(", \"exists\": %s, \"path_source\": ", exists ? "true" : "false");
+    json_str(how.source);
+    printf(", \"path_why\": ");
+    json_str(how.why);
     printf(", \"held\": %s, \"method\": ", st.held ? "true" : "false");
     json_str(st.method ? st.method : "none");
     if (st.held && !(st.shared && !st.holder_pid)) { /* one exclusive holder */
@@ -615,7 +633,13 @@ static int cmd_status(int argc, char **argv) {
     return st.held ? 1 : 0;
   }
   term_str(path);
-  printf(": %s\n", st.held ? (st.shared ? "held (shared)" : "held") : "free");
+  printf(": %s%s\n", st.held ? (st.shared ? "held (shared)" : "held") : "free",
+         exists ? "" : " (the file does not exist: no one has locked it here)");
+  printf("  path:    ");
+  term_str(how.why);
+  if (strcmp(how.source, "--lock") != 0)
+    printf(" (decided by %s)", how.source);
+  printf("\n");
   if (st.held && !(st.shared && !st.holder_pid)) {
     /* A server names its holder even on another machine (its row, or its
      * application_name): pid there and host. */

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from heavylock import backends
+from heavylock import backends, selfwait
 
 NOTICE_AFTER = 1.0     # first "waiting for" line after this many seconds
 NOTICE_EVERY = 15.0    # then at most this often
@@ -113,6 +113,7 @@ class LockClient:
         self.lost = None          # why the held lock was lost (LockLost), or None
         self.why_not = None       # why the last acquire failed: "timed out" or "error"
         self._watch = None        # (stop event, thread) checking a remote lock
+        self._selfwait = None     # selfwait.Watch over a held lock file
 
     @property
     def path(self):
@@ -159,6 +160,15 @@ class LockClient:
     # -- a remote lock's holder learns within a second that it lost it
 
     def _start_watch(self):
+        if not self.settings.remote:
+            # this process waiting for the file through another handle (an
+            # old conftest fixture) would hang silently: selfwait says so
+            try:
+                self._selfwait = selfwait.Watch(self.path, self.shown,
+                                                lambda text: self.write_notice(text, stderr=True))
+            except OSError:
+                pass  # the file is gone already: release reports it (LOST_FLAG)
+            return
         check = native_attr(self.lock, "check")
         if check is None or native_attr(self.lock, "kind") != "pg":
             return
@@ -184,6 +194,9 @@ class LockClient:
         self._watch = (stop, t)
 
     def _stop_watch(self):
+        if self._selfwait is not None:
+            self._selfwait.stop()
+            self._selfwait = None
         if self._watch is not None:
             stop, t = self._watch
             stop.set()
@@ -195,15 +208,15 @@ class LockClient:
         if self.lock is not None:
             self.lock.close()
 
-    def write_notice(self, text):
+    def write_notice(self, text, stderr=False):
         """Say something now, on a line of its own, past pytest's capture (a
         test's setup is captured).  The controller's terminal writer ends
-        its progress line first; an xdist worker has no terminal of its own,
-        so it starts a fresh line on stderr."""
+        its progress line first; an xdist worker has no terminal of its own
+        (nor has an error, `stderr`), so it starts a fresh line on stderr."""
         capman = self.config.pluginmanager.getplugin("capturemanager")
         tr = self.config.pluginmanager.getplugin("terminalreporter")
         with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-            if tr is not None and not hasattr(self.config, "workerinput"):
+            if tr is not None and not stderr and not hasattr(self.config, "workerinput"):
                 tr.write_line(f"heavylock: {text}")
                 tr.flush()
             else:

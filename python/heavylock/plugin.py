@@ -137,7 +137,10 @@ def pytest_configure(config):
     config.pluginmanager.register(state, "heavylock-state")
     # The heavy lane: xdist's scheduler for --dist load, and the verdicts'
     # way from the workers to it.
-    config.pluginmanager.register(Lane(config, state.selector, state.recorder), "heavylock-lane")
+    lane = Lane(config, state.selector, state.recorder)
+    if config.getoption("heavylock_explain"):
+        lane.explain = lambda items: explain_lines(config, items)
+    config.pluginmanager.register(lane, "heavylock-lane")
     if state.settings.timeline and not hasattr(config, "workerinput"):
         state.recorder.start_sampling()
 
@@ -230,6 +233,13 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_report_collectionfinish(config, start_path, items):
     if not (config.getoption("heavylock_explain") or config.getoption("collectonly")):
         return None
+    return explain_lines(config, items)
+
+
+def explain_lines(config, items):
+    """The verdicts' lines (--heavylock-explain, or the count with
+    --collect-only).  Under xdist a worker computes them and the controller
+    prints them (scheduler.Lane)."""
     state = _state(config)
     verdict = state.selector.verdict
     heavy = [it for it in items if verdict(it)[0]]

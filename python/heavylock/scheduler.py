@@ -107,10 +107,11 @@ class Verdicts:
         node.workerinput[WORKERINPUT_KEY] = self.directory
 
     @staticmethod
-    def write(config, heavy, count, weights=None):
+    def write(config, heavy, count, weights=None, explain=None):
         """Worker: heavy is {nodeid: rule}, weights {nodeid: bytes} (what
-        --heavylock-slots auto sizes the lanes by).  A worker on another host
-        cannot reach the directory; the controller then runs without a lane."""
+        --heavylock-slots auto sizes the lanes by), explain the lines of
+        --heavylock-explain.  A worker on another host cannot reach the
+        directory; the controller then runs without a lane (nor explains)."""
         directory = config.workerinput.get(WORKERINPUT_KEY)
         if not directory:
             return
@@ -119,7 +120,7 @@ class Verdicts:
         try:
             with open(path + ".part", "w", encoding="utf-8") as f:
                 json.dump({"worker": wid, "count": count, "heavy": heavy,
-                           "weights": weights or {}}, f)
+                           "weights": weights or {}, "explain": explain or []}, f)
             os.replace(path + ".part", path)
         except OSError:
             pass
@@ -143,6 +144,16 @@ class Verdicts:
             return dict(data.get("heavy") or {}), None
         return None, (f"no worker's verdicts reached the controller through {self.directory} "
                       "(workers on other hosts?)")
+
+    def explain(self, wid):
+        """The --heavylock-explain lines worker `wid` wrote, or None."""
+        if self.directory is None:
+            return None
+        try:
+            with open(os.path.join(self.directory, f"{wid}.json"), encoding="utf-8") as f:
+                return list(json.load(f).get("explain") or []) or None
+        except (OSError, ValueError):
+            return None
 
     def remove(self):
         if self.directory is not None:
@@ -431,6 +442,8 @@ class Lane:
         self.reports = {}       # heavy nodeid -> {"worker": id, "call": s, "total": s}
         self.light_workers = set()  # workers that ran light tests (controller)
         self._heavy_ids = None  # nodeids known heavy while the run goes on (controller)
+        self.explain = None     # items -> --heavylock-explain's lines, when asked for
+        self._explained = False
         self._past = None
 
     # -- worker (and a run without xdist): the verdicts
@@ -445,7 +458,8 @@ class Lane:
                 self.heavy[item.nodeid] = rule
         if hasattr(self.config, "workerinput"):
             Verdicts.write(self.config, self.heavy, len(session.items),
-                           {k: v for k, v in self.weights.items() if k in self.heavy})
+                           {k: v for k, v in self.weights.items() if k in self.heavy},
+                           self.explain(session.items) if self.explain else None)
         elif self.config.pluginmanager.getplugin("dsession") is None:
             self._heavy_ids = set(self.heavy)  # a run without xdist: this is the collection
 
@@ -454,6 +468,19 @@ class Lane:
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node):
         self.verdicts.for_node(node)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        """--heavylock-explain under xdist: the controller collects nothing, so
+        it prints the lines of the first worker that collected (once)."""
+        if self.explain is None or self._explained:
+            return
+        lines = self.verdicts.explain(_wid(node))
+        tr = self.config.pluginmanager.getplugin("terminalreporter")
+        if lines and tr is not None:
+            self._explained = True
+            for line in lines:
+                tr.write_line(line)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config, log):

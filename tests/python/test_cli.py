@@ -575,3 +575,39 @@ def test_doctor_says_what_run_meets_in_a_directory_it_cannot_write(cli):
     finally:
         import shutil
         shutil.rmtree(top)
+
+
+def test_status_of_a_missing_file_says_so_and_where_the_path_came_from(cli, tmp_path):
+    """`heavylock status` from the wrong directory: "free" alone (rc 0) for a
+    file that does not exist hid that it looked at another file."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HEAVYLOCK_PATH", "LOCAL_MODEL_PATH", "HEAVYLOCK_URL")}
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    r = run(cli, "status", cwd=where, env=env)
+    missing = where / "models" / ".llm_load.lock"
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[:2] == [
+        f"{missing}: free (the file does not exist: no one has locked it here)",
+        "  path:    neither HEAVYLOCK_PATH nor LOCAL_MODEL_PATH is set: "
+        "models/.llm_load.lock under '.' (decided by default)"]
+    d = json.loads(run(cli, "status", "--json", cwd=where, env=env).stdout)
+    assert (d["path"], d["exists"], d["path_source"], d["held"]) == (str(missing), False,
+                                                                     "default", False)
+    # an existing file, named by HEAVYLOCK_PATH: exists, and the source says so
+    lock = tmp_path / "shared.lock"
+    lock.touch()
+    env["HEAVYLOCK_PATH"] = str(lock)
+    r = run(cli, "status", cwd=where, env=env)
+    assert r.stdout.splitlines()[0] == f"{lock}: free"
+    assert "(decided by HEAVYLOCK_PATH)" in r.stdout.splitlines()[1]
+    d = json.loads(run(cli, "status", "--json", cwd=where, env=env).stdout)
+    assert (d["exists"], d["path_source"]) == (True, "HEAVYLOCK_PATH")
+    # held: exit code 1 as before
+    holder = hold(cli, lock)
+    try:
+        d = json.loads(run(cli, "status", "--json", "--lock", lock, cwd=where, env=env).stdout)
+        assert (d["exists"], d["path_source"], d["held"]) == (True, "--lock", True)
+        assert run(cli, "status", cwd=where, env=env).returncode == 1
+    finally:
+        kill_group(holder)

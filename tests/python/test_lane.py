@@ -472,3 +472,29 @@ def test_auto_lanes_at_most_workers_minus_one(weights, budget, workers, lanes):
     never every worker (the first two rows reach the cap)."""
     from heavylock.scheduler import auto_lanes
     assert auto_lanes(weights, budget, workers) == lanes
+
+
+@pytest.mark.parametrize("dist", ["load", "loadfile"])
+def test_explain_is_printed_by_the_controller(pytester, env, dist):
+    """`pytest -n 2 --heavylock-explain` printed nothing: the verdicts are
+    computed in the workers, whose report hooks reach no terminal.  The
+    controller prints the lines of the first worker that collected, once,
+    the same lines as a run without xdist (the lane's or xdist's own dist)."""
+    pytester.makepyfile(test_a="""
+        import pytest
+        @pytest.mark.llm
+        def test_h(): pass
+        def test_l(): pass
+    """)
+    lines = ["heavylock: 1 of 2 tests take the lock *",
+             "  HEAVY  test_a.py::test_h  (marker @pytest.mark.llm*",
+             "  light  test_a.py::test_l  (no rule matched)"]
+    alone = pytester.runpytest_subprocess("--heavylock-explain", "-p", "no:xdist")
+    alone.stdout.fnmatch_lines(lines, consecutive=True)
+    r = run(pytester, "-n", "2", f"--dist={dist}", "--heavylock-explain")
+    r.assert_outcomes(passed=2)
+    r.stdout.fnmatch_lines(lines, consecutive=True)
+    assert r.stdout.str().count("HEAVY  test_a.py::test_h") == 1  # once, not per worker
+    # and nothing without the option
+    r = run(pytester, "-n", "2", f"--dist={dist}")
+    assert "HEAVY" not in r.stdout.str()

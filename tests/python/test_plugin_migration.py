@@ -116,3 +116,34 @@ def test_the_guide_followed_literally_keeps_verdicts_and_outcomes(pytester, env,
         assert differ == expected, (name, held0, held1)
         assert held0["tests/test_marked.py::test_marked"]  # the lock was seen at all
         assert held0["tests/test_unit.py::test_plain"] == (name == "opted in")
+
+
+@pytest.mark.parametrize("variant", ["filelock", "fcntl"])
+def test_section0_fixture_left_in_place_fails_instead_of_hanging(pytester, env, variant):
+    """Section 0's autouse fixture kept next to the plugin: the plugin holds
+    the lock from the setup's start, then the fixture waits for the same file
+    through its own handle in the same process (filelock polling, or flock(2)
+    on the fcntl path).  Before selfwait this hung silently forever."""
+    conftest = blocks(0, "python")[0]
+    if variant == "filelock":
+        pytest.importorskip("filelock")
+    else:  # the import guard's other branch: filelock hidden
+        if not Path("/proc/locks").exists():
+            pytest.skip("the flock(2) waiter is seen in Linux's /proc/locks")
+        conftest = "import sys\nsys.modules['filelock'] = None\n" + conftest
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(test_h="""
+        import pytest
+        @pytest.mark.llm
+        def test_heavy(): pass
+        def test_light(): pass
+    """)
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    r.assert_outcomes(passed=1, errors=1)
+    how = "polls with filelock for" if variant == "filelock" else "waits in flock(2) for"
+    line = (f"heavylock: SELF-DEADLOCK: this very process (pid *) {how} "
+            f"{pytester.path}/models/.llm_load.lock through another handle*while heavylock "
+            "holds it for this test*docs/migrating.md, step 2*")
+    r.stderr.fnmatch_lines([line])        # said at once, on the terminal
+    # and the test's error says it
+    r.stdout.fnmatch_lines(["E * heavylock.SelfDeadlock: [[]Errno *[]] heavylock: SELF-DEADLOCK*"])
