@@ -29,8 +29,12 @@ static void put(sink_t *s, const char *p, size_t k) {
   }
 }
 
+/* What ends a password= value: a parameter's end, or what ends a URL in
+ * free text (a quote or a blank), as for the user info below; else a
+ * second pass could read the rest differently (fuzz_redact: redacting is
+ * idempotent). */
 static int ends_value(int c) {
-  return c == '\0' || c == '&' || c == '#' || c == '"' || isspace(c);
+  return c == '\0' || c == '&' || c == '#' || c == '"' || c == '\'' || isspace(c);
 }
 
 /* "password=" (any case; also sslpassword=) at a parameter's start: after

@@ -769,6 +769,8 @@ static void test_redact(void) {
       {"x postgresql://bob:pw?@h y", "x postgresql://bob:***@h y"},
       {"postgresql://h:5432?name=x", "postgresql://h:5432?name=x"},
       {"postgresql://h:5432/db?name=a@b", "postgresql://h:5432/db?name=a@b"},
+      /* a quote ends the value as it ends a URL in free text (idempotence) */
+      {"said \"x=1 password=y' then", "said \"x=1 password=***' then"},
   };
   char out[256];
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
