@@ -95,20 +95,21 @@ static void add_waiter(hl_status_t *st, long pid, char how) {
   }
 }
 
-/* Processes with an inotify watch on the file: heavylock's timed waiters. */
-static void scan_inotify_waiters(const hl__fileid_t *id, hl_status_t *st) {
+/* Every descriptor of every other process (not `skip`): fn(pid, fd name,
+ * ctx) until it returns nonzero, which is returned.  The one walk over
+ * /proc/PID/fd for the scans below. */
+static int each_proc_fd(long skip, int (*fn)(long pid, const char *fd, void *ctx), void *ctx) {
   DIR *proc = opendir("/proc");
   if (proc == NULL)
-    return;
-  unsigned long long want_sdev =
-      ((unsigned long long)major((dev_t)id->dev) << 20) | minor((dev_t)id->dev);
+    return 0;
   long self = (long)getpid();
+  int stop = 0;
   struct dirent *de;
-  while ((de = readdir(proc)) != NULL) {
+  while (!stop && (de = readdir(proc)) != NULL) {
     if (!isdigit((unsigned char)de->d_name[0]))
       continue;
     long pid = strtol(de->d_name, NULL, 10);
-    if (pid == self || pid == st->holder_pid)
+    if (pid == self || pid == skip)
       continue;
     char dpath[64];
     snprintf(dpath, sizeof(dpath), "/proc/%ld/fd", pid);
@@ -116,37 +117,52 @@ static void scan_inotify_waiters(const hl__fileid_t *id, hl_status_t *st) {
     if (fds == NULL)
       continue;
     struct dirent *fe;
-    while ((fe = readdir(fds)) != NULL) {
-      if (fe->d_name[0] == '.')
-        continue;
-      char lpath[320], target[64];
-      snprintf(lpath, sizeof(lpath), "/proc/%ld/fd/%s", pid, fe->d_name);
-      ssize_t n = readlink(lpath, target, sizeof(target) - 1);
-      if (n <= 0)
-        continue;
-      target[n] = '\0';
-      if (strcmp(target, "anon_inode:inotify") != 0)
-        continue;
-      char ipath[320], info[4096];
-      snprintf(ipath, sizeof(ipath), "/proc/%ld/fdinfo/%s", pid, fe->d_name);
-      if (read_small(ipath, info, sizeof(info)) <= 0)
-        continue;
-      for (char *line = strstr(info, "inotify "); line; line = strstr(line + 1, "inotify ")) {
-        unsigned long long ino = 0, sdev = 0;
-        char *pi = strstr(line, "ino:"), *ps = strstr(line, "sdev:");
-        if (pi == NULL || ps == NULL)
-          break;
-        ino = strtoull(pi + 4, NULL, 16);
-        sdev = strtoull(ps + 5, NULL, 16);
-        if (ino == id->ino && sdev == want_sdev) {
-          add_waiter(st, pid, 'w');
-          break;
-        }
-      }
-    }
+    while (!stop && (fe = readdir(fds)) != NULL)
+      if (fe->d_name[0] != '.')
+        stop = fn(pid, fe->d_name, ctx);
     closedir(fds);
   }
   closedir(proc);
+  return stop;
+}
+
+typedef struct {
+  const hl__fileid_t *id;
+  unsigned long long sdev;
+  hl_status_t *st;
+} inotify_scan_t;
+
+static int inotify_fd(long pid, const char *fd, void *ctx) {
+  inotify_scan_t *sc = ctx;
+  char lpath[320], target[64];
+  snprintf(lpath, sizeof(lpath), "/proc/%ld/fd/%s", pid, fd);
+  ssize_t n = readlink(lpath, target, sizeof(target) - 1);
+  if (n <= 0)
+    return 0;
+  target[n] = '\0';
+  if (strcmp(target, "anon_inode:inotify") != 0)
+    return 0;
+  char ipath[320], info[4096];
+  snprintf(ipath, sizeof(ipath), "/proc/%ld/fdinfo/%s", pid, fd);
+  if (read_small(ipath, info, sizeof(info)) <= 0)
+    return 0;
+  for (char *line = strstr(info, "inotify "); line; line = strstr(line + 1, "inotify ")) {
+    char *pi = strstr(line, "ino:"), *ps = strstr(line, "sdev:");
+    if (pi == NULL || ps == NULL)
+      break;
+    if (strtoull(pi + 4, NULL, 16) == sc->id->ino && strtoull(ps + 5, NULL, 16) == sc->sdev) {
+      add_waiter(sc->st, pid, 'w');
+      break;
+    }
+  }
+  return 0;
+}
+
+/* Processes with an inotify watch on the file: heavylock's timed waiters. */
+static void scan_inotify_waiters(const hl__fileid_t *id, hl_status_t *st) {
+  inotify_scan_t sc = {
+      id, ((unsigned long long)major((dev_t)id->dev) << 20) | minor((dev_t)id->dev), st};
+  each_proc_fd(st->holder_pid, inotify_fd, &sc);
 }
 
 /* Blocked in wait4/waitid: the kernel function it sleeps in is do_wait.  A
@@ -309,6 +325,27 @@ static int range_line_covers(const char *line, const hl__fileid_t *id, unsigned 
   return start <= off && (strcmp(end, "EOF") == 0 || strtoull(end, NULL, 10) >= off);
 }
 
+typedef struct {
+  const hl__fileid_t *id;
+  unsigned long long off;
+  long found;
+} range_scan_t;
+
+static int range_fd(long pid, const char *fd, void *ctx) {
+  range_scan_t *sc = ctx;
+  char ipath[320], info[4096];
+  long listed;
+  snprintf(ipath, sizeof(ipath), "/proc/%ld/fdinfo/%s", pid, fd);
+  if (read_small(ipath, info, sizeof(info)) <= 0)
+    return 0;
+  for (char *q = strstr(info, "lock:"); q; q = strstr(q + 5, "lock:"))
+    if (range_line_covers(q + 5, sc->id, sc->off, &listed)) {
+      sc->found = pid;
+      return 1;
+    }
+  return 0;
+}
+
 long hl__os_range_locker(const hl__fileid_t *id, unsigned long long off) {
   /* POSIX locks name their process in /proc/locks. */
   FILE *f = fopen("/proc/locks", "re");
@@ -324,38 +361,8 @@ long hl__os_range_locker(const hl__fileid_t *id, unsigned long long off) {
     return found;
   /* OFD locks show -1 there: find the process whose descriptor carries it
    * (its fdinfo lists the locks of that open file description). */
-  DIR *proc = opendir("/proc");
-  if (proc == NULL)
-    return 0;
-  long self = (long)getpid();
-  struct dirent *de;
-  while (found <= 0 && (de = readdir(proc)) != NULL) {
-    if (!isdigit((unsigned char)de->d_name[0]))
-      continue;
-    long cand = strtol(de->d_name, NULL, 10);
-    if (cand == self)
-      continue;
-    char dpath[64];
-    snprintf(dpath, sizeof(dpath), "/proc/%ld/fdinfo", cand);
-    DIR *fds = opendir(dpath);
-    if (fds == NULL)
-      continue;
-    struct dirent *fe;
-    while (found <= 0 && (fe = readdir(fds)) != NULL) {
-      if (fe->d_name[0] == '.')
-        continue;
-      char ipath[320], info[4096];
-      snprintf(ipath, sizeof(ipath), "/proc/%ld/fdinfo/%s", cand, fe->d_name);
-      if (read_small(ipath, info, sizeof(info)) <= 0)
-        continue;
-      for (char *q = strstr(info, "lock:"); q && found <= 0; q = strstr(q + 5, "lock:"))
-        if (range_line_covers(q + 5, id, off, &pid))
-          found = cand;
-    }
-    closedir(fds);
-  }
-  closedir(proc);
-  return found > 0 ? found : 0;
+  range_scan_t sc = {id, off, 0};
+  return each_proc_fd(0, range_fd, &sc) ? sc.found : 0;
 }
 
 /* A process's own descriptor table, not the kernel's lock table: reading
