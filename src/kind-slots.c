@@ -467,6 +467,11 @@ static int slots_open(const char *path, void **statep) {
   if (rc == 0) {
     hl__os_close(fd);
     rc = ro ? -EACCES : table_open(ss->tpath, 0, &ss->tfd); /* no deadline: patience only */
+    /* Busy: the table is there and others are admitting (a crowd, or
+     * clients slowed down, as under valgrind).  The path is good; waiting
+     * for the byte is the acquisition's business, within its deadline. */
+    if (rc == HL_EBUSY)
+      rc = 0;
   }
   drop(&ss->tfd);
   if (rc < 0) {
