@@ -123,7 +123,7 @@ def test_pytest_timeout_resumes_with_what_was_left(pytester, env, held_for):
             with llm_lock:       # waits for the holder: not counted
                 time.sleep(3)    # 1.5 s were left: the timer fires in here
     """)
-    held_for(1.0)
+    held_for(2.0)  # past the 1 s after which a wait is announced
     r = pytester.runpytest_subprocess("--timeout=4", "--timeout-method=signal")
     assert r.ret != 0
     r.stdout.fnmatch_lines(["*heavylock: waiting for*", ">*time.sleep(3)*",
